@@ -1,0 +1,105 @@
+"""Declared configuration schemas (one place): model hyper-parameters and presets.
+
+Every configuration object is a dataclass; :func:`from_dict` builds one from a mapping and
+rejects unknown keys with a message that lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Type, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def from_dict(cls: Type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error listing valid keys."""
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(
+            f"{prefix}unknown key(s) {unknown} for {cls.__name__}; valid keys are: {sorted(names)}"
+        )
+    kwargs = {}
+    for k, v in data.items():
+        ftype = names[k].type
+        sub = _nested_dataclass(ftype)
+        kwargs[k] = from_dict(sub, v, f"{where}.{k}" if where else k) if sub and isinstance(v, Mapping) else v
+    return cls(**kwargs)
+
+
+def _nested_dataclass(ftype: Any):
+    if isinstance(ftype, str):
+        ftype = globals().get(ftype)
+    return ftype if dataclasses.is_dataclass(ftype) else None
+
+
+@dataclass
+class ModelConfig:
+    """AllScAIP hyper-parameters.
+
+    Sizes: ``hidden`` channels, ``layers`` blocks, ``heads`` attention heads.
+    Graph: neighbours within ``cutoff`` Å; with ``max_neighbors`` set, a smooth soft-rank
+    envelope keeps roughly the nearest ``max_neighbors`` (published default 30).
+    """
+
+    elements: list[int] = field(default_factory=lambda: [1, 8])  # atomic numbers, model order
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    cutoff: float = 6.0
+    max_neighbors: int | None = None  # soft-rank kNN envelope when set
+    rank_temperature: float = 0.2  # Å, width of the soft rank sigmoid
+    num_rbf: int = 32
+    bond_order_lmax: int = 9  # Steinhardt q_l, l = 0..lmax, in the node embedding (-1: off)
+    legendre: bool = True  # Legendre angular encoding in neighbour attention
+    legendre_lmax: int = 4
+    node_attention: bool = True  # all-to-all node attention (False: local-only ablation)
+    distance_bias: bool = False  # sinc "Euclidean rotary" bias in node attention
+    distance_bias_freqs: int = 32
+    charge_spin: bool = True  # system charge / spin embeddings
+    max_charge: int = 10
+    max_spin: int = 10
+    ffn_ratio: int = 2
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
+        if self.cutoff <= 0:
+            raise ConfigError(f"cutoff must be positive, got {self.cutoff}")
+        if self.max_neighbors is not None and self.max_neighbors < 1:
+            raise ConfigError(f"max_neighbors must be >= 1 or null, got {self.max_neighbors}")
+        if not self.elements:
+            raise ConfigError("elements must list at least one atomic number")
+        self.elements = [int(z) for z in self.elements]
+        if len(set(self.elements)) != len(self.elements):
+            raise ConfigError(f"elements has duplicates: {self.elements}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden=64, layers=2, heads=4),
+    "small": dict(hidden=128, layers=3, heads=4),
+    "sm": dict(hidden=512, layers=6, heads=8, max_neighbors=30, legendre=False, distance_bias=False),
+    "md": dict(hidden=640, layers=10, heads=10, max_neighbors=30, legendre=False, distance_bias=False),
+}
+
+
+def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
+    """A :class:`ModelConfig` from a named preset (``tiny``, ``small``, ``sm``, ``md``) plus overrides."""
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+        base.update(PRESETS[preset])
+    base.update(overrides)
+    return from_dict(ModelConfig, base, "model")

@@ -1,0 +1,125 @@
+"""Building blocks: RMSNorm, feed-forward, neighbour attention with the Legendre angular
+encoding, and all-to-all node attention. All TorchScript-compatible."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation with a learned gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class FeedForward(nn.Module):
+    """dim -> ratio*dim -> out with GELU."""
+
+    def __init__(self, dim: int, ratio: int = 2, out: int = -1) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ratio * dim)
+        self.fc2 = nn.Linear(ratio * dim, dim if out < 0 else out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def legendre_groups(head_dim: int, lmax: int) -> List[int]:
+    """Split a head's query/key channels into groups for l = 0..lmax.
+
+    For lmax = 4 the published proportions [20, 10, 4, 10, 20] / 64 are used; otherwise
+    equal shares. Every group gets at least one channel when ``head_dim > lmax``.
+    """
+    weights = [20.0, 10.0, 4.0, 10.0, 20.0] if lmax == 4 else [1.0] * (lmax + 1)
+    total = sum(weights)
+    sizes = [max(1, int(round(head_dim * w / total))) for w in weights]
+    while sum(sizes) > head_dim:
+        sizes[sizes.index(max(sizes))] -= 1
+    while sum(sizes) < head_dim:
+        sizes[sizes.index(min(sizes))] += 1
+    return sizes
+
+
+class NeighborAttention(nn.Module):
+    """Attention inside each centre's token sequence ``[self, edge_1 .. edge_K]``.
+
+    With the Legendre encoding, channel group ``l`` of queries and keys is multiplied by the
+    (semi-normalised) spherical harmonics of the token's edge direction, so the logit between
+    edges ``ij`` and ``ik`` is ``sum_l P_l(cos theta_jik) q_l . k_l``: a function of the angle
+    only. The self token carries ``Y_00 = 1`` and zeros for ``l > 0``. Values are not modulated.
+    """
+
+    def __init__(self, hidden: int, heads: int, legendre: bool, lmax: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.legendre = legendre
+        self.groups: List[int] = legendre_groups(self.head_dim, lmax) if legendre else [self.head_dim]
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def _modulate(self, t: torch.Tensor, ylm: torch.Tensor) -> torch.Tensor:
+        # t [Nc, T, h, c], ylm [Nc, T, (lmax+1)^2] -> [Nc, T, h, sum_l c_l (2l+1)]
+        parts: List[torch.Tensor] = []
+        off = 0
+        for l, c in enumerate(self.groups):
+            y = ylm[:, :, l * l : (l + 1) * (l + 1)].unsqueeze(2).unsqueeze(3)  # [Nc,T,1,1,2l+1]
+            tl = t[:, :, :, off : off + c].unsqueeze(-1)  # [Nc,T,h,c,1]
+            parts.append((tl * y).flatten(3))
+            off += c
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, x: torch.Tensor, ylm: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x [Nc, T, H] (normalised tokens), ylm [Nc, T, S], bias [Nc, T] additive key bias."""
+        nc, t, hid = x.shape
+        qkv = self.qkv(x).view(nc, t, 3, self.heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.legendre:
+            q = self._modulate(q, ylm)
+            k = self._modulate(k, ylm)
+        q = q.transpose(1, 2)
+        k = k.transpose(1, 2)
+        v = v.transpose(1, 2)
+        mask = bias.unsqueeze(1).unsqueeze(1).to(q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.out(o.transpose(1, 2).reshape(nc, t, hid))
+
+
+class NodeAttention(nn.Module):
+    """All-to-all attention between the atoms of one system.
+
+    Split into :meth:`project` and :meth:`attend` so that a domain-decomposed engine can
+    gather keys and values of every rank's atoms between the two.
+    """
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, H] normalised -> q, k, v each [heads, N, head_dim]."""
+        n = x.shape[0]
+        qkv = self.qkv(x).view(n, 3, self.heads, self.head_dim).permute(1, 2, 0, 3)
+        return qkv[0], qkv[1], qkv[2]
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """q [h, Nq, d], k/v [h, Nk, d]; mask None, bool [Nq, Nk] or float [h, Nq, Nk]."""
+        o = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask)
+        nq = q.shape[1]
+        return self.out(o.squeeze(0).transpose(0, 1).reshape(nq, self.heads * self.head_dim))

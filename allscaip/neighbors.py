@@ -1,0 +1,78 @@
+"""Neighbour lists: O(N) cell lists (vesin) for any triclinic cell, and the padded layout.
+
+Conventions used everywhere in allscaip: an edge ``(i, j, S)`` means atom ``j`` (shifted by
+``S`` lattice vectors) is a neighbour of centre ``i``; its vector is
+``r_ij = x_j - x_i + S @ cell``. Neighbour lists are *full* (both directions) and include
+periodic self-images when the cutoff exceeds a cell length.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from allscaip.data.batch import AtomsBatch
+
+
+def system_neighbor_pairs(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full neighbour list of one system: (centre, neighbour, integer cell shift)."""
+    import vesin
+
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
+        raise ValueError(f"periodic system with a degenerate cell (volume ~0): {box.tolist()}")
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, s = nl.compute(np.asarray(positions, dtype=np.float64), box, [bool(p) for p in pbc], "ijS")
+    return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+
+
+def batch_neighbor_pairs(batch: AtomsBatch, cutoff: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighbour pairs of every system of a batch, with global atom indices."""
+    pos = batch.positions.detach().cpu().double().numpy()
+    cell = batch.cell.detach().cpu().double().numpy()
+    pbc = batch.pbc.cpu().numpy()
+    natoms = batch.natoms.cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum(natoms)])
+    ci, cj, cs = [], [], []
+    for b in range(len(natoms)):
+        lo, hi = offsets[b], offsets[b + 1]
+        i, j, s = system_neighbor_pairs(pos[lo:hi], cell[b], pbc[b], cutoff)
+        ci.append(i + lo)
+        cj.append(j + lo)
+        cs.append(s)
+    dev = batch.positions.device
+    return (
+        torch.from_numpy(np.concatenate(ci)).to(dev),
+        torch.from_numpy(np.concatenate(cj)).to(dev),
+        torch.from_numpy(np.concatenate(cs).reshape(-1, 3)).to(dev),
+    )
+
+
+def pad_neighbors(
+    center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor, n_centers: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat edge list -> padded per-centre layout.
+
+    Returns ``index [Nc, K]`` (neighbour atom index; padding points at the centre itself),
+    ``shift [Nc, K, 3]`` (same dtype as ``shift``; zero on padding) and ``mask [Nc, K]``
+    (True for real edges). ``K`` is the largest neighbour count (at least 1).
+    """
+    order = torch.argsort(center, stable=True)
+    center = center[order]
+    neighbor = neighbor[order]
+    shift = shift[order]
+    counts = torch.bincount(center, minlength=n_centers)
+    k = max(int(counts.max().item()) if counts.numel() > 0 else 0, 1)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(center.shape[0], device=center.device) - start[center]
+    index = torch.arange(n_centers, device=center.device).unsqueeze(1).repeat(1, k)
+    index[center, slot] = neighbor
+    pshift = torch.zeros((n_centers, k, 3), dtype=shift.dtype, device=shift.device)
+    pshift[center, slot] = shift
+    mask = torch.zeros((n_centers, k), dtype=torch.bool, device=center.device)
+    mask[center, slot] = True
+    return index, pshift, mask

@@ -1,0 +1,58 @@
+"""Shared fixtures: small random-weight models and structures (float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+
+def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: bool = False) -> Atoms:
+    """Water molecules on a jittered grid in a (optionally triclinic) periodic cell."""
+    rng = np.random.default_rng(seed)
+    w = molecule("H2O")
+    pos, nums = [], []
+    for ix in range(n_side):
+        for iy in range(n_side):
+            for iz in range(n_side):
+                R = _random_rotation(rng)
+                c = np.array([ix, iy, iz]) * spacing + rng.normal(0, 0.1, 3)
+                pos.append(w.positions @ R.T + c)
+                nums.append(w.numbers)
+    cell = np.eye(3) * n_side * spacing
+    if cell_skew:
+        cell[1, 0] = 0.9
+        cell[2, 0] = -0.6
+        cell[2, 1] = 0.7
+    atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell, pbc=True)
+    atoms.wrap()
+    atoms.info.update(charge=0, spin=1)
+    return atoms
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+@pytest.fixture
+def rotation():
+    return _random_rotation(np.random.default_rng(42))
+
+
+def small_model(**overrides):
+    from allscaip.config import model_config
+    from allscaip.model import AllScAIP
+
+    torch.manual_seed(overrides.pop("seed", 0))
+    kw = dict(elements=[1, 6, 7, 8], cutoff=4.0, hidden=32, heads=4, layers=2)
+    kw.update(overrides)
+    model = AllScAIP(model_config(**kw)).double()
+    # non-trivial element references and scale (small, so finite differences keep precision)
+    model.element_energy.copy_(torch.tensor([-0.5, -1.5, -2.5, -2.0], dtype=torch.float64)[: len(kw["elements"])])
+    model.energy_scale.fill_(0.7)
+    return model
