@@ -30,7 +30,7 @@ from allscaip.config import ModelConfig
 from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm
 from allscaip.model.spherical import spherical_harmonics
 
-NeighborGeometry = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+NeighborGeometry = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class AllScAIPLayer(nn.Module):
@@ -62,20 +62,27 @@ class AllScAIPLayer(nn.Module):
         self.scale_node_ffn = nn.Parameter(torch.full((h,), init))
 
     def local(
-        self, h_all: torch.Tensor, edges: torch.Tensor, index: torch.Tensor, ylm: torch.Tensor, bias: torch.Tensor
+        self, h_all: torch.Tensor, edges: torch.Tensor, index: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Neighbour stage. h_all [Na, H] (centres first), edges [Nc, K, H] -> (h_c, edges)."""
-        nc = edges.shape[0]
-        h = h_all[:nc]
-        out = self.attn_src(self.norm_src(torch.cat([h.unsqueeze(1), edges], 1)), ylm, bias)
-        h = h + self.scale_src_node * out[:, 0]
-        edges = edges + self.scale_src_edge * out[:, 1:]
-        msg = self.msg_proj(self.norm_msg(h_all))[index]  # messages from neighbours' node states
-        out = self.attn_dst(self.norm_dst(torch.cat([h.unsqueeze(1), edges + msg], 1)), ylm, bias)
-        h = h + self.scale_dst_node * out[:, 0]
-        edges = edges + self.scale_dst_edge * out[:, 1:]
+        nc, k, hid = edges.shape
+        tokens = torch.cat([h_all[:nc].unsqueeze(1), edges], 1)  # [Nc, 1+K, H]: self token first
+        out = self.attn_src(self.norm_src(tokens), legendre_p, bias)
+        tokens = tokens + self._scales(self.scale_src_node, self.scale_src_edge, k) * out
+        # messages from the neighbours' node states (slot 0 of `index_ext` hits a zero row)
+        msg = self.msg_proj(self.norm_msg(h_all))
+        msg = torch.cat([msg, torch.zeros_like(msg[:1])], 0)
+        index_ext = torch.cat([torch.full_like(index[:, :1], h_all.shape[0]), index], 1)
+        out = self.attn_dst(self.norm_dst(tokens + msg[index_ext]), legendre_p, bias)
+        tokens = tokens + self._scales(self.scale_dst_node, self.scale_dst_edge, k) * out
+        h, edges = torch.split(tokens, [1, k], dim=1)
+        h = h.squeeze(1)
         edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
         return h, edges
+
+    @staticmethod
+    def _scales(node: torch.Tensor, edge: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.cat([node.unsqueeze(0), edge.unsqueeze(0).expand(k, -1)], 0)
 
     def global_project(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys, values of node attention for atoms ``h`` [N, H]."""
@@ -107,7 +114,6 @@ class AllScAIP(nn.Module):
         self.rank_temperature = float(cfg.rank_temperature)
         self.bo_lmax = int(cfg.bond_order_lmax)
         self.legendre_lmax = int(cfg.legendre_lmax) if cfg.legendre else 0
-        self.sh_lmax = max(self.bo_lmax, self.legendre_lmax, 0)
         self.node_attention = bool(cfg.node_attention)
         self.use_distance_bias = bool(cfg.distance_bias) and bool(cfg.node_attention)
         self.use_charge_spin = bool(cfg.charge_spin)
@@ -154,7 +160,8 @@ class AllScAIP(nn.Module):
         vec [Nc, K, 3] edge vectors, mask [Nc, K] real edges, index [Nc, K].
         With ``max_neighbors`` set, the soft-rank envelope drops edges whose envelope reached 1
         (their weight and all its derivatives are already zero there).
-        Returns (index, mask, bias [Nc,1+K], weight [Nc,K], ylm [Nc,1+K,S], rbf [Nc,K,R]).
+        Returns (index, mask, bias [Nc,1+K], weight [Nc,K], bond_order [Nc,lmax+1],
+        legendre_p [L+1,Nc,1,1+K,1+K], rbf [Nc,K,R]).
         """
         safe = torch.where(mask.unsqueeze(-1), vec, torch.ones_like(vec))
         dist = torch.linalg.vector_norm(safe, dim=-1)
@@ -178,13 +185,37 @@ class AllScAIP(nn.Module):
         bias = torch.where(valid, env, torch.full_like(env, float("-inf")))
         weight = torch.where(valid, torch.exp(env), torch.zeros_like(env))
         unit = safe / dist.unsqueeze(-1)
-        ylm = spherical_harmonics(unit, self.sh_lmax)
-        self_y = torch.zeros_like(ylm[:, :1])
-        self_y[:, :, 0] = 1.0
-        ylm = torch.cat([self_y, ylm], 1)
+        nc, k = mask.shape
+        if self.bo_lmax >= 0:
+            # Steinhardt bond-order parameters: sum_m |sum_j w_ij Y_lm(r_ij)|^2 / (1 + sum_j w_ij)^2
+            ylm = spherical_harmonics(unit, self.bo_lmax)
+            qlm = (weight.unsqueeze(-1) * ylm).sum(1) / (1.0 + weight.sum(1, keepdim=True))
+            feats: List[torch.Tensor] = []
+            for l in range(self.bo_lmax + 1):
+                feats.append(qlm[:, l * l : (l + 1) * (l + 1)].pow(2).sum(-1))
+            bond_order = torch.stack(feats, -1)
+        else:
+            bond_order = torch.zeros((nc, 0), dtype=vec.dtype, device=vec.device)
+        if self.legendre_lmax > 0:
+            # Legendre polynomials of the angle between every two tokens [L+1, Nc, 1, T, T];
+            # the self token (slot 0) has no direction: only l = 0 couples to it.
+            cos = torch.matmul(unit, unit.transpose(1, 2))
+            cos = torch.nn.functional.pad(cos, (1, 0, 1, 0))
+            edge_pair = torch.ones_like(cos)
+            edge_pair[:, 0, :] = 0.0
+            edge_pair[:, :, 0] = 0.0
+            polys: List[torch.Tensor] = [torch.ones_like(cos), cos]
+            for l in range(2, self.legendre_lmax + 1):
+                polys.append(((2 * l - 1) * cos * polys[l - 1] - (l - 1) * polys[l - 2]) / l)
+            coupled: List[torch.Tensor] = [polys[0]]
+            for l in range(1, self.legendre_lmax + 1):
+                coupled.append(polys[l] * edge_pair)
+            legendre_p = torch.stack(coupled, 0).unsqueeze(2)
+        else:
+            legendre_p = torch.zeros(0, dtype=vec.dtype, device=vec.device)
         bias = torch.cat([torch.zeros_like(bias[:, :1]), bias], 1)
         rbf = torch.exp(-(((dist.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
-        return index, valid, bias, weight, ylm, rbf
+        return index, valid, bias, weight, bond_order, legendre_p, rbf
 
     # ------------------------------------------------------------------ stages
     @torch.jit.export
@@ -197,8 +228,7 @@ class AllScAIP(nn.Module):
         self,
         species_all: torch.Tensor,
         index: torch.Tensor,
-        weight: torch.Tensor,
-        ylm: torch.Tensor,
+        bond_order: torch.Tensor,
         rbf: torch.Tensor,
         charge_c: torch.Tensor,
         spin_c: torch.Tensor,
@@ -209,15 +239,7 @@ class AllScAIP(nn.Module):
         """
         nc = index.shape[0]
         sp = species_all[:nc]
-        h = self.species_embed(sp)
-        if self.bo_lmax >= 0:
-            y = ylm[:, 1:, : (self.bo_lmax + 1) ** 2]
-            w = weight.unsqueeze(-1)
-            qlm = (w * y).sum(1) / (1.0 + weight.sum(1, keepdim=True))
-            feats: List[torch.Tensor] = []
-            for l in range(self.bo_lmax + 1):
-                feats.append(qlm[:, l * l : (l + 1) * (l + 1)].pow(2).sum(-1))
-            h = torch.cat([h, torch.stack(feats, -1)], -1)
+        h = torch.cat([self.species_embed(sp), bond_order], -1)
         h = F.gelu(self.node_in(self.node_in_norm(h)))
         if self.use_charge_spin:
             h = h + self.charge_embed(charge_c + self.max_charge) + self.spin_embed(spin_c)
@@ -233,13 +255,13 @@ class AllScAIP(nn.Module):
         h_all: torch.Tensor,
         edges: torch.Tensor,
         index: torch.Tensor,
-        ylm: torch.Tensor,
+        legendre_p: torch.Tensor,
         bias: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Neighbour stage of block ``layer``: reads h of centres and their neighbours."""
         for i, block in enumerate(self.blocks):
             if i == layer:
-                return block.local(h_all, edges, index, ylm, bias)
+                return block.local(h_all, edges, index, legendre_p, bias)
         raise RuntimeError("layer index out of range")
 
     @torch.jit.export
@@ -315,14 +337,14 @@ class AllScAIP(nn.Module):
         [N,K(,3)], charge/spin [B].
         """
         vec = positions[index] - positions.unsqueeze(1) + torch.einsum("ikx,ixy->iky", shift, cell[system])
-        index, valid, bias, weight, ylm, rbf = self.neighbor_geometry(vec, mask, index)
-        h, edges = self.embed(species, index, weight, ylm, rbf, charge[system], spin[system])
+        index, valid, bias, weight, bond_order, legendre_p, rbf = self.neighbor_geometry(vec, mask, index)
+        h, edges = self.embed(species, index, bond_order, rbf, charge[system], spin[system])
         multi = bool(cell.shape[0] > 1)
         attn_mask: Optional[torch.Tensor] = None
         if multi and not self.use_distance_bias:
             attn_mask = system.unsqueeze(0) == system.unsqueeze(1)
         for i, block in enumerate(self.blocks):
-            h, edges = block.local(h, edges, index, ylm, bias)
+            h, edges = block.local(h, edges, index, legendre_p, bias)
             if self.node_attention:
                 if self.use_distance_bias:
                     attn_mask = self.distance_bias_mask(i, positions, cell, pbc, system)

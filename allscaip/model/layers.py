@@ -53,10 +53,12 @@ def legendre_groups(head_dim: int, lmax: int) -> List[int]:
 class NeighborAttention(nn.Module):
     """Attention inside each centre's token sequence ``[self, edge_1 .. edge_K]``.
 
-    With the Legendre encoding, channel group ``l`` of queries and keys is multiplied by the
-    (semi-normalised) spherical harmonics of the token's edge direction, so the logit between
-    edges ``ij`` and ``ik`` is ``sum_l P_l(cos theta_jik) q_l . k_l``: a function of the angle
-    only. The self token carries ``Y_00 = 1`` and zeros for ``l > 0``. Values are not modulated.
+    With the Legendre encoding, channel group ``l`` of queries and keys is modulated by the
+    spherical harmonics of the token's edge direction; by the addition theorem the logit
+    between edges ``ij`` and ``ik`` is ``sum_l P_l(cos theta_jik) q_l . k_l``, a function of
+    the angle only. It is computed in that contracted form (one small matmul per ``l``), so
+    the harmonics are never materialised per channel. The self token carries only ``l = 0``.
+    Values are not modulated.
     """
 
     def __init__(self, hidden: int, heads: int, legendre: bool, lmax: int) -> None:
@@ -69,30 +71,24 @@ class NeighborAttention(nn.Module):
         self.groups: List[int] = legendre_groups(self.head_dim, lmax) if legendre else [self.head_dim]
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
-    def _modulate(self, t: torch.Tensor, ylm: torch.Tensor) -> torch.Tensor:
-        # t [Nc, T, h, c], ylm [Nc, T, (lmax+1)^2] -> [Nc, T, h, sum_l c_l (2l+1)]
-        parts: List[torch.Tensor] = []
-        off = 0
-        for l, c in enumerate(self.groups):
-            y = ylm[:, :, l * l : (l + 1) * (l + 1)].unsqueeze(2).unsqueeze(3)  # [Nc,T,1,1,2l+1]
-            tl = t[:, :, :, off : off + c].unsqueeze(-1)  # [Nc,T,h,c,1]
-            parts.append((tl * y).flatten(3))
-            off += c
-        return torch.cat(parts, dim=-1)
-
-    def forward(self, x: torch.Tensor, ylm: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [Nc, T, H] (normalised tokens), ylm [Nc, T, S], bias [Nc, T] additive key bias."""
+    def forward(self, x: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x [Nc, T, H] normalised tokens; legendre_p [L+1, Nc, 1, T, T] Legendre polynomials
+        of the angles between tokens; bias [Nc, T] additive key bias (envelope, -inf padding)."""
         nc, t, hid = x.shape
-        qkv = self.qkv(x).view(nc, t, 3, self.heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = self.qkv(x).view(nc, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [Nc, h, T, d]; unbind (not indexing) keeps the backward cheap
         if self.legendre:
-            q = self._modulate(q, ylm)
-            k = self._modulate(k, ylm)
-        q = q.transpose(1, 2)
-        k = k.transpose(1, 2)
-        v = v.transpose(1, 2)
-        mask = bias.unsqueeze(1).unsqueeze(1).to(q.dtype)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            logits = torch.zeros((nc, self.heads, t, t), dtype=x.dtype, device=x.device)
+            off = 0
+            for l, c in enumerate(self.groups):
+                ql = q.narrow(-1, off, c)
+                kl = k.narrow(-1, off, c)
+                logits = logits + legendre_p[l] * torch.matmul(ql, kl.transpose(-1, -2))
+                off += c
+        else:
+            logits = torch.matmul(q, k.transpose(-1, -2))
+        logits = logits * self.scale + bias.unsqueeze(1).unsqueeze(1)
+        o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [Nc, h, T, d]
         return self.out(o.transpose(1, 2).reshape(nc, t, hid))
 
 
@@ -114,7 +110,8 @@ class NodeAttention(nn.Module):
         """x [N, H] normalised -> q, k, v each [heads, N, head_dim]."""
         n = x.shape[0]
         qkv = self.qkv(x).view(n, 3, self.heads, self.head_dim).permute(1, 2, 0, 3)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
