@@ -1,0 +1,76 @@
+"""Metadata carried by every exported artefact (readable without running the model)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import allscaip
+from allscaip.model import AllScAIP
+
+# Bumped whenever the calling convention of exported modules changes; engines check it.
+INTERFACE_VERSION = 1
+
+WHOLE_SYSTEM_INPUTS = [
+    "positions [N,3] float (Å)",
+    "numbers [N] int64 (atomic numbers)",
+    "cell [3,3] float (Å, rows are lattice vectors; zeros if not periodic)",
+    "pbc [3] bool",
+    "edge_index [2,E] int64 (row 0: centre i, row 1: neighbour j; full list, both directions)",
+    "cell_shifts [E,3] float (integer lattice shifts S: r_ij = x_j - x_i + S @ cell)",
+    "charge [] int64 (total charge, e)",
+    "spin [] int64 (spin multiplicity 2S+1)",
+]
+WHOLE_SYSTEM_OUTPUTS = [
+    "energy [] float (eV)",
+    "forces [N,3] float (eV/Å) on every atom given",
+    "virial [3,3] float (eV; W = -dE/dstrain, LAMMPS sign: pressure = (NkT + tr W / 3) / V)",
+    "energies [N] float (eV per atom)",
+]
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 of the source checkpoint file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sha256: str = "") -> Dict[str, Any]:
+    """The metadata dictionary stored in ``metadata.json`` inside each artefact."""
+    from ase.data import chemical_symbols
+
+    cfg = model.cfg
+    return {
+        "allscaip_version": allscaip.__version__,
+        "interface_version": INTERFACE_VERSION,
+        "format": fmt,
+        "elements": [chemical_symbols[z] for z in cfg.elements],
+        "atomic_numbers": list(cfg.elements),
+        "cutoff": float(cfg.cutoff),
+        # each layer's local stage reads node states of atoms within one cutoff of a centre
+        "ghost_cutoff": float(cfg.cutoff),
+        "num_layers": int(cfg.layers),
+        "hidden": int(cfg.hidden),
+        "heads": int(cfg.heads),
+        "node_attention": bool(cfg.node_attention),
+        "distance_bias": bool(cfg.distance_bias),
+        "max_neighbors": cfg.max_neighbors,
+        "charge_spin": bool(cfg.charge_spin),
+        "supports_domain_decomposition": fmt == "torchscript" and not bool(cfg.distance_bias),
+        "units": {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom", "virial": "eV"},
+        "dtype": dtype,
+        "device": device,
+        "source_checkpoint_sha256": source_sha256,
+        "model_config": dataclasses.asdict(cfg),
+        "inputs": WHOLE_SYSTEM_INPUTS,
+        "outputs": WHOLE_SYSTEM_OUTPUTS,
+    }
+
+
+def dumps(meta: Dict[str, Any]) -> str:
+    return json.dumps(meta, indent=1, sort_keys=True)

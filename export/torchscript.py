@@ -1,0 +1,148 @@
+"""TorchScript export: a scripted wrapper with a whole-system call and the staged
+(domain-decomposition) methods used by the LAMMPS plugin under MPI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from allscaip.model import AllScAIP
+from allscaip.neighbors import pad_neighbors
+from allscaip_export.metadata import INTERFACE_VERSION, dumps
+
+
+class ExportedAllScAIP(nn.Module):
+    """Engine-facing wrapper around :class:`AllScAIP` (TorchScript-compatible).
+
+    ``forward`` is the whole-system call (see ``metadata.json`` for the layout). The ``dd_*``
+    methods are the stages of one evaluation on a domain-decomposed rank: centres are the
+    rank's owned atoms (first ``Nc`` rows of every all-atom array), neighbours may be ghosts.
+    """
+
+    def __init__(self, model: AllScAIP, metadata_json: str) -> None:
+        super().__init__()
+        self.model = model
+        self.cutoff: float = float(model.cutoff)
+        self.num_layers: int = int(model.num_layers)
+        self.hidden: int = int(model.hidden)
+        self.node_attention: bool = bool(model.node_attention)
+        self.interface_version: int = INTERFACE_VERSION
+        self.atomic_numbers: List[int] = [int(z) for z in model.cfg.elements]
+        self.metadata_json: str = metadata_json
+
+    @torch.jit.export
+    def metadata(self) -> str:
+        return self.metadata_json
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        edge_index: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        charge: torch.Tensor,
+        spin: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole system -> (energy [], forces [N,3], virial [3,3], energies [N])."""
+        n = positions.shape[0]
+        species = self.model.species_of(numbers)
+        if bool((species < 0).any()):
+            raise RuntimeError("allscaip: an atomic number is not in this model's elements (see metadata)")
+        index, shift, mask = pad_neighbors(edge_index[0], edge_index[1], cell_shifts.to(positions.dtype), n)
+        pos = positions.detach().requires_grad_(True)
+        strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device).requires_grad_(True)
+        # (callers must not run this under no_grad: TorchScript has no enable_grad context)
+        spos = pos + torch.matmul(pos, strain)
+        scell = (cell + torch.matmul(cell, strain)).unsqueeze(0)
+        system = torch.zeros((n,), dtype=torch.long, device=positions.device)
+        energies = self.model(
+            spos, species, system, scell, pbc.unsqueeze(0), index, shift, mask,
+            charge.reshape(1).to(torch.long), spin.reshape(1).to(torch.long),
+        )
+        energy = energies.sum()
+        grads = torch.autograd.grad([energy], [pos, strain])
+        g_pos = grads[0]
+        g_strain = grads[1]
+        forces = -g_pos if g_pos is not None else torch.zeros_like(positions)
+        virial = -g_strain if g_strain is not None else torch.zeros_like(cell)
+        return energy.detach(), forces, virial, energies.detach()
+
+    # ---------------------------------------------------------------- staged (MPI) interface
+    @torch.jit.export
+    def dd_prepare(
+        self,
+        vec: torch.Tensor,
+        mask: torch.Tensor,
+        index: torch.Tensor,
+        numbers_all: torch.Tensor,
+        charge: int,
+        spin: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Geometry + embedding for the centres of one rank.
+
+        vec [Nc,K,3] edge vectors (differentiable), mask [Nc,K], index [Nc,K] into all atoms,
+        numbers_all [Na] atomic numbers of all atoms (centres first).
+        Returns (index, bias, legendre_p, h_c [Nc,H], edges [Nc,K',H]).
+        """
+        species_all = self.model.species_of(numbers_all)
+        index, valid, bias, weight, bond_order, legendre_p, rbf = self.model.neighbor_geometry(vec, mask, index)
+        nc = index.shape[0]
+        q = torch.full((nc,), charge, dtype=torch.long, device=vec.device)
+        s = torch.full((nc,), spin, dtype=torch.long, device=vec.device)
+        h, edges = self.model.embed(species_all, index, bond_order, rbf, q, s)
+        return index, bias, legendre_p, h, edges
+
+    @torch.jit.export
+    def dd_local(
+        self,
+        layer: int,
+        h_all: torch.Tensor,
+        edges: torch.Tensor,
+        index: torch.Tensor,
+        legendre_p: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Local (neighbour) stage of ``layer``; h_all holds fresh ghost node states."""
+        return self.model.local_stage(layer, h_all, edges, index, legendre_p, bias)
+
+    @torch.jit.export
+    def dd_global_project(self, layer: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values [heads, Nc, d] of the owned atoms for node attention."""
+        return self.model.global_project(layer, h)
+
+    @torch.jit.export
+    def dd_global_finish(
+        self, layer: int, h: torch.Tensor, q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor
+    ) -> torch.Tensor:
+        """Node attention of owned queries over keys/values gathered from every rank, then FFN."""
+        return self.model.global_finish(layer, h, q, k_all, v_all, None)
+
+    @torch.jit.export
+    def dd_readout(self, h: torch.Tensor, numbers_c: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (eV) of the owned atoms."""
+        return self.model.readout_energy(h, self.model.species_of(numbers_c))
+
+
+def export_torchscript(model: AllScAIP, path: str | Path, metadata: Dict[str, Any]) -> Path:
+    """Script and save ``model`` with ``metadata.json`` as an extra file."""
+    path = Path(path)
+    meta = dumps(metadata)
+    scripted = torch.jit.script(ExportedAllScAIP(model.eval(), meta))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": meta})
+    tmp.replace(path)
+    return path
+
+
+def load_torchscript(path: str | Path, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """Load an exported ``.pt`` and its metadata."""
+    extra = {"metadata.json": ""}
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    if not extra["metadata.json"]:
+        raise ValueError(f"{path} is a TorchScript file but not an allscaip export (no metadata.json inside)")
+    return module, json.loads(extra["metadata.json"])
