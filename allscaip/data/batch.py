@@ -24,7 +24,7 @@ class AtomsBatch:
     system: torch.Tensor  # [N] int64
     natoms: torch.Tensor  # [B] int64
     charge: torch.Tensor  # [B] int64 total charge (e)
-    spin: torch.Tensor  # [B] int64 spin multiplicity (2S+1); 0 = unspecified
+    spin: torch.Tensor  # [B] int64 spin multiplicity (2S+1); default 1 when not given
     energy: Optional[torch.Tensor] = None  # [B]
     forces: Optional[torch.Tensor] = None  # [N, 3]
     stress: Optional[torch.Tensor] = None  # [B, 3, 3]
@@ -70,7 +70,7 @@ def atoms_to_batch(atoms_list: Sequence, dtype: torch.dtype = torch.float64) -> 
     cell = np.stack([np.asarray(a.get_cell(), dtype=float) for a in atoms_list])
     pbc = np.stack([np.asarray(a.pbc, dtype=bool) for a in atoms_list])
     charge = np.array([int(a.info.get("charge", 0)) for a in atoms_list], dtype=np.int64)
-    spin = np.array([int(a.info.get("spin", 0)) for a in atoms_list], dtype=np.int64)
+    spin = np.array([int(a.info.get("spin", 1)) for a in atoms_list], dtype=np.int64)
     system = np.repeat(np.arange(len(atoms_list)), natoms)
 
     energy = forces = stress = smask = None

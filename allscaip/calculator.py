@@ -1,0 +1,120 @@
+"""ASE calculator for allscaip models: checkpoints (.ckpt), TorchScript (.pt) and
+AOTInductor packages (.pt2) alike."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from allscaip.neighbors import system_neighbor_pairs
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _check_device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu'")
+    return dev
+
+
+class AllScAIPCalculator(Calculator):
+    """Energy, forces, stress and per-atom energies from an allscaip model.
+
+    ``model``: path to a checkpoint (``.ckpt``), an exported TorchScript file (``.pt``) or an
+    AOTInductor package (``.pt2``). Total charge and spin multiplicity are read from
+    ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
+    Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
+    checkpoints.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model: str | Path, device: str = "cpu", dtype: str = "float64", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.device = _check_device(device)
+        self.dtype = _DTYPES[dtype]
+        self.path = path
+        self._eager = None
+        self._module = None
+        self.metadata: Dict[str, Any] = {}
+        suffix = path.suffix.lower()
+        if suffix == ".pt":
+            from allscaip_export.torchscript import load_torchscript
+
+            self._module, self.metadata = load_torchscript(path, device=str(self.device))
+            self.dtype = _DTYPES[self.metadata.get("dtype", "float64")]
+        elif suffix == ".pt2":
+            from allscaip_export.aoti import load_aoti
+
+            self._module, self.metadata = load_aoti(path, device=str(self.device))
+            self.dtype = _DTYPES[self.metadata.get("dtype", "float64")]
+        else:
+            from allscaip.checkpoint import load_model
+
+            self._eager = load_model(path, dtype=self.dtype, device=str(self.device))
+            self._eager.eval()
+        self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
+        self.elements: List[int] = (
+            list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)
+        )
+
+    def _check_elements(self, numbers: np.ndarray) -> None:
+        unknown = sorted(set(int(z) for z in numbers) - set(self.elements))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            raise ValueError(
+                f"element(s) {[chemical_symbols[z] for z in unknown]} are not in model {self.path.name}, "
+                f"which knows {[chemical_symbols[z] for z in self.elements]}"
+            )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check_elements(atoms.numbers)
+        periodic = bool(np.all(atoms.pbc))
+        if self._eager is not None:
+            from allscaip.data import atoms_to_batch
+            from allscaip.model import compute_properties
+
+            batch = atoms_to_batch([atoms], dtype=self.dtype).to(self.device)
+            out = compute_properties(self._eager, batch, forces=True, stress=periodic)
+            energy = out["energy"][0]
+            forces = out["forces"]
+            energies = out["energies"]
+            stress = out["stress"][0] if periodic else None
+        else:
+            energy, forces, virial, energies = self._call_exported(atoms)
+            stress = -virial / atoms.get_volume() if periodic else None
+        self.results["energy"] = float(energy)
+        self.results["free_energy"] = float(energy)
+        self.results["forces"] = forces.detach().cpu().double().numpy()
+        self.results["energies"] = energies.detach().cpu().double().numpy()
+        if stress is not None:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach().cpu().double().numpy())
+
+    def _call_exported(self, atoms):
+        i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
+        dev, dt = self.device, self.dtype
+        args = (
+            torch.tensor(atoms.positions, dtype=dt, device=dev),
+            torch.tensor(atoms.numbers, dtype=torch.long, device=dev),
+            torch.tensor(atoms.cell.array, dtype=dt, device=dev),
+            torch.tensor(np.asarray(atoms.pbc, dtype=bool), device=dev),
+            torch.tensor(np.stack([i, j]), dtype=torch.long, device=dev),
+            torch.tensor(s, dtype=dt, device=dev),
+            torch.tensor(int(atoms.info.get("charge", 0)), dtype=torch.long, device=dev),
+            torch.tensor(int(atoms.info.get("spin", 1)), dtype=torch.long, device=dev),
+        )
+        return self._module(*args)
