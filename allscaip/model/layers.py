@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, [x.shape[-1]], self.weight, self.eps)
 
 
 class FeedForward(nn.Module):
@@ -85,10 +85,11 @@ class NeighborAttention(nn.Module):
                 kl = k.narrow(-1, off, c)
                 logits = logits + legendre_p[l] * torch.matmul(ql, kl.transpose(-1, -2))
                 off += c
+            logits = logits * self.scale + bias.unsqueeze(1).unsqueeze(1)
+            o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [Nc, h, T, d]
         else:
-            logits = torch.matmul(q, k.transpose(-1, -2))
-        logits = logits * self.scale + bias.unsqueeze(1).unsqueeze(1)
-        o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [Nc, h, T, d]
+            # plain logits: the fused kernel (no materialised attention matrix)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1).unsqueeze(1), scale=self.scale)
         return self.out(o.transpose(1, 2).reshape(nc, t, hid))
 
 
