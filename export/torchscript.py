@@ -87,14 +87,14 @@ class ExportedAllScAIP(nn.Module):
 
         vec [Nc,K,3] edge vectors (differentiable), mask [Nc,K], index [Nc,K] into all atoms,
         numbers_all [Na] atomic numbers of all atoms (centres first).
-        Returns (index, bias, legendre_p, h_c [Nc,H], edges [Nc,K',H]).
+        Returns (index, bias, legendre_p, h_c [Nc,H], edges [E,H] (flat, opaque to engines)).
         """
         species_all = self.model.species_of(numbers_all)
         index, valid, bias, weight, bond_order, legendre_p, rbf = self.model.neighbor_geometry(vec, mask, index)
         nc = index.shape[0]
         q = torch.full((nc,), charge, dtype=torch.long, device=vec.device)
         s = torch.full((nc,), spin, dtype=torch.long, device=vec.device)
-        h, edges = self.model.embed(species_all, index, bond_order, rbf, q, s)
+        h, edges = self.model.embed(species_all, index, valid, bond_order, rbf, q, s)
         return index, bias, legendre_p, h, edges
 
     @torch.jit.export

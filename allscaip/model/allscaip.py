@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allscaip.config import ModelConfig
-from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm
+from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
 from allscaip.model.spherical import spherical_harmonics
 
 NeighborGeometry = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -64,25 +64,24 @@ class AllScAIPLayer(nn.Module):
     def local(
         self, h_all: torch.Tensor, edges: torch.Tensor, index: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour stage. h_all [Na, H] (centres first), edges [Nc, K, H] -> (h_c, edges)."""
-        nc, k, hid = edges.shape
-        tokens = torch.cat([h_all[:nc].unsqueeze(1), edges], 1)  # [Nc, 1+K, H]: self token first
-        out = self.attn_src(self.norm_src(tokens), legendre_p, bias)
-        tokens = tokens + self._scales(self.scale_src_node, self.scale_src_edge, k) * out
-        # messages from the neighbours' node states (slot 0 of `index_ext` hits a zero row)
+        """Neighbour stage. h_all [Na, H] (centres first), edges [E, H] (real edges of the
+        padded layout, row-major) -> (h_c [Nc, H], edges [E, H])."""
+        nc = index.shape[0]
+        valid = torch.isfinite(bias[:, 1:])
+        tok_index, pad_pos = token_layout(valid)
+        n_edges = edges.shape[0]
+        is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
+        tokens = torch.cat([h_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
+        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
+        tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
+        # messages from the neighbours' node states (zero for the self tokens)
         msg = self.msg_proj(self.norm_msg(h_all))
-        msg = torch.cat([msg, torch.zeros_like(msg[:1])], 0)
-        index_ext = torch.cat([torch.full_like(index[:, :1], h_all.shape[0]), index], 1)
-        out = self.attn_dst(self.norm_dst(tokens + msg[index_ext]), legendre_p, bias)
-        tokens = tokens + self._scales(self.scale_dst_node, self.scale_dst_edge, k) * out
-        h, edges = torch.split(tokens, [1, k], dim=1)
-        h = h.squeeze(1)
+        msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg[index[valid]]], 0)
+        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
+        tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
+        h, edges = torch.split(tokens, [nc, n_edges], dim=0)
         edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
         return h, edges
-
-    @staticmethod
-    def _scales(node: torch.Tensor, edge: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.cat([node.unsqueeze(0), edge.unsqueeze(0).expand(k, -1)], 0)
 
     def global_project(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys, values of node attention for atoms ``h`` [N, H]."""
@@ -228,12 +227,14 @@ class AllScAIP(nn.Module):
         self,
         species_all: torch.Tensor,
         index: torch.Tensor,
+        valid: torch.Tensor,
         bond_order: torch.Tensor,
         rbf: torch.Tensor,
         charge_c: torch.Tensor,
         spin_c: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Initial node states of centres [Nc, H] and edge states [Nc, K, H].
+        """Initial node states of centres [Nc, H] and flat edge states [E, H] of the real
+        edges (``valid`` [Nc, K]) in row-major order.
 
         charge_c / spin_c: total charge and spin multiplicity of each centre's system.
         """
@@ -243,9 +244,11 @@ class AllScAIP(nn.Module):
         h = F.gelu(self.node_in(self.node_in_norm(h)))
         if self.use_charge_spin:
             h = h + self.charge_embed(charge_c + self.max_charge) + self.spin_embed(spin_c)
-        zc = self.edge_species(sp).unsqueeze(1).expand(-1, index.shape[1], -1)
-        zn = self.edge_species(species_all[index])
-        edges = self.edge_in(torch.cat([zc, zn, rbf], -1))
+        # flat edge tokens: the real edges of the padded layout in row-major order
+        centre = torch.arange(nc, device=index.device).unsqueeze(1).expand(-1, index.shape[1])[valid]
+        zc = self.edge_species(sp[centre])
+        zn = self.edge_species(species_all[index[valid]])
+        edges = self.edge_in(torch.cat([zc, zn, rbf[valid]], -1))
         return h, edges
 
     @torch.jit.export
@@ -338,7 +341,7 @@ class AllScAIP(nn.Module):
         """
         vec = positions[index] - positions.unsqueeze(1) + torch.einsum("ikx,ixy->iky", shift, cell[system])
         index, valid, bias, weight, bond_order, legendre_p, rbf = self.neighbor_geometry(vec, mask, index)
-        h, edges = self.embed(species, index, bond_order, rbf, charge[system], spin[system])
+        h, edges = self.embed(species, index, valid, bond_order, rbf, charge[system], spin[system])
         multi = bool(cell.shape[0] > 1)
         attn_mask: Optional[torch.Tensor] = None
         if multi and not self.use_distance_bias:

@@ -71,11 +71,18 @@ class NeighborAttention(nn.Module):
         self.groups: List[int] = legendre_groups(self.head_dim, lmax) if legendre else [self.head_dim]
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
-    def forward(self, x: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [Nc, T, H] normalised tokens; legendre_p [L+1, Nc, 1, T, T] Legendre polynomials
-        of the angles between tokens; bias [Nc, T] additive key bias (envelope, -inf padding)."""
-        nc, t, hid = x.shape
-        qkv = self.qkv(x).view(nc, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def forward(
+        self, x: torch.Tensor, tok_index: torch.Tensor, pad_pos: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """x [M, H] normalised tokens in flat layout (see :func:`token_layout`); projections
+        run on real tokens only, attention on the padded per-centre layout [Nc, T].
+        legendre_p [L+1, Nc, 1, T, T] Legendre polynomials of the angles between tokens;
+        bias [Nc, T] additive key bias (envelope, -inf on padding). Returns [M, H]."""
+        nc, t = tok_index.shape
+        hid = x.shape[1]
+        qkv = self.qkv(x)
+        qkv = torch.cat([qkv, torch.zeros_like(qkv[:1])], 0)[tok_index]  # [Nc, T, 3H]
+        qkv = qkv.view(nc, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [Nc, h, T, d]; unbind (not indexing) keeps the backward cheap
         if self.legendre:
             logits = torch.zeros((nc, self.heads, t, t), dtype=x.dtype, device=x.device)
@@ -90,7 +97,27 @@ class NeighborAttention(nn.Module):
         else:
             # plain logits: the fused kernel (no materialised attention matrix)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1).unsqueeze(1), scale=self.scale)
-        return self.out(o.transpose(1, 2).reshape(nc, t, hid))
+        o = o.transpose(1, 2).reshape(nc * t, hid).index_select(0, pad_pos)
+        return self.out(o)
+
+
+def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flat token layout of a padded neighbour layout ``valid [Nc, K]``.
+
+    Flat tokens are the ``Nc`` node (self) tokens followed by the real edge tokens in
+    row-major (centre, slot) order. Returns ``tok_index [Nc, 1+K]`` (flat row of each padded
+    slot; padding points at row M, one past the end) and ``pad_pos [M]`` (padded position
+    ``c*(1+K)+slot`` of each flat token).
+    """
+    nc, k = valid.shape
+    t = k + 1
+    edge_pos = torch.nonzero(valid.reshape(-1)).squeeze(1)
+    node_pos = torch.arange(nc, device=valid.device) * t
+    pad_pos = torch.cat([node_pos, torch.div(edge_pos, k, rounding_mode="floor") * t + 1 + edge_pos % k])
+    m = pad_pos.shape[0]
+    tok_index = torch.full((nc * t,), m, dtype=torch.long, device=valid.device)
+    tok_index[pad_pos] = torch.arange(m, device=valid.device)
+    return tok_index.view(nc, t), pad_pos
 
 
 class NodeAttention(nn.Module):
