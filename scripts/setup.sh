@@ -90,7 +90,8 @@ if [ -f "$REPO/CMakeLists.txt" ]; then
     # venv bin first: cmake/ninja from PyPI, and FindMPI must see mpich's mpicxx (not a system MPI).
     export PATH="$VENV/bin:$PATH"
     TORCH_CMAKE="$("$VPY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
-    if [ ! -f build/CMakeCache.txt ] || [ "${ALLSCAIP_RECONFIGURE:-0}" = "1" ] \
+    # configure when never (successfully) configured, configured from another checkout, or asked to
+    if [ ! -f build/CMakeCache.txt ] || [ ! -f build/build.ninja ] || [ "${ALLSCAIP_RECONFIGURE:-0}" = "1" ] \
        || ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$REPO" build/CMakeCache.txt; then
         step "configure C++ parts (cmake -> build/)"
         "$VENV/bin/cmake" -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
