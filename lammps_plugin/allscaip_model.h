@@ -1,0 +1,120 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   AllScAIP exported model (TorchScript .pt) for MD engines.
+
+   Loads an `allscaip-export` TorchScript file, reads and validates the
+   metadata.json stored inside it, and wraps the staged (domain
+   decomposition) methods dd_prepare / dd_local / dd_global_project /
+   dd_global_finish / dd_readout and the whole-system forward.
+
+   Independent of LAMMPS: every problem is reported by throwing
+   allscaip::ModelError with a message that says what to change, so that the
+   same code serves the pair style and the allscaip_metadata tool.
+------------------------------------------------------------------------- */
+
+#ifndef ALLSCAIP_MODEL_H
+#define ALLSCAIP_MODEL_H
+
+#include <torch/script.h>
+
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace allscaip {
+
+// calling convention of the exported modules this build understands
+// (must equal allscaip_export.metadata.INTERFACE_VERSION)
+constexpr int kInterfaceVersion = 1;
+
+class ModelError : public std::runtime_error {
+ public:
+  explicit ModelError(const std::string &msg) : std::runtime_error(msg) {}
+};
+
+// the fields of metadata.json an engine needs, already validated
+struct ModelInfo {
+  std::string json;                       // metadata.json verbatim
+  std::string allscaip_version;
+  std::string format;                     // "torchscript"
+  int interface_version = 0;
+  std::vector<std::string> elements;      // chemical symbols, model order
+  std::vector<int64_t> atomic_numbers;    // same order
+  double cutoff = 0.0;                    // Angstrom
+  double ghost_cutoff = 0.0;              // Angstrom
+  int num_layers = 0;
+  int hidden = 0;
+  int heads = 0;
+  bool node_attention = true;
+  bool distance_bias = false;
+  bool charge_spin = true;
+  bool supports_domain_decomposition = false;
+  int max_charge = 0;                     // |charge| allowed (0: unknown)
+  int max_spin = 0;                       // spin multiplicity allowed (0: unknown)
+  std::string dtype;                      // "float32" | "float64"
+  std::string device;                     // device it was exported for
+};
+
+// "cpu", "cuda", "cuda:N" -> torch::Device; throws if CUDA is asked for but unavailable
+torch::Device parse_device(const std::string &name);
+
+// read only the metadata (validated) of a model file, without keeping the module
+ModelInfo read_model_info(const std::string &path);
+
+class Model {
+ public:
+  // throws ModelError: missing/corrupt file, .pt2, not an allscaip export,
+  // interface_version mismatch, inconsistent metadata
+  Model(const std::string &path, const torch::Device &device);
+
+  const ModelInfo &info() const { return info_; }
+  const std::string &path() const { return path_; }
+  torch::Device device() const { return device_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  const torch::jit::Module &module() const { return module_; }
+
+  // index of a chemical symbol in the model's element list, -1 if absent
+  int element_index(const std::string &symbol) const;
+  // "H, C, N, O"
+  std::string element_list() const;
+
+  // ---- staged interface (all tensors on device(); float tensors in dtype())
+  struct Prepared {
+    torch::Tensor index, bias, legendre_p, h, edges;
+  };
+  Prepared prepare(const torch::Tensor &vec, const torch::Tensor &mask, const torch::Tensor &index,
+                   const torch::Tensor &numbers_all, int64_t charge, int64_t spin);
+  // returns (h_c, edges)
+  std::pair<torch::Tensor, torch::Tensor> local(int64_t layer, const torch::Tensor &h_all,
+                                                const torch::Tensor &edges,
+                                                const Prepared &geometry);
+  // returns (q, k, v), each [heads, Nc, d]
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> global_project(int64_t layer,
+                                                                         const torch::Tensor &h);
+  torch::Tensor global_finish(int64_t layer, const torch::Tensor &h, const torch::Tensor &q,
+                              const torch::Tensor &k_all, const torch::Tensor &v_all);
+  torch::Tensor readout(const torch::Tensor &h, const torch::Tensor &numbers_c);
+
+  // ---- whole-system call: (energy [], forces [N,3], virial [3,3], energies [N])
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>
+  whole_system(const torch::Tensor &positions, const torch::Tensor &numbers,
+               const torch::Tensor &cell, const torch::Tensor &pbc,
+               const torch::Tensor &edge_index, const torch::Tensor &cell_shifts, int64_t charge,
+               int64_t spin);
+
+ private:
+  std::string path_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  ModelInfo info_;
+  torch::jit::Module module_;
+};
+
+// parse + validate a metadata.json string (exposed for tests and tools)
+ModelInfo parse_metadata(const std::string &json, const std::string &path);
+
+}    // namespace allscaip
+
+#endif

@@ -1,0 +1,95 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N]
+   pair_coeff * * model.pt El1 El2 ... (one element symbol or NULL per type)
+
+   AllScAIP machine-learning potential from an allscaip-export TorchScript
+   file. Multi-rank runs use LAMMPS domain decomposition: per layer the node
+   states of ghost atoms are refreshed by a forward communication and the
+   keys/values of the all-to-all node attention are gathered over all ranks;
+   the backward pass performs the matching reverse communications.
+------------------------------------------------------------------------- */
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(allscaip,PairAllscaip);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_ALLSCAIP_H
+#define LMP_PAIR_ALLSCAIP_H
+
+#include "pair.h"
+
+#include "allscaip_comm.h"
+#include "allscaip_model.h"
+#include "allscaip_units.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairAllscaip : public Pair, public allscaip::HaloExchanger {
+ public:
+  PairAllscaip(class LAMMPS *);
+  ~PairAllscaip() noexcept override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  double memory_usage() override;
+
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // allscaip::HaloExchanger: the per-atom node-state buffer and its communications
+  double *halo_buffer() override { return halo; }
+  int halo_width() const override { return halo_cols; }
+  int64_t halo_rows() const override { return halo_nall; }
+  void halo_forward() override;
+  void halo_reverse() override;
+
+ protected:
+  std::unique_ptr<allscaip::Model> model;
+  std::unique_ptr<allscaip::UnitConversion> units;
+  std::string model_path;
+  std::string device_name;
+  int64_t charge, spin;
+  double cutoff, cutoff_sq;
+  std::vector<int> type_species;    // LAMMPS type -> model element index, -1 for NULL
+  std::vector<int64_t> type_z;      // LAMMPS type -> atomic number, 0 for NULL
+  bool threads_configured;
+
+  // halo buffer [nall, hidden] of node states / their gradients
+  double *halo;
+  int halo_cols;
+  int64_t halo_nall, halo_nmax;
+
+  // per-step work arrays, kept between steps to reuse their storage
+  std::vector<int> centre_of_atom;     // local atom -> centre row, -1 if not a centre
+  std::vector<int> ghost_slot;         // ghost atom (j - nlocal) -> row in h_all, -1 unused
+  std::vector<int> nbr_count;          // per centre
+  std::vector<int> nbr_atom;           // [nc * K] LAMMPS atom index of each neighbour slot
+  std::vector<int64_t> nbr_index;      // [nc * K] row in h_all (centres then ghosts)
+  std::vector<double> nbr_vec;         // [nc * K * 3] x_j - x_i
+  std::vector<uint8_t> nbr_mask;       // [nc * K]
+  std::vector<int64_t> numbers_all;    // atomic numbers of centres then used ghosts
+  allscaip::GhostExchangeContext ghost_ctx;
+  allscaip::GatherContext gather_ctx;
+
+  void allocate();
+  void configure_threads();
+  int build_neighbors();    // returns K
+  void compute_staged(int eflag, int vflag);
+  void compute_whole_system(int eflag, int vflag);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif
