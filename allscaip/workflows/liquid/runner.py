@@ -189,13 +189,22 @@ class Runner:
         done_before = len(tasks) - len(todo)
         if self.resume and done_before:
             self.log(f"[{self.dir.name}] resuming: {done_before} of {len(tasks)} tasks already done")
-        total_steps = sum(t.steps for t in todo)
-        bar = None
-        if self.show_progress and total_steps:
-            from tqdm import tqdm
+        bars: Dict[str, object] = {}
 
-            bar = tqdm(total=total_steps, unit="step", desc=f"{self.dir.name}", file=sys.stderr, dynamic_ncols=True,
-                       smoothing=0.1)
+        def bar_for(phase: str):
+            """One progress bar per phase (a gas-phase step costs far less than a liquid one)."""
+            steps = sum(t.steps for t in todo if t.phase == phase)
+            if not self.show_progress or not steps:
+                return None
+            if phase not in bars:
+                from tqdm import tqdm
+
+                for b in bars.values():
+                    b.close()
+                bars[phase] = tqdm(total=steps, unit="step", desc=f"{self.dir.name} {phase}", file=sys.stderr,
+                                   dynamic_ncols=True, smoothing=0.1)
+            return bars[phase]
+
         try:
             prev_by_phase = {t.phase: None for t in tasks}
             for t in tasks:
@@ -204,7 +213,8 @@ class Runner:
                     continue
                 if t.is_md and self.max_segments is not None and self.segments_run >= self.max_segments:
                     raise Incomplete()
-                self._do_task(t, prev_by_phase[t.phase], mol, density, edge, progress, bar)
+                self._do_task(t, prev_by_phase[t.phase], mol, density, edge, progress,
+                              bar_for(t.phase) if t.is_md else None)
                 prev_by_phase[t.phase] = t
         except Incomplete:
             left = [t.name for t in tasks if t.name not in progress["completed"]]
@@ -214,8 +224,8 @@ class Runner:
             return {"status": "incomplete", "run_dir": str(self.dir), "remaining": left,
                     "segments_run": self.segments_run}
         finally:
-            if bar is not None:
-                bar.close()
+            for b in bars.values():
+                b.close()
             for eng in self.engines.values():
                 eng.close()
             self.engines.clear()
