@@ -21,6 +21,7 @@ may also be given to the ``MLPotential`` constructor).
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from typing import Iterable, List, Optional
 
@@ -104,10 +105,19 @@ class AllScAIPPotentialImpl(_ImplBase):
         implementation: str = "pythonforce",
         device: Optional[str] = None,
         dtype: Optional[str] = None,
+        embedding: Optional[str] = None,
         **args,
     ) -> None:
+        # recent openmm-ml passes the MLPotential constructor's arguments again (merged with
+        # createSystem's): the model path is already ours
+        for key in ("modelPath", "model_path"):
+            given = args.pop(key, None)
+            if given is not None and os.path.realpath(str(given)) != os.path.realpath(self.modelPath):
+                raise ValueError(f"{key}={given!r} differs from this potential's model {self.modelPath!r}")
+        if embedding not in (None, "mechanical"):
+            raise ValueError(f"allscaip supports mechanical embedding only, got embedding={embedding!r}")
         if args:
-            raise TypeError(f"allscaip addForces: unknown argument(s) {sorted(args)}")
+            warnings.warn(f"allscaip addForces: ignoring unknown argument(s) {sorted(args)}", stacklevel=3)
         if spin is not None and multiplicity is not None and int(spin) != int(multiplicity):
             raise ValueError(f"spin={spin} and multiplicity={multiplicity} disagree (both are 2S+1)")
         spin = int(spin if spin is not None else (multiplicity if multiplicity is not None else 1))
@@ -190,9 +200,9 @@ class _OwnMLPotential:
     def registerImplFactory(cls, name: str, factory) -> None:
         cls._implFactories[name] = factory
 
-    def createSystem(self, topology: openmm.app.Topology, removeCMMotion: bool = False, **args) -> openmm.System:
-        """A System whose only energy is this potential over all atoms of ``topology``
-        (plus a CMMotionRemover with ``removeCMMotion``; openmm-ml adds none)."""
+    def createSystem(self, topology: openmm.app.Topology, removeCMMotion: bool = True, **args) -> openmm.System:
+        """A System whose only energy is this potential over all atoms of ``topology``, plus a
+        CMMotionRemover with ``removeCMMotion`` (the default, as in current openmm-ml)."""
         system = openmm.System()
         box = topology.getPeriodicBoxVectors()
         if box is not None:

@@ -181,6 +181,34 @@ def test_checkpoint_model_equals_export(model_pt, tmp_path):
         MLPotential("allscaip", modelPath=str(junk))
 
 
+def test_openmm_ml_calling_conventions(model_pt):
+    """The factory/impl pair as openmm-ml drives it: createImpl(name, **constructor args), then
+    addForces(topology, system, atoms, forceGroup, **args), where recent openmm-ml versions
+    repeat the constructor's arguments (modelPath) in args."""
+    from allscaip_openmm.potential import AllScAIPPotentialImplFactory
+
+    atoms = molecule_atoms()
+    top = topology_of(atoms)
+    impl = AllScAIPPotentialImplFactory().createImpl("allscaip", modelPath=str(model_pt))
+    energies = []
+    for extra in ({}, {"modelPath": str(model_pt), "embedding": None, "charge": 0, "multiplicity": 1}):
+        system = openmm.System()
+        for atom in top.atoms():
+            system.addParticle(atom.element.mass)
+        impl.addForces(top, system, None, 3, **extra)
+        assert system.getNumForces() == 1 and system.getForce(0).getForceGroup() == 3
+        energies.append(energy_forces(context_for(system, atoms))[0])
+    assert energies[0] == energies[1] == pytest.approx(reference(atoms, model_pt)[0], rel=1e-9)
+    with pytest.raises(ValueError, match="differs"):
+        impl.addForces(top, openmm.System(), None, 0, modelPath="other.pt")
+    try:
+        from openmmml import MLPotential as OpenMMMLPotential
+    except ImportError:
+        return
+    system = OpenMMMLPotential("allscaip", modelPath=str(model_pt)).createSystem(top)  # pragma: no cover
+    assert energy_forces(context_for(system, atoms))[0] == pytest.approx(energies[0], rel=1e-9)
+
+
 # ---------------------------------------------------------------------------- TorchForce module
 def call_like_torchforce(module, positions_nm, box_nm, kernel, outputs_forces):
     """What openmm-torch's kernels do. Reference/CPU: the module is frozen

@@ -69,8 +69,7 @@ def main(argv=None) -> int:
         print(f"{args.pdb} has no CRYST1 box; NPT needs a periodic system", file=sys.stderr)
         return 2
     potential = MLPotential("allscaip", modelPath=args.model, device=args.device)
-    system = potential.createSystem(pdb.topology, charge=args.charge, spin=args.spin)
-    system.addForce(openmm.CMMotionRemover())
+    system = potential.createSystem(pdb.topology, charge=args.charge, spin=args.spin)  # + CMMotionRemover
     temperature = args.temperature * unit.kelvin
     system.addForce(openmm.MonteCarloBarostat(args.pressure * unit.bar, temperature, args.barostat_interval))
     integrator = openmm.LangevinMiddleIntegrator(temperature, args.friction / unit.picosecond,
