@@ -32,6 +32,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
 #include <cmath>
@@ -223,6 +224,14 @@ void PairAllscaip::init_style()
                info.distance_bias ? " (its node attention uses distance_bias)" : "",
                comm->nprocs);
 
+  // As a sub-style of pair hybrid(/overlay), the hybrid style took the maximum communication
+  // sizes of its sub-styles in its settings(), before pair_coeff told us the model's hidden size;
+  // Comm::init() (after this) sizes the buffers from the top-level style, so raise it there.
+  if (force->pair && force->pair != this) {
+    force->pair->comm_forward = std::max(force->pair->comm_forward, comm_forward);
+    force->pair->comm_reverse = std::max(force->pair->comm_reverse, comm_reverse);
+  }
+
   neighbor->add_request(this, NeighConst::REQ_FULL);
   configure_threads();
 }
@@ -244,6 +253,11 @@ void PairAllscaip::configure_threads()
 {
   if (threads_configured) return;
   threads_configured = true;
+  // The profiling graph executor re-specialises for every new neighbour count and atom count
+  // and was slower for these shape-changing calls; plain interpretation unless asked for.
+  const char *opt = std::getenv("ALLSCAIP_JIT_OPTIMIZE");
+  const bool optimize = opt && *opt && std::string(opt) != "0";
+  torch::jit::setGraphExecutorOptimize(optimize);
   const char *env = std::getenv("OMP_NUM_THREADS");
   if (env && *env) {
     if (comm->me == 0)
@@ -417,6 +431,9 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
   torch::Tensor numbers = torch::from_blob(numbers_all.data(), {na}, i64)
                               .to(device, torch::kInt64, false, true);
 
+  const int64_t halo_fwd0 = ghost_ctx.forward_calls, halo_rev0 = ghost_ctx.reverse_calls;
+  const int64_t gather_fwd0 = gather_ctx.forward_calls, gather_bwd0 = gather_ctx.backward_calls;
+
   auto geometry = model->prepare(vec, mask, index, numbers, charge, spin);
   torch::Tensor h = geometry.h;
   torch::Tensor edges = geometry.edges;
@@ -434,6 +451,15 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
   torch::Tensor energies = model->readout(h, numbers.slice(0, 0, nc));
   torch::Tensor e_rank = energies.sum();
   auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
+
+  // every rank must have run each communication once per layer, forward and backward (the
+  // backward order is fixed by the data dependencies layer L-1 -> 0; see docs/lammps.md)
+  const int64_t nl = info.num_layers, ng = info.node_attention ? nl : 0;
+  if (ghost_ctx.forward_calls - halo_fwd0 != nl || ghost_ctx.reverse_calls - halo_rev0 != nl ||
+      gather_ctx.forward_calls - gather_fwd0 != ng || gather_ctx.backward_calls - gather_bwd0 != ng)
+    error->one(FLERR, "pair_style allscaip: internal error: the autograd pass skipped a "
+               "communication step ({} ghost exchanges and {} all-gathers backward for {} layers)",
+               ghost_ctx.reverse_calls - halo_rev0, gather_ctx.backward_calls - gather_bwd0, nl);
 
   // ---- energies
   const double conv = units->energy();
