@@ -1,0 +1,333 @@
+"""The training configuration schema: sections ``model``, ``data``, ``optim``, ``run``.
+
+A YAML file holds some or all sections; ``section.key=value`` overrides (values parsed as
+YAML) are applied on top. Unknown sections or keys are a :class:`ConfigError` listing the
+valid ones. Relative data paths in the YAML file are relative to the file's directory;
+paths given as command-line overrides, and ``run.out_dir``, are relative to the current
+directory.
+
+The ``model`` section takes the :class:`~allscaip.config.ModelConfig` keys plus ``preset``
+(``tiny``, ``small``, ``sm``, ``md``: a base that the other keys override). When
+``model.elements`` is omitted, the elements present in the training data are used (sorted by
+atomic number).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import yaml
+
+from allscaip.config import PRESETS, ConfigError, ModelConfig, from_dict, model_config
+
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "parse_overrides"]
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class DataConfig:
+    """Training / validation data and batching."""
+
+    train: list[str] = field(default_factory=list)  # files or directories (extxyz, ASE db, ASE-LMDB)
+    val: list[str] = field(default_factory=list)  # empty: hold out ``val_fraction`` of ``train``
+    max_atoms: int = 400  # atoms per batch (per process); a larger single frame forms its own batch
+    stream: bool | None = None  # None: stream (read frames lazily) when the files total > 1 GiB
+    val_fraction: float = 0.05  # used only when no ``val`` files are given
+    num_workers: int = 0  # DataLoader worker processes
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        _coerce(self, "data")
+        if not self.train:
+            raise ConfigError("data.train: give at least one training data file or directory")
+        if self.max_atoms < 1:
+            raise ConfigError(f"data.max_atoms must be >= 1, got {self.max_atoms}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and loss.
+
+    Loss per optimizer step (sums over every system / atom of the step on all processes,
+    divided by the global counts): ``energy_coef * mean_sys |ΔE/N| / σ_E +
+    force_coef * mean_atoms |ΔF|_2 / σ_F + stress_coef * mean_labelled mean_9 (ΔS/σ_S)^2``
+    with σ the training-set RMS of the referenced per-atom energy, force components and stress.
+    """
+
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 1e-3  # on weight matrices only (not on biases, norms, scales)
+    warmup_steps: int | None = None  # linear warm-up; None: warmup_fraction of all steps
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio at the last step
+    grad_clip: float = 100.0  # max global gradient norm (0: no clipping)
+    ema_decay: float = 0.99  # EMA of the weights, updated every optimizer step
+    energy_coef: float = 1.0
+    force_coef: float = 10.0
+    stress_coef: float = 1.0
+    epochs: int = 100
+    accumulate: int = 1  # sampler batches (per process) per optimizer step
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _coerce(self, "optim")
+        for k in ("lr", "weight_decay", "warmup_fraction", "min_lr_ratio", "grad_clip", "energy_coef", "force_coef", "stress_coef"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"optim.{k} must be >= 0, got {getattr(self, k)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.epochs < 1 or self.accumulate < 1:
+            raise ConfigError(f"optim.epochs and optim.accumulate must be >= 1, got {self.epochs}, {self.accumulate}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0 or null, got {self.warmup_steps}")
+        if self.energy_coef == 0 and self.force_coef == 0:
+            raise ConfigError("optim.energy_coef and optim.force_coef are both 0: nothing to train on")
+
+
+@dataclass
+class RunConfig:
+    """Output, checkpointing, precision and device."""
+
+    out_dir: str = "runs/allscaip"  # last.ckpt, best.ckpt, metrics.csv, config.yaml
+    checkpoint_every_steps: int = 0  # also write last.ckpt every N optimizer steps (0: per epoch only)
+    eval_every_epochs: int = 1  # validate, log metrics and write last/best.ckpt every N epochs (and at the end)
+    log_every: int = 10  # progress-bar refresh of the running loss, in optimizer steps
+    dtype: str = "float32"  # float32 | float64
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    resume: bool = False  # continue from out_dir/last.ckpt (same as --resume)
+    overwrite: bool = False  # allow a fresh run in an out_dir that already holds a checkpoint
+    max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
+    progress: bool | None = None  # progress bar; None: only when stderr is a terminal
+    deterministic: bool = False  # torch.use_deterministic_algorithms during training
+    threads: int | None = None  # torch.set_num_threads during training (None: unchanged)
+
+    def __post_init__(self) -> None:
+        _coerce(self, "run")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"run.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.checkpoint_every_steps < 0 or self.log_every < 1 or self.eval_every_epochs < 1:
+            raise ConfigError("run.checkpoint_every_steps must be >= 0, run.log_every and run.eval_every_epochs >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"run.max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"run.threads must be >= 1 or null, got {self.threads}")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+@dataclass
+class TrainConfig:
+    """The whole resolved training configuration."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    model_preset: str | None = None  # the preset the model section started from (informative)
+    elements_from_data: bool = False  # model.elements was omitted: fill from the training data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (YAML/torch.save-safe) dictionary of the four sections."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def with_elements(self, elements: Sequence[int]) -> "TrainConfig":
+        """A copy whose model uses ``elements`` (sorted by Z)."""
+        model = dataclasses.replace(self.model, elements=sorted(int(z) for z in elements))
+        return dataclasses.replace(self, model=model, elements_from_data=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """``["optim.lr=2e-3", ...]`` -> ``[("optim", "lr", 0.002), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"override {item!r} must look like section.key=value (e.g. optim.lr=0.002); "
+                f"sections are {sorted(SECTIONS)}"
+            )
+        section, name = parts
+        if section not in SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; valid sections are {sorted(SECTIONS)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+        out.append((section, name, value))
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (``None``: overrides only) and apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    base_dir = Path(".")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: top level must be a mapping of sections {sorted(SECTIONS)}")
+        raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in loaded.items()}
+        base_dir = path.parent
+        _check_sections(raw, str(path))
+        data = raw.get("data")
+        if isinstance(data, dict):
+            for key in ("train", "val"):
+                if key in data and data[key] is not None:
+                    data[key] = [_relative_to(p, base_dir) for p in _as_list(data[key])]
+    for section, name, value in parse_overrides(overrides):
+        sec = raw.setdefault(section, {})
+        if sec is None:
+            sec = raw[section] = {}
+        sec[name] = value
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a mapping of sections (paths taken as given)."""
+    _check_sections(raw, "config")
+    sections = {}
+    for name in ("data", "optim", "run"):
+        sec = raw.get(name) or {}
+        if not isinstance(sec, Mapping):
+            raise ConfigError(f"section {name!r} must be a mapping of keys, got {sec!r}")
+        sections[name] = from_dict(SECTIONS[name], sec, name)
+    model_raw = dict(raw.get("model") or {})
+    valid = sorted([f.name for f in dataclasses.fields(ModelConfig)] + ["preset"])
+    unknown = sorted(set(model_raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"model: unknown key(s) {unknown}; valid keys are: {valid}")
+    preset = model_raw.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    from_data = model_raw.get("elements") is None
+    if from_data:
+        model_raw["elements"] = [1]  # placeholder until the training data are read
+    else:
+        model_raw["elements"] = [_to_z(z) for z in _as_list(model_raw["elements"])]
+    model_raw = _coerce_mapping(ModelConfig, {**PRESETS.get(preset, {}), **model_raw}, "model")
+    model = model_config(None, **model_raw)
+    return TrainConfig(model=model, model_preset=preset, elements_from_data=from_data, **sections)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML text (``model.elements: null`` while still to be
+    taken from the training data)."""
+    d = cfg.to_dict()
+    if cfg.elements_from_data:
+        d["model"]["elements"] = None
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_sections(raw: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections are {sorted(SECTIONS)}")
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _relative_to(p: Any, base: Path) -> str:
+    p = os.path.expanduser(str(p))
+    return p if os.path.isabs(p) else os.path.normpath(str(base / p))
+
+
+def _to_z(z: Any) -> int:
+    """Atomic number from an int or a chemical symbol."""
+    if isinstance(z, str) and not z.strip().isdigit():
+        from ase.data import atomic_numbers
+
+        if z.strip() not in atomic_numbers:
+            raise ConfigError(f"model.elements: unknown chemical symbol {z!r}")
+        return int(atomic_numbers[z.strip()])
+    try:
+        return int(z)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.elements: {z!r} is neither an atomic number nor a chemical symbol") from err
+
+
+def _coerce(obj: Any, where: str) -> None:
+    """Convert the fields of a config dataclass instance to their declared types in place."""
+    for name, value in _coerce_mapping(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where).items():
+        setattr(obj, name, value)
+
+
+def _coerce_mapping(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {k: (_coerce_value(v, hints[k], f"{where}.{k}") if k in hints else v) for k, v in data.items()}
+
+
+def _coerce_value(v: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce_value(v, a, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {v!r} ({'; '.join(errors)})")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce_value(x, item, f"{where}[{i}]") for i, x in enumerate(_as_list(v))] if item is not Any else _as_list(v)
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    if tp is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str):
+            try:
+                return int(v)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {v!r}")
+    if tp is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str):  # YAML 1.1 reads "2e-3" as a string
+            try:
+                return float(v)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {v!r}")
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        raise ConfigError(f"{where}: expected a string, got {v!r}")
+    return v
