@@ -1,0 +1,296 @@
+"""allscaip-export: checkpoint -> deployable TorchScript (.pt) or AOTInductor (.pt2) model.
+
+    allscaip-export CHECKPOINT [-o OUT] [--format torchscript|aoti]
+                    [--dtype float64|float32] [--device cpu|cuda] [--no-verify]
+
+After writing, the artefact is reloaded and evaluated on a triclinic periodic box and a
+molecule made of the model's elements; energy, forces and virial are compared with the
+checkpoint's eager model in the same dtype. Exit status: 0 written and verified, 1 the
+artefact does not match (largest differences printed), 2 bad input (one-line message).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+SUFFIX = {"torchscript": ".pt", "aoti": ".pt2"}
+# float64: absolute eV (energy, per-atom energies, virial) and eV/Å (forces);
+# float32: relative to the largest reference value of each quantity.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def log(msg: str) -> None:
+    print(f"[allscaip-export] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- structures
+
+
+def _water_like(rng, n_side: int, spacing: float, periodic: bool, skew: bool):
+    """Randomly rotated water molecules on a jittered grid (triclinic cell when ``skew``)."""
+    import numpy as np
+    from ase import Atoms
+    from ase.build import molecule
+
+    w = molecule("H2O")
+    pos, nums = [], []
+    for ix in range(n_side):
+        for iy in range(n_side):
+            for iz in range(n_side):
+                q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+                q = q * np.sign(np.diag(r))
+                pos.append(w.positions @ q.T + np.array([ix, iy, iz]) * spacing + rng.normal(0, 0.1, 3))
+                nums.append(w.numbers)
+    cell = np.eye(3) * n_side * spacing
+    if skew:
+        cell[1, 0], cell[2, 0], cell[2, 1] = 0.9, -0.6, 0.7
+    atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell if periodic else None, pbc=periodic)
+    if periodic:
+        atoms.wrap()
+    return atoms
+
+
+def _random_structure(rng, elements: Sequence[int], n: int, periodic: bool, min_dist: float = 1.0):
+    """Random atoms (no pair closer than ``min_dist``) in a triclinic cell or a sphere."""
+    import numpy as np
+    from ase import Atoms
+
+    if periodic:
+        length = (n * 12.0) ** (1.0 / 3.0)
+        cell = np.diag([length, length * 1.05, length * 0.95])
+        cell[1, 0], cell[2, 0], cell[2, 1] = 0.3 * length / 4, -0.2 * length / 4, 0.25 * length / 4
+    radius = (n * 12.0 * 3 / (4 * np.pi)) ** (1.0 / 3.0)
+    pos: List[np.ndarray] = []
+    while len(pos) < n:
+        if periodic:
+            p = rng.random(3) @ cell
+            ok = True
+            for q in pos:
+                d = p - q
+                f = np.linalg.solve(cell.T, d)
+                d = (f - np.round(f)) @ cell
+                ok &= bool(np.linalg.norm(d) >= min_dist)
+        else:
+            p = rng.normal(size=3)
+            p = p / np.linalg.norm(p) * radius * rng.random() ** (1 / 3)
+            ok = all(np.linalg.norm(p - q) >= min_dist for q in pos)
+        if ok:
+            pos.append(p)
+    nums = [elements[i % len(elements)] for i in range(n)]
+    return Atoms(numbers=nums, positions=np.array(pos), cell=cell if periodic else None, pbc=periodic)
+
+
+def test_structures(elements: Sequence[int], seed: int = 0) -> List[Tuple[str, Any]]:
+    """(name, Atoms): a triclinic periodic box and a molecule of the model's elements.
+
+    Water-like (8 molecules in a triclinic box; a 4-molecule cluster) when the model knows
+    H and O, random structures of all its elements otherwise.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if 1 in elements and 8 in elements:
+        box = _water_like(rng, 2, 3.1, periodic=True, skew=True)
+        mol = _water_like(rng, 2, 2.9, periodic=False, skew=False)[:12]
+        names = ("triclinic water-like box", "water cluster (molecule)")
+    else:
+        box = _random_structure(rng, elements, 24, periodic=True)
+        mol = _random_structure(rng, elements, 10, periodic=False)
+        names = ("triclinic random box", "random cluster (molecule)")
+    for a in (box, mol):
+        a.info.update(charge=0, spin=1)
+    return [(names[0], box), (names[1], mol)]
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def whole_system_inputs(atoms, cutoff: float, dtype, device) -> Tuple[Any, ...]:
+    """The whole-system call's arguments for ``atoms`` (full neighbour list within ``cutoff``)."""
+    import numpy as np
+    import torch
+
+    from allscaip.neighbors import system_neighbor_pairs
+
+    i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return (
+        torch.tensor(atoms.positions, dtype=dtype, device=device),
+        torch.tensor(atoms.numbers, dtype=torch.long, device=device),
+        torch.tensor(atoms.cell.array, dtype=dtype, device=device),
+        torch.tensor(np.asarray(atoms.pbc, dtype=bool).reshape(3), device=device),
+        torch.tensor(np.stack([i, j]), dtype=torch.long, device=device),
+        torch.tensor(s, dtype=dtype, device=device),
+        torch.tensor(int(atoms.info.get("charge", 0)), dtype=torch.long, device=device),
+        torch.tensor(int(atoms.info.get("spin", 1)), dtype=torch.long, device=device),
+    )
+
+
+def eager_reference(model, atoms, dtype, device) -> Dict[str, Any]:
+    """energy, forces, energies and (periodic) virial = -stress * volume from the eager model."""
+    from allscaip.data import atoms_to_batch
+    from allscaip.model import compute_properties
+
+    periodic = bool(atoms.pbc.all())
+    out = compute_properties(model, atoms_to_batch([atoms], dtype=dtype).to(device), forces=True, stress=periodic)
+    ref = {"energy": out["energy"][0], "forces": out["forces"], "energies": out["energies"]}
+    if periodic:
+        ref["virial"] = -out["stress"][0] * atoms.get_volume()
+    return ref
+
+
+def compare(artefact_out: Sequence[Any], ref: Dict[str, Any], dtype_name: str) -> Dict[str, Tuple[float, bool]]:
+    """Largest difference per quantity and whether it is within tolerance."""
+    tol = TOLERANCE[dtype_name]
+    got = dict(zip(("energy", "forces", "virial", "energies"), artefact_out))
+    result = {}
+    for key in ("energy", "forces", "virial", "energies"):
+        if key not in ref:
+            continue
+        a = got[key].detach().double().cpu()
+        b = ref[key].detach().double().cpu()
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        if diff != diff:  # NaN
+            result[key] = (diff, False)
+            continue
+        if dtype_name == "float32":
+            scale = max(float(b.abs().max()) if b.numel() else 0.0, 1e-3)
+            result[key] = (diff / scale, diff / scale <= tol)
+        else:
+            result[key] = (diff, diff <= tol)
+    return result
+
+
+def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = False) -> bool:
+    """Evaluate the reloaded artefact ``call`` and the eager ``model`` on the test structures."""
+    import torch
+
+    dtype_name = metadata["dtype"]
+    dtype = getattr(torch, dtype_name)
+    unit = {"energy": "eV", "forces": "eV/Å", "virial": "eV", "energies": "eV"}
+    kind = "relative" if dtype_name == "float32" else "absolute"
+    ok = True
+    for name, atoms in test_structures(list(metadata["atomic_numbers"])):
+        args = whole_system_inputs(atoms, float(metadata["cutoff"]), dtype, device)
+        out = call(*args)
+        ref = eager_reference(model, atoms, dtype, device)
+        res = compare(out, ref, dtype_name)
+        parts = []
+        for key, (diff, good) in res.items():
+            parts.append(f"{key} {diff:.2e}{'' if kind == 'relative' else ' ' + unit[key]}{'' if good else ' (FAIL)'}")
+            ok &= good
+        if not quiet:
+            log(f"  {name}, {len(atoms)} atoms, E = {float(ref['energy']):.6f} eV: max {kind} |diff| " + ", ".join(parts))
+    if not quiet:
+        log(f"verification {'passed' if ok else 'FAILED'} (tolerance {TOLERANCE[dtype_name]:g} {kind})")
+    return ok
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="allscaip-export",
+        description="Export an allscaip checkpoint to a deployable TorchScript (.pt) or AOTInductor (.pt2) "
+        "model with its metadata, and verify it against the checkpoint.",
+    )
+    p.add_argument("checkpoint", help="training checkpoint (.ckpt)")
+    p.add_argument("-o", "--output", help="output file (default: the checkpoint path with .pt / .pt2)")
+    p.add_argument("--format", choices=sorted(SUFFIX), default="torchscript", help="default: torchscript")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="default: float64")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="device the artefact runs on (AOTInductor packages are device-specific); default: cpu")
+    p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA weights")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with the checkpoint")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
+    from allscaip.model.evaluate import UnknownElementError
+    from allscaip_export.metadata import build_metadata, checkpoint_hash
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise UsageError(f"checkpoint {ckpt} does not exist" if not ckpt.exists() else f"{ckpt} is not a file")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no GPU (use --device cpu)")
+    out = Path(args.output) if args.output else ckpt.with_suffix(SUFFIX[args.format])
+    if out.suffix != SUFFIX[args.format]:
+        raise UsageError(f"--format {args.format} writes a {SUFFIX[args.format]} file, got -o {out}")
+    if out.resolve() == ckpt.resolve():
+        raise UsageError(f"output {out} would overwrite the checkpoint")
+    dtype = getattr(torch, args.dtype)
+
+    t0 = time.perf_counter()
+    try:
+        payload = load_checkpoint(ckpt)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    model = model_from_payload(payload, use_ema=not args.raw_weights, dtype=dtype, device=args.device)
+    sha = checkpoint_hash(ckpt)
+    meta = build_metadata(model, args.dtype, args.device, args.format, sha)
+    meta["checkpoint_hash"] = sha
+    meta["source_checkpoint"] = ckpt.name
+    meta["weights"] = "raw" if args.raw_weights else ("ema" if payload.get("ema_state") is not None else "raw")
+    cfg = model.cfg
+    log(f"loaded {ckpt} (sha256 {sha[:12]}...): elements {meta['elements']}, hidden {cfg.hidden}, "
+        f"{cfg.layers} layers, cutoff {cfg.cutoff} Å, {sum(p.numel() for p in model.parameters())} parameters, "
+        f"{meta['weights']} weights ({time.perf_counter() - t0:.1f} s)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"exporting {args.format} ({args.dtype}, {args.device}) -> {out}")
+    t1 = time.perf_counter()
+    if args.format == "torchscript":
+        from allscaip_export.torchscript import export_torchscript, load_torchscript
+
+        export_torchscript(model, out, meta)
+        log(f"TorchScript export: {time.perf_counter() - t1:.1f} s")
+        load = lambda: load_torchscript(out, device=args.device)  # noqa: E731
+    else:
+        from allscaip_export.aoti import export_aoti, load_aoti
+
+        export_aoti(model, out, meta, device=args.device, verbose=True)
+        tm = export_aoti.timings
+        log(f"AOTInductor: trace + torch.export {tm['export_seconds']:.1f} s, compile {tm['compile_seconds']:.1f} s")
+        load = lambda: load_aoti(out, device=args.device)  # noqa: E731
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    if args.no_verify:
+        return 0
+
+    t2 = time.perf_counter()
+    call, meta_back = load()
+    if meta_back.get("checkpoint_hash") != sha:
+        log("reloaded metadata does not carry the checkpoint hash (FAIL)")
+        return 1
+    try:
+        ok = verify(call, model, meta_back, args.device)
+    except UnknownElementError as err:
+        raise UsageError(str(err)) from None
+    log(f"reload + verification: {time.perf_counter() - t2:.1f} s")
+    return 0 if ok else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f"allscaip-export: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"allscaip-export: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
