@@ -18,6 +18,10 @@ SUBCOMMANDS = {
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps epilog line breaks and shows defaults."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from allscaip import __version__
 
@@ -28,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_path)
         p = sub.add_parser(name, help=getattr(module, "HELP", None), description=getattr(module, "HELP", None),
                            epilog=getattr(module, "EPILOG", None),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

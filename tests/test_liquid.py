@@ -142,6 +142,8 @@ def test_openmm_resume_continues_after_last_segment(tiny_model, tmp_path):
     r0, r1 = (read_records(out / "model" / "liquid" / f"prod_00{i}.csv") for i in (0, 1))
     assert r1[0, 0] == r0[-1, 0] + 10 and np.all(np.diff(np.concatenate([r0, r1])[:, 0]) == 10)
     assert "model [openmm]" in (out / "summary.txt").read_text()
+    # equilibration cannot be lengthened once production has started
+    assert cli_main(args + ["--resume", "--equilibrate-ps", "0.1"]) == 2
 
 
 @pytest.mark.lammps

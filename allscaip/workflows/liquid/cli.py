@@ -28,26 +28,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", action="store_true",
                    help="also (or, without --model, only) run the flexible TIP3P water teacher in OpenMM with "
                         "the same protocol and analysis (water only)")
-    p.add_argument("--n-molecules", type=int, default=216)
+    p.add_argument("--n-molecules", type=int, default=216, help="molecules in the liquid box")
     p.add_argument("--temperature", type=float, default=298.15, help="K")
     p.add_argument("--pressure", type=float, default=1.0, help="atm")
     p.add_argument("--engine", choices=("openmm", "lammps"), default="openmm",
                    help="MD engine for the model (the teacher always runs in OpenMM)")
-    p.add_argument("--timestep-fs", type=float, default=0.5)
+    p.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step (flexible X-H bonds: 0.5-1 fs)")
     p.add_argument("--equilibrate-ps", type=float, default=100.0, help="liquid NPT equilibration")
     p.add_argument("--production-ps", type=float, default=200.0, help="liquid NPT production")
     p.add_argument("--segment-ps", type=float, default=10.0, help="checkpoint interval (segment length)")
-    p.add_argument("--gas-equilibrate-ps", type=float, default=10.0)
-    p.add_argument("--gas-production-ps", type=float, default=100.0)
+    p.add_argument("--gas-equilibrate-ps", type=float, default=10.0, help="gas-phase NVT equilibration")
+    p.add_argument("--gas-production-ps", type=float, default=100.0, help="gas-phase NVT production")
     p.add_argument("--sample-every-fs", type=float, default=100.0, help="sampling interval of energies/volume")
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
     p.add_argument("--barostat-interval", type=int, default=25, help="OpenMM Monte Carlo barostat interval, steps")
     p.add_argument("--pack-density", type=float, default=None,
                    help="g/cm^3 of the packed box (default 0.95 x experiment when known, else 0.95)")
-    p.add_argument("--packer", choices=("auto", "packmol", "random"), default="auto")
+    p.add_argument("--packer", choices=("auto", "packmol", "random"), default="auto",
+                   help="box packing: Packmol, random insertion, or Packmol when installed")
     p.add_argument("--minimise-iterations", type=int, default=1000,
                    help="maximum energy-minimisation iterations (0: no minimisation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (packing, velocities, thermostats)")
     p.add_argument("--out", default="liquid_run", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished segment")
     p.add_argument("--max-segments", type=int, default=None,
@@ -63,7 +64,8 @@ def settings_from_args(args, potential: str):
     from allscaip.workflows.liquid.settings import Settings
 
     return Settings(
-        molecule=args.molecule, model=None if potential == "teacher" else args.model, potential=potential,
+        molecule=args.molecule, potential=potential,
+        model=None if potential == "teacher" else str(Path(args.model).expanduser().resolve()),
         n_molecules=args.n_molecules, temperature_K=args.temperature, pressure_atm=args.pressure,
         engine="openmm" if potential == "teacher" else args.engine, timestep_fs=args.timestep_fs,
         equilibrate_ps=args.equilibrate_ps, production_ps=args.production_ps, segment_ps=args.segment_ps,

@@ -248,7 +248,9 @@ class LammpsEngine:
             P = s.pressure_bar
             lines.append(f"fix integ all npt temp {T} {T} {s.thermostat_damp_ps} iso {P} {P} {s.barostat_damp_ps}")
         else:
-            lines += ["fix integ all nve",
+            # one molecule under Langevin: all 3N degrees of freedom are thermalised (no momentum conservation)
+            lines += ["compute_modify thermo_temp extra/dof 0",
+                      "fix integ all nve",
                       f"fix thermostat all langevin {T} {T} {1.0 / s.friction_per_ps} {int(seed) % 900000000 + 1} zero yes"]
         lines += [
             f'fix rec all print {every} "$(step) $(pe:%.15g) $(ke:%.15g) $(temp:%.10g) $(vol:%.15g) $(density:%.12g)" '

@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from allscaip.workflows.liquid.build import Molecule
-from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV, Settings, density_g_cm3  # noqa: F401
+from allscaip.workflows.liquid.settings import Settings, density_g_cm3
 
 try:
     import openmm

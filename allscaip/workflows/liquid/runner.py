@@ -185,6 +185,13 @@ class Runner:
         self._check_settings()
         progress = self._load_progress()
         tasks = tasks_for(s)
+        for phase in ("liquid", "gas"):  # completed tasks must be a prefix of each phase's task list
+            flags = [t.name in progress["completed"] for t in tasks if t.phase == phase]
+            if any(flags[k + 1] and not flags[k] for k in range(len(flags) - 1)):
+                raise InputError(
+                    f"cannot resume {self.dir} with these run lengths: a {phase} task before a completed one is "
+                    "missing (only production may be lengthened once it has started, not equilibration)"
+                )
         todo = [t for t in tasks if t.name not in progress["completed"]]
         done_before = len(tasks) - len(todo)
         if self.resume and done_before:
