@@ -212,6 +212,11 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys, monkeypatch)
     msg = _err(capsys, ["liquid", "--teacher", "--molecule", "methanol", "--out", str(tmp_path / "z")])
     assert "water only" in msg
     assert "give --model" in _err(capsys, ["liquid", "--molecule", "water"])
+    ckpt = tmp_path / "tiny.ckpt"
+    shutil.copy(tiny_model, ckpt)
+    msg = _err(capsys, ["liquid", "--model", str(ckpt), "--molecule", "water", "--engine", "lammps",
+                        "--out", str(tmp_path / "x")])
+    assert "needs an exported TorchScript model (.pt)" in msg
     assert not (tmp_path / "x").exists()  # nothing ran
     # SMILES without RDKit
     monkeypatch.setitem(sys.modules, "rdkit", None)

@@ -89,6 +89,11 @@ def prepare_molecule(settings: Settings, log: Callable[[str], None] = print):
     else:
         if not settings.model:
             raise InputError("--model is required (or use --teacher alone for the water teacher)")
+        if settings.engine == "lammps" and Path(settings.model).suffix.lower() != ".pt":
+            raise InputError(
+                f"--engine lammps needs an exported TorchScript model (.pt) for pair_style allscaip, got "
+                f"{Path(settings.model).name}; export it with allscaip-export or use --engine openmm"
+            )
         info = build.model_info(settings.model)
         build.check_elements(mol, info.atomic_numbers, f"model {Path(settings.model).name}")
         cutoff, what = info.cutoff, f"model {Path(settings.model).name}"
