@@ -6,9 +6,9 @@ MD trajectory, unit conversion, error messages, NVE energy conservation and NPT 
 """
 from __future__ import annotations
 
-import os
+import copy
+import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -57,10 +57,14 @@ def lmp_env() -> Dict[str, str]:
 
 
 def _export(model, path: Path, **meta_overrides) -> Path:
+    return _export_as(model, path, "float64", **meta_overrides)
+
+
+def _export_as(model, path: Path, dtype: str, **meta_overrides) -> Path:
     from allscaip_export.metadata import build_metadata
     from allscaip_export.torchscript import export_torchscript
 
-    meta = build_metadata(model, "float64", "cpu", "torchscript")
+    meta = build_metadata(model, dtype, "cpu", "torchscript")
     meta.update(meta_overrides)
     export_torchscript(model, path, meta)
     return path
@@ -381,6 +385,36 @@ def test_rank_count_independence_other_models(lmp_env, models, systems, tmp_path
     assert_rel(sp["virial"], ref["virial"], 1e-10, "virial")
 
 
+def test_float32_model(lmp_env, models, systems, tmp_path):
+    """A float32 export runs in float32 (vec, all-gather in MPI_FLOAT) on 1 and 2 ranks."""
+    model = models["default"][0]
+    path = tmp_path / "f32.pt"
+    m32 = copy.deepcopy(model).float()
+    _export_as(m32, path, "float32")
+    data, atoms = systems["water_tric"]
+    ref = python_reference(model, atoms)
+    for nprocs, grid in [(1, None), (2, "2 1 1")]:
+        wd = tmp_path / f"np{nprocs}"
+        sp = single_point(run_lammps(lmp_env, wd, lammps_input(data, path, processors=grid), nprocs=nprocs), wd)
+        assert abs(sp["energy"] - ref["energy"]) <= 1e-5 * abs(ref["energy"])
+        assert_rel(sp["forces"], ref["forces"], 1e-4, f"float32 forces on {nprocs} rank(s)")
+        assert_rel(sp["virial"], ref["virial"], 1e-4, f"float32 virial on {nprocs} rank(s)")
+
+
+def test_metadata_tool(models, bad_models):
+    """build/lammps_plugin/allscaip_metadata reads metadata.json and the attributes from C++."""
+    tool = PLUGIN.parent / "allscaip_metadata"
+    assert tool.exists(), f"{tool} not built: run scripts/setup.sh"
+    out = subprocess.run([str(tool), str(models["default"][1])], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "elements:             H C N O" in out.stdout
+    assert "cutoff=4 atomic_numbers=[1, 6, 7, 8] num_layers=2 hidden=32" in out.stdout
+    js = subprocess.run([str(tool), str(models["default"][1]), "--json"], capture_output=True, text=True, timeout=120)
+    assert json.loads(js.stdout)["supports_domain_decomposition"] is True
+    bad = subprocess.run([str(tool), str(bad_models["plain"])], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "not an allscaip export" in bad.stderr
+
+
 # ------------------------------------------------------------------------------ 3. units real
 
 
@@ -399,18 +433,21 @@ def test_units_real(lmp_env, models, systems, tmp_path):
 # ------------------------------------------------------------------------------ 4. errors
 
 
+class _PlainModule(torch.nn.Module):
+    """A TorchScript module that is not an allscaip export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 @pytest.fixture(scope="module")
 def bad_models(models, tmp_path_factory):
     d = tmp_path_factory.mktemp("bad_models")
     corrupt = d / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 this is not a TorchScript archive" + bytes(range(256)) * 4)
 
-    class Plain(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
     plain = d / "plain.pt"
-    torch.jit.script(Plain()).save(str(plain))
+    torch.jit.script(_PlainModule()).save(str(plain))
     pt2 = d / "model.pt2"
     pt2.write_bytes(b"not read")
     wrong_version = _export(models["default"][0], d / "v99.pt", interface_version=99)
@@ -531,7 +568,7 @@ def test_npt_stays_stable(lmp_env, models, systems, tmp_path):
         "neighbor 1.0 bin", "velocity all create 300 87287 loop geom mom yes",
         "timestep 0.0005", "fix md all npt temp 300 300 0.05 iso 1.0 1.0 0.5",
         "thermo_style custom step temp pe etotal press vol atoms", "thermo_modify format float %.12g lost error",
-        "thermo 20", "run 300",
+        "thermo 20", "run 200",
     ]) + "\n"
     log = run_lammps(lmp_env, tmp_path, script, nprocs=2)
     th = thermo_blocks(log)[0]
