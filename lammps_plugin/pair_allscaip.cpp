@@ -409,11 +409,11 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
   const int64_t nc = static_cast<int64_t>(owned.size());
   const int64_t na = static_cast<int64_t>(numbers_all.size());
 
-  // halo buffer [nall, hidden]
-  if (nall > halo_nmax) {
-    halo_nmax = std::max<int64_t>(atom->nmax, nall);
+  // halo buffer [nall, hidden] (capacity in doubles: a later pair_coeff may change hidden)
+  if (static_cast<int64_t>(nall) * halo_cols > halo_nmax) {
+    halo_nmax = std::max<int64_t>(atom->nmax, nall) * halo_cols;
     memory->destroy(halo);
-    memory->create(halo, halo_nmax * halo_cols, "pair:allscaip:halo");
+    memory->create(halo, halo_nmax, "pair:allscaip:halo");
   }
   halo_nall = nall;
   ghost_ctx.halo = this;
@@ -665,7 +665,7 @@ void PairAllscaip::unpack_reverse_comm(int n, int *list, double *buf)
 double PairAllscaip::memory_usage()
 {
   double bytes = Pair::memory_usage();
-  bytes += (double) halo_nmax * halo_cols * sizeof(double);
+  bytes += (double) halo_nmax * sizeof(double);
   bytes += (double) nbr_vec.capacity() * sizeof(double);
   bytes += (double) nbr_index.capacity() * sizeof(int64_t);
   bytes += (double) (nbr_atom.capacity() + centre_of_atom.capacity() + ghost_slot.capacity()) *

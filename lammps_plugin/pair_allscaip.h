@@ -68,7 +68,7 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   // halo buffer [nall, hidden] of node states / their gradients
   double *halo;
   int halo_cols;
-  int64_t halo_nall, halo_nmax;
+  int64_t halo_nall, halo_nmax;    // rows in use, capacity in doubles
 
   // per-step work arrays, kept between steps to reuse their storage
   std::vector<int> centre_of_atom;     // local atom -> centre row, -1 if not a centre
