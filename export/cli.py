@@ -236,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
         payload = load_checkpoint(ckpt)
     except CheckpointError as err:
         raise UsageError(str(err)) from None
-    model = model_from_payload(payload, use_ema=not args.raw_weights, dtype=dtype, device=args.device)
+    try:
+        model = model_from_payload(payload, use_ema=not args.raw_weights, dtype=dtype, device=args.device)
+    except (ValueError, RuntimeError, KeyError) as err:  # ConfigError, state-dict mismatch
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{ckpt}: cannot rebuild the model from the checkpoint: {first}") from None
     sha = checkpoint_hash(ckpt)
     meta = build_metadata(model, args.dtype, args.device, args.format, sha)
     meta["checkpoint_hash"] = sha

@@ -256,6 +256,13 @@ def test_cli_incompatible_checkpoint_version(capsys, tmp_path):
     assert "checkpoint format version 999" in _error(capsys, path)
 
 
+def test_cli_damaged_checkpoint(capsys, tmp_path):
+    model = small_model()
+    path = tmp_path / "damaged.ckpt"
+    save_checkpoint(path, {"model_config": dataclasses.asdict(model.cfg), "model_state": {}})
+    assert "cannot rebuild the model" in _error(capsys, path)
+
+
 def test_cli_cuda_without_gpu(capsys, checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "--device cuda but torch sees no GPU" in _error(capsys, checkpoint, "--device", "cuda")
