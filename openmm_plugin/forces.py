@@ -103,6 +103,10 @@ def _load_uncached(path: Path, device: str, dtype: Optional[str]) -> LoadedModel
         raise NotAnAllScAIPModelError(f"{path} could not be loaded as {what}: {err}") from err
     except (FileNotFoundError, NotAnAllScAIPModelError):
         raise
+    except ValueError as err:  # allscaip's own loaders say clearly what is wrong
+        if "not an allscaip" in str(err):
+            raise NotAnAllScAIPModelError(str(err)) from err
+        raise  # e.g. a .pt2 compiled for another device, a checkpoint of another version
     except Exception as err:  # torch.jit.load / unpickling errors are RuntimeError, KeyError, ...
         raise NotAnAllScAIPModelError(f"{path} is not {what}: {type(err).__name__}: {err}") from err
     if calc._module is not None:
