@@ -4,6 +4,7 @@
 
 #include "allscaip_model.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
 
 #include <cctype>
@@ -278,9 +279,10 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
   if (const Json *v = root.find("allscaip_version"); v && v->kind == Json::STRING)
     info.allscaip_version = v->str;
   info.format = require(root, "format", Json::STRING, path).str;
-  if (info.format != "torchscript")
+  if (info.format != "torchscript" && info.format != "aoti")
     throw ModelError("metadata.json of " + path + " says format \"" + info.format +
-                     "\"; this plugin build loads TorchScript (.pt) exports only");
+                     "\"; this plugin build loads TorchScript (.pt) and AOTInductor (.pt2) "
+                     "exports only");
 
   const Json &els = require(root, "elements", Json::ARRAY, path);
   const Json &zs = require(root, "atomic_numbers", Json::ARRAY, path);
@@ -368,17 +370,36 @@ torch::Device parse_device(const std::string &name)
 Model::Model(const std::string &path, const torch::Device &device) :
     path_(path), device_(device), dtype_(torch::kFloat64)
 {
-  if (ends_with(path, ".pt2"))
-    throw ModelError(path +
-                     ": .pt2 not supported yet by this plugin build; export with --format "
-                     "torchscript");
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe.good())
       throw ModelError("cannot open model file " + path +
                        " (missing or unreadable); check the path given to pair_coeff");
   }
+  if (ends_with(path, ".pt2"))
+    load_aoti();
+  else
+    load_torchscript();
+}
 
+Model::~Model() = default;
+
+const torch::jit::Module &Model::module() const
+{
+  if (aoti_)
+    throw ModelError(path_ + " is an AOTInductor package: it has no TorchScript module");
+  return module_;
+}
+
+std::unordered_map<std::string, std::string> Model::package_metadata() const
+{
+  if (!aoti_) throw ModelError(path_ + " is not an AOTInductor package");
+  return aoti_->get_metadata();
+}
+
+void Model::load_torchscript()
+{
+  const std::string &path = path_;
   torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
   try {
     module_ = torch::jit::load(path, device_, extra);
@@ -392,6 +413,9 @@ Model::Model(const std::string &path, const torch::Device &device) :
                      " is a TorchScript file but not an allscaip export (no metadata.json "
                      "inside); export the model with allscaip-export --format torchscript");
   info_ = parse_metadata(extra["metadata.json"], path);
+  if (info_.format != "torchscript")
+    throw ModelError(path + ": metadata says format \"" + info_.format +
+                     "\" but the file is TorchScript; re-export it with allscaip-export");
 
   // the module's own attributes must agree with its metadata
   try {
@@ -433,6 +457,37 @@ Model::Model(const std::string &path, const torch::Device &device) :
     p.requires_grad_(false);    // only gradients with respect to geometry are needed
   }
   module_.eval();
+}
+
+void Model::load_aoti()
+{
+  const std::string &path = path_;
+  const std::string text = read_metadata_record(path);
+  if (text.empty())
+    throw ModelError(path + " is a .pt2 archive but not an allscaip export (no extra/metadata.json "
+                     "inside); export the model with allscaip-export --format aoti");
+  info_ = parse_metadata(text, path);
+  if (info_.format != "aoti")
+    throw ModelError(path + ": metadata says format \"" + info_.format +
+                     "\" but the file is a .pt2 package; re-export it with allscaip-export");
+  dtype_ = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
+  // a package runs only on the device type it was compiled for
+  const std::string built_for = info_.device.empty() ? "cpu" : info_.device;
+  const bool built_cuda = built_for.rfind("cuda", 0) == 0;
+  if (built_cuda != device_.is_cuda())
+    throw ModelError("AOTInductor package " + path + " was compiled for " + built_for +
+                     " and cannot run on " + device_.str() + "; export it again with "
+                     "allscaip-export --format aoti --device " + (device_.is_cuda() ? "cuda" : "cpu") +
+                     ", or use the TorchScript export (.pt), which runs anywhere");
+  try {
+    const c10::DeviceIndex index = device_.is_cuda() && device_.has_index() ? device_.index() : -1;
+    aoti_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1,
+                                                                      index);
+  } catch (const std::exception &e) {
+    throw ModelError("cannot load AOTInductor package " + path + " (" + first_line(e.what()) +
+                     "); the package is corrupt or was built by an incompatible torch; "
+                     "re-export it with allscaip-export --format aoti");
+  }
 }
 
 int Model::element_index(const std::string &symbol) const
@@ -495,6 +550,17 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> Model::wh
     int64_t charge, int64_t spin)
 {
   auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  if (aoti_) {
+    std::vector<torch::Tensor> in{positions.contiguous(), numbers.contiguous(), cell.contiguous(),
+                                  pbc.contiguous(), edge_index.contiguous(),
+                                  cell_shifts.contiguous(), torch::tensor(charge, opts),
+                                  torch::tensor(spin, opts)};
+    auto out = aoti_->run(in);
+    if (out.size() != 4)
+      throw ModelError("AOTInductor package " + path_ + " returned " + std::to_string(out.size()) +
+                       " outputs instead of 4 (energy, forces, virial, energies)");
+    return {out[0], out[1], out[2], out[3]};
+  }
   auto out = module_.forward({positions, numbers, cell, pbc, edge_index, cell_shifts,
                               torch::tensor(charge, opts), torch::tensor(spin, opts)});
   auto t = out.toTuple();
@@ -504,10 +570,34 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> Model::wh
 
 /* ---------------------------------------------------------------------- */
 
+std::string read_metadata_record(const std::string &path)
+{
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const std::exception &e) {
+    throw ModelError("cannot read " + path + " as a model archive (" + first_line(e.what()) +
+                     "); the file is corrupt or not an allscaip export");
+  }
+  // TorchScript keeps extra files under extra/, .pt2 packages under <archive>/extra/
+  for (const char *name : {"extra/metadata.json"}) {
+    if (!reader->hasRecord(name)) continue;
+    auto [data, size] = reader->getRecord(name);
+    return std::string(static_cast<const char *>(data.get()), size);
+  }
+  return "";
+}
+
 ModelInfo read_model_info(const std::string &path)
 {
-  Model model(path, torch::Device(torch::kCPU));
-  return model.info();
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe.good()) throw ModelError("cannot open model file " + path);
+  }
+  const std::string text = read_metadata_record(path);
+  if (text.empty())
+    throw ModelError(path + " is not an allscaip export (no extra/metadata.json inside)");
+  return parse_metadata(text, path);
 }
 
 }    // namespace allscaip

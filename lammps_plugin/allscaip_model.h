@@ -1,10 +1,10 @@
 /* -*- c++ -*- ----------------------------------------------------------
-   AllScAIP exported model (TorchScript .pt) for MD engines.
+   AllScAIP exported model (TorchScript .pt or AOTInductor .pt2) for MD engines.
 
-   Loads an `allscaip-export` TorchScript file, reads and validates the
-   metadata.json stored inside it, and wraps the staged (domain
-   decomposition) methods dd_prepare / dd_local / dd_global_project /
-   dd_global_finish / dd_readout and the whole-system forward.
+   Loads an `allscaip-export` file, reads and validates the metadata.json
+   stored inside it, and wraps the staged (domain decomposition) methods
+   dd_prepare / dd_local / dd_global_project / dd_global_finish / dd_readout
+   (TorchScript only) and the whole-system call (both formats).
 
    Independent of LAMMPS: every problem is reported by throwing
    allscaip::ModelError with a message that says what to change, so that the
@@ -15,12 +15,14 @@
 #define ALLSCAIP_MODEL_H
 
 #include <torch/script.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 namespace allscaip {
@@ -38,7 +40,7 @@ class ModelError : public std::runtime_error {
 struct ModelInfo {
   std::string json;                       // metadata.json verbatim
   std::string allscaip_version;
-  std::string format;                     // "torchscript"
+  std::string format;                     // "torchscript" | "aoti"
   int interface_version = 0;
   std::vector<std::string> elements;      // chemical symbols, model order
   std::vector<int64_t> atomic_numbers;    // same order
@@ -60,20 +62,30 @@ struct ModelInfo {
 // "cpu", "cuda", "cuda:N" -> torch::Device; throws if CUDA is asked for but unavailable
 torch::Device parse_device(const std::string &name);
 
-// read only the metadata (validated) of a model file, without keeping the module
+// read only the metadata (validated) of a model file (.pt or .pt2) without loading the model
 ModelInfo read_model_info(const std::string &path);
+
+// the raw metadata.json record of an export (.pt: extra file; .pt2: archive record
+// extra/metadata.json); empty if the archive has none. Throws ModelError if the file is not
+// a readable archive.
+std::string read_metadata_record(const std::string &path);
 
 class Model {
  public:
-  // throws ModelError: missing/corrupt file, .pt2, not an allscaip export,
-  // interface_version mismatch, inconsistent metadata
+  // throws ModelError: missing/corrupt file, not an allscaip export, interface_version
+  // mismatch, inconsistent metadata, an AOTInductor package compiled for another device
   Model(const std::string &path, const torch::Device &device);
+  ~Model();
 
   const ModelInfo &info() const { return info_; }
   const std::string &path() const { return path_; }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
-  const torch::jit::Module &module() const { return module_; }
+  bool is_aoti() const { return aoti_ != nullptr; }
+  // the AOTInductor metadata map of a .pt2 (holds "allscaip_metadata" and "AOTI_DEVICE_KEY")
+  std::unordered_map<std::string, std::string> package_metadata() const;
+  // the TorchScript module (throws ModelError for an AOTInductor package)
+  const torch::jit::Module &module() const;
 
   // index of a chemical symbol in the model's element list, -1 if absent
   int element_index(const std::string &symbol) const;
@@ -110,6 +122,10 @@ class Model {
   torch::ScalarType dtype_;
   ModelInfo info_;
   torch::jit::Module module_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
+
+  void load_torchscript();
+  void load_aoti();
 };
 
 // parse + validate a metadata.json string (exposed for tests and tools)

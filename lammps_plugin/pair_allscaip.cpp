@@ -217,12 +217,18 @@ void PairAllscaip::init_style()
   units = std::make_unique<allscaip::UnitConversion>(style);
 
   const allscaip::ModelInfo &info = model->info();
-  if (comm->nprocs > 1 && !info.supports_domain_decomposition)
+  if (comm->nprocs > 1 && !info.supports_domain_decomposition) {
+    if (model->is_aoti())
+      error->all(FLERR, "pair_style allscaip: model {} is an AOTInductor package, which holds the "
+                 "whole-system call only and cannot run on {} MPI ranks; run it on 1 rank, or "
+                 "export the model with allscaip-export --format torchscript for domain "
+                 "decomposition", model_path, comm->nprocs);
     error->all(FLERR, "pair_style allscaip: model {} does not support domain decomposition{} and "
                "cannot run on {} MPI ranks; run it on 1 rank (one GPU/CPU process) or export a "
                "model without distance_bias", model_path,
                info.distance_bias ? " (its node attention uses distance_bias)" : "",
                comm->nprocs);
+  }
 
   // As a sub-style of pair hybrid(/overlay), the hybrid style took the maximum communication
   // sizes of its sub-styles in its settings(), before pair_coeff told us the model's hidden size;
@@ -515,7 +521,8 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
 
 /* ----------------------------------------------------------------------
    whole-system evaluation on one rank (models without domain decomposition
-   support, i.e. distance_bias): owned atoms + periodic images as shifts
+   support: distance_bias models and AOTInductor packages): owned atoms +
+   periodic images as shifts
 ------------------------------------------------------------------------- */
 
 void PairAllscaip::compute_whole_system(int eflag, int vflag)
@@ -526,7 +533,9 @@ void PairAllscaip::compute_whole_system(int eflag, int vflag)
     error->all(FLERR, "pair_style allscaip: this model supports one MPI rank only");
   if (vflag_atom)
     error->all(FLERR, "pair_style allscaip: per-atom virial (compute stress/atom) is not "
-               "available for models without domain decomposition support (distance_bias)");
+               "available for models without domain decomposition support (distance_bias models "
+               "and AOTInductor packages); use the TorchScript export of a model without "
+               "distance_bias");
   double **x = atom->x;
   double **f = atom->f;
   tagint *tag = atom->tag;

@@ -56,3 +56,31 @@ def small_model(**overrides):
     model.element_energy.copy_(torch.tensor([-0.5, -1.5, -2.5, -2.0], dtype=torch.float64)[: len(kw["elements"])])
     model.energy_scale.fill_(0.7)
     return model
+
+
+# kNN envelope on (exercises the data-dependent pruned width), small angular orders so that the
+# one AOTInductor compile of the test session stays around a minute and a half of CPU time
+EXPORT_MODEL = dict(max_neighbors=6, bond_order_lmax=2, legendre_lmax=2)
+
+
+@pytest.fixture(scope="session")
+def export_checkpoint(tmp_path_factory):
+    """A checkpoint of ``small_model(**EXPORT_MODEL)`` (what the export tests start from)."""
+    import dataclasses
+
+    from allscaip.checkpoint import save_checkpoint
+
+    model = small_model(**EXPORT_MODEL)
+    path = tmp_path_factory.mktemp("export") / "model.ckpt"
+    save_checkpoint(path, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def aoti_package(export_checkpoint):
+    """The one AOTInductor compile of the test session: ``allscaip-export --format aoti``
+    (which also verifies the package against the checkpoint) -> model.pt2 beside it."""
+    from allscaip_export import cli
+
+    assert cli.main([str(export_checkpoint), "--format", "aoti"]) == 0
+    return export_checkpoint.with_suffix(".pt2")

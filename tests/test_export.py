@@ -24,12 +24,10 @@ from allscaip_export import cli
 from allscaip_export.aoti import METADATA_KEY, load_aoti, read_metadata
 from allscaip_export.metadata import checkpoint_hash
 from allscaip_export.torchscript import load_torchscript
+from conftest import EXPORT_MODEL as MODEL
 from conftest import small_model, water_box
 
 REPO = Path(__file__).resolve().parents[1]
-# kNN envelope on (exercises the data-dependent pruned width), small angular orders to keep
-# the single AOTInductor compile of this file around a minute and a half of CPU time
-MODEL = dict(max_neighbors=6, bond_order_lmax=2, legendre_lmax=2)
 
 
 def _mol(name: str) -> Atoms:
@@ -59,16 +57,13 @@ LARGE = {"box (3000)"}
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("export")
+def checkpoint(export_checkpoint) -> Path:
+    return export_checkpoint
 
 
 @pytest.fixture(scope="session")
-def checkpoint(workdir) -> Path:
-    model = small_model(**MODEL)
-    path = workdir / "model.ckpt"
-    save_checkpoint(path, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
-    return path
+def workdir(checkpoint) -> Path:
+    return checkpoint.parent
 
 
 def _cli(*argv) -> int:
@@ -92,12 +87,10 @@ def ts32(checkpoint, workdir):
 
 
 @pytest.fixture(scope="session")
-def aoti64(checkpoint):
-    """The one AOTInductor compile of the test suite (via the CLI, which verifies it)."""
-    assert _cli(checkpoint, "--format", "aoti") == 0
-    path = checkpoint.with_suffix(".pt2")
-    call, meta = load_aoti(path)
-    return path, call, meta
+def aoti64(aoti_package):
+    """The session's one AOTInductor compile (conftest; made by the CLI, which verifies it)."""
+    call, meta = load_aoti(aoti_package)
+    return aoti_package, call, meta
 
 
 @pytest.fixture(scope="session")
@@ -185,13 +178,21 @@ def test_metadata_readable_from_python(ts64, ts32, aoti64, checkpoint):
     assert ts64[2]["supports_domain_decomposition"] and not aoti64[2]["supports_domain_decomposition"]
 
 
-def test_metadata_readable_from_cpp(ts64):
-    """The LAMMPS plugin's allscaip_metadata tool (libtorch) reads the .pt's metadata."""
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_metadata_readable_from_cpp(ts64, aoti64, fmt):
+    """The C++ tool allscaip_metadata (built by the top-level CMake, libtorch, no Python) reads
+    the metadata of both formats; for a .pt2 it also checks the copy in the AOTI metadata map."""
+    path, meta = {"torchscript": (ts64[0], ts64[2]), "aoti": (aoti64[0], aoti64[2])}[fmt]
     tool = REPO / "build" / "lammps_plugin" / "allscaip_metadata"
     assert tool.exists(), f"{tool} missing: build it with scripts/setup.sh (cmake --build build)"
-    out = subprocess.run([str(tool), str(ts64[0]), "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(tool), str(path), "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == ts64[2]
+    assert json.loads(out.stdout) == meta
+    full = subprocess.run([str(tool), str(path)], capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    assert f"format:               {fmt}" in full.stdout and "elements:             H C N O" in full.stdout
+    if fmt == "aoti":
+        assert "allscaip_metadata equal to extra/metadata.json, AOTI_DEVICE_KEY=cpu" in full.stdout
 
 
 def test_aoti_package_refuses_another_device(aoti64):

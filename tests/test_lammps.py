@@ -449,7 +449,7 @@ def bad_models(models, tmp_path_factory):
     plain = d / "plain.pt"
     torch.jit.script(_PlainModule()).save(str(plain))
     pt2 = d / "model.pt2"
-    pt2.write_bytes(b"not read")
+    pt2.write_bytes(b"not a zip archive" * 8)
     wrong_version = _export(models["default"][0], d / "v99.pt", interface_version=99)
     return {"corrupt": corrupt, "plain": plain, "pt2": pt2, "v99": wrong_version, "missing": d / "nowhere.pt"}
 
@@ -461,7 +461,7 @@ ERROR_CASES = {
     "corrupt_file": (dict(model="corrupt"), "as a TorchScript model"),
     "not_allscaip": (dict(model="plain"), "not an allscaip export (no metadata.json inside)"),
     "interface_version": (dict(model="v99"), "has interface_version 99 but this plugin build implements interface_version 1"),
-    "pt2": (dict(model="pt2"), ".pt2 not supported yet by this plugin build; export with --format torchscript"),
+    "pt2": (dict(model="pt2"), "as a model archive"),
     "units": (dict(units="lj"), "does not support units lj; use one of: metal, real"),
     "newton_off": (dict(newton="off"), "requires newton pair on; add 'newton on'"),
     "pair_coeff_args": (dict(elements="H C N"), "4 atom types need 4 element symbols (or NULL) after the model file, got 3"),
@@ -493,6 +493,31 @@ def test_error_messages_two_ranks(lmp_env, models, systems, tmp_path, case):
         expected = "does not support domain decomposition (its node attention uses distance_bias)"
     out = run_lammps(lmp_env, tmp_path, script, nprocs=2, expect_fail=True, timeout=120)
     assert "ERROR" in out and expected in out, f"expected {expected!r} in:\n{out[-3000:]}"
+
+
+def test_aoti_package(lmp_env, aoti_package, export_checkpoint, systems, tmp_path):
+    """An AOTInductor package (.pt2) runs on one rank with the checkpoint's numbers (triclinic
+    box and a molecule); on two ranks it stops with a message that names the way out."""
+    from allscaip.checkpoint import load_model
+
+    model = load_model(export_checkpoint, dtype=torch.float64)
+    for system in ("water_tric", "molecule"):
+        data, atoms = systems[system]
+        periodic = bool(atoms.pbc.all())
+        wd = tmp_path / system
+        log = run_lammps(lmp_env, wd, lammps_input(data, aoti_package, boundary="p p p" if periodic else "f f f",
+                                                   per_atom_virial=False))
+        assert "domain decomposition not supported" in log
+        lmp, ref = single_point(log, wd), python_reference(model, atoms)
+        assert abs(lmp["energy"] - ref["energy"]) <= 1e-8 * abs(ref["energy"])
+        assert_rel(lmp["forces"], ref["forces"], 1e-8, f".pt2 forces ({system})")
+        assert_rel(lmp["energies"], ref["energies"], 1e-8, f".pt2 per-atom energies ({system})")
+        if periodic:
+            assert_rel(lmp["virial"], ref["virial"], 1e-8, ".pt2 virial")
+    data, _ = systems["water_tric"]
+    out = run_lammps(lmp_env, tmp_path / "np2", lammps_input(data, aoti_package, per_atom_virial=False), nprocs=2,
+                     expect_fail=True, timeout=120)
+    assert "is an AOTInductor package" in out and "--format torchscript for domain decomposition" in out, out[-3000:]
 
 
 def test_null_type_with_hybrid_overlay(lmp_env, models, systems, tmp_path):

@@ -1,10 +1,11 @@
 /* ----------------------------------------------------------------------
-   allscaip_metadata model.pt [--json]
+   allscaip_metadata model.pt|model.pt2 [--json]
 
-   Loads an allscaip-export TorchScript file with libtorch, validates it as
-   the LAMMPS plugin does, and prints its metadata.json and the attributes
-   engines read (elements, cutoff, layers, hidden, ...). Exit status 0 if the
-   model is usable by this plugin build, 1 otherwise (message on stderr).
+   Loads an allscaip-export file (TorchScript .pt or AOTInductor .pt2) with
+   libtorch, validates it as the LAMMPS plugin does, and prints its
+   metadata.json and the values engines read (elements, cutoff, layers,
+   hidden, ...). Exit status 0 if the model is usable by this plugin build,
+   1 otherwise (message on stderr).
 ------------------------------------------------------------------------- */
 
 #include "allscaip_model.h"
@@ -20,13 +21,13 @@ int main(int argc, char **argv)
     if (std::strcmp(argv[i], "--json") == 0)
       json_only = true;
     else if (std::strcmp(argv[i], "-h") == 0 || std::strcmp(argv[i], "--help") == 0) {
-      std::cout << "usage: allscaip_metadata model.pt [--json]\n";
+      std::cout << "usage: allscaip_metadata model.pt|model.pt2 [--json]\n";
       return 0;
     } else
       path = argv[i];
   }
   if (!path) {
-    std::cerr << "usage: allscaip_metadata model.pt [--json]\n";
+    std::cerr << "usage: allscaip_metadata model.pt|model.pt2 [--json]\n";
     return 2;
   }
   try {
@@ -53,6 +54,20 @@ int main(int argc, char **argv)
     std::cout << "domain_decomposition: "
               << (info.supports_domain_decomposition ? "supported" : "not supported") << "\n";
     std::cout << "dtype:                " << info.dtype << "\n";
+    std::cout << "format:               " << info.format << "\n";
+    if (model.is_aoti()) {
+      // the copy in the AOTInductor metadata map must equal the archive record
+      auto map = model.package_metadata();
+      auto it = map.find("allscaip_metadata");
+      if (it == map.end() || it->second != info.json) {
+        std::cerr << "allscaip_metadata: the package's AOTInductor metadata map lacks or disagrees "
+                     "with extra/metadata.json; re-export the model\n";
+        return 1;
+      }
+      std::cout << "package metadata map: allscaip_metadata equal to extra/metadata.json, "
+                << "AOTI_DEVICE_KEY=" << map["AOTI_DEVICE_KEY"] << "\n";
+      return 0;
+    }
     // the same values as read from the module's attributes
     const auto &m = model.module();
     std::cout << "module attributes:    cutoff=" << m.attr("cutoff").toDouble()
