@@ -61,6 +61,7 @@ class ModelConfig:
     legendre: bool = True  # Legendre angular encoding in neighbour attention
     legendre_lmax: int = 4
     node_attention: bool = True  # all-to-all node attention (False: local-only ablation)
+    qk_norm: bool = True  # RMS-normalised queries and keys in every attention (training stability)
     distance_bias: bool = False  # sinc "Euclidean rotary" bias in node attention
     distance_bias_freqs: int = 32
     charge_spin: bool = True  # system charge / spin embeddings

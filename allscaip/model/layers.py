@@ -61,12 +61,16 @@ class NeighborAttention(nn.Module):
     Values are not modulated.
     """
 
-    def __init__(self, hidden: int, heads: int, legendre: bool, lmax: int) -> None:
+    def __init__(self, hidden: int, heads: int, legendre: bool, lmax: int, qk_norm: bool = True) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = hidden // heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
+        # RMS-normalised queries/keys (per head, learned gain) bound the logits: without it the
+        # softmax can saturate early in training and the forces collapse to zero
+        self.q_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.legendre = legendre
         self.groups: List[int] = legendre_groups(self.head_dim, lmax) if legendre else [self.head_dim]
         self.scale = 1.0 / math.sqrt(self.head_dim)
@@ -84,6 +88,7 @@ class NeighborAttention(nn.Module):
         qkv = torch.cat([qkv, torch.zeros_like(qkv[:1])], 0)[tok_index]  # [Nc, T, 3H]
         qkv = qkv.view(nc, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [Nc, h, T, d]; unbind (not indexing) keeps the backward cheap
+        q, k = self.q_norm(q), self.k_norm(k)
         if self.legendre:
             logits = torch.zeros((nc, self.heads, t, t), dtype=x.dtype, device=x.device)
             off = 0
@@ -127,19 +132,21 @@ class NodeAttention(nn.Module):
     gather keys and values of every rank's atoms between the two.
     """
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, qk_norm: bool = True) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = hidden // heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
+        self.q_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
 
     def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, H] normalised -> q, k, v each [heads, N, head_dim]."""
         n = x.shape[0]
         qkv = self.qkv(x).view(n, 3, self.heads, self.head_dim).permute(1, 2, 0, 3)
         q, k, v = qkv.unbind(0)
-        return q, k, v
+        return self.q_norm(q), self.k_norm(k), v
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
