@@ -14,6 +14,11 @@ timed run after an untimed warm-up run (TorchScript's profiling executor optimis
 first calls). Prints a table and writes bench/results/lammps_md.json.
 
     python bench/lammps_md.py [--molecules 64,256,683,1000,2000] [--steps 10] [--model model.pt]
+        [--ranks 1,2] [--threads-per-rank N]
+
+On a shared machine use --threads-per-rank 1: torch's OpenMP threads spin-wait, and more
+threads than free cores makes every call many times slower (19 s instead of 0.2 s per step
+for 192 atoms was seen with 2 threads on 2 busy cores).
 
 Compare with fairchem's AllScAIP at the same size: bench/fairchem_allscaip.py (its own venv).
 """
@@ -82,13 +87,12 @@ def lammps_input(data: Path, model: Path, warmup: int, steps: int) -> str:
     ]) + "\n"
 
 
-def run_lammps(workdir: Path, script: str, ranks: int, timeout: float) -> Optional[float]:
+def run_lammps(workdir: Path, script: str, ranks: int, timeout: float, threads: int) -> Optional[float]:
     """Seconds per step of the last `run`, or None if it failed / timed out."""
     (workdir / "in.lmp").write_text(script)
     cmd = [str(VENV / "bin" / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-nocite", "-screen", "none"]
     if ranks > 1:
         cmd = [str(VENV / "bin" / "mpirun"), "-np", str(ranks)] + cmd
-    threads = max(1, (os.cpu_count() or 1) // ranks)
     try:
         proc = subprocess.run(cmd, cwd=workdir, env=venv_env(threads), capture_output=True, text=True,
                               timeout=timeout)
@@ -103,12 +107,12 @@ def run_lammps(workdir: Path, script: str, ranks: int, timeout: float) -> Option
     return float(t) / int(n)
 
 
-def time_ase(model: Path, atoms, repeats: int, warmup: int) -> float:
+def time_ase(model: Path, atoms, repeats: int, warmup: int, threads: int) -> float:
     import torch
 
     from allscaip.calculator import AllScAIPCalculator
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     a = atoms.copy()
     a.calc = AllScAIPCalculator(model)
     rng = np.random.default_rng(0)
@@ -134,6 +138,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for the default model")
     ap.add_argument("--max-seconds-per-run", type=float, default=600.0,
                     help="stop a LAMMPS run after this long (larger boxes are then skipped)")
+    ap.add_argument("--threads-per-rank", type=int, default=0,
+                    help="torch threads per LAMMPS rank and for the ASE calculator (0: cores / ranks)")
+    ap.add_argument("--skip-ase", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "lammps_md.json"))
     args = ap.parse_args()
 
@@ -166,15 +173,17 @@ def main() -> None:
         d.mkdir()
         ase.io.write(d / "water.data", atoms, format="lammps-data", specorder=["H", "O"], atom_style="atomic")
         for r in ranks:
+            threads = args.threads_per_rank or max(1, (os.cpu_count() or 1) // r)
             t = run_lammps(d, lammps_input(d / "water.data", model, args.warmup, args.steps), r,
-                           args.max_seconds_per_run)
+                           args.max_seconds_per_run, threads)
             row[f"lmp_{r}rank_s_per_step"] = t
             row[f"lmp_{r}rank_atom_steps_per_s"] = n / t if t else None
             if t is None:
                 skip = True
-        t_ase = time_ase(model, atoms, args.ase_repeats, 1)
+        t_ase = None if args.skip_ase else time_ase(model, atoms, args.ase_repeats, 1,
+                                                    args.threads_per_rank or (os.cpu_count() or 1))
         row["ase_s_per_call"] = t_ase
-        row["ase_atom_steps_per_s"] = n / t_ase
+        row["ase_atom_steps_per_s"] = n / t_ase if t_ase else None
         rows.append(row)
 
         def fmt(v, spec):
@@ -182,7 +191,7 @@ def main() -> None:
 
         print(f"{n:>6} " + " ".join(f"{fmt(row[f'lmp_{r}rank_s_per_step'], '15.4f')} "
                                     f"{fmt(row[f'lmp_{r}rank_atom_steps_per_s'], '12.0f')}" for r in ranks)
-              + f" {t_ase:11.4f} {n / t_ase:12.0f}", flush=True)
+              + f" {fmt(t_ase, '11.4f')} {fmt(n / t_ase if t_ase else None, '12.0f')}", flush=True)
 
     result = {
         "benchmark": "lammps_md",
