@@ -53,8 +53,8 @@ def venv_env(threads: int) -> Dict[str, str]:
     return env
 
 
-def default_model(path: Path, dtype: str) -> Path:
-    """Random-weight export with the bundled water model's architecture."""
+def default_model(path: Path, dtype: str, overrides: Dict[str, object]) -> Path:
+    """Random-weight export with the bundled water model's architecture (plus ``overrides``)."""
     import torch
     import yaml
 
@@ -66,6 +66,7 @@ def default_model(path: Path, dtype: str) -> Path:
     section = dict(yaml.safe_load((REPO / "examples" / "water" / "train.yaml").read_text())["model"])
     preset = section.pop("preset", None)
     section["elements"] = [1, 8]
+    section.update(overrides)
     torch.manual_seed(0)
     model = AllScAIP(model_config(preset, **section)).to(getattr(torch, dtype)).eval()
     export_torchscript(model, path, build_metadata(model, dtype, "cpu", "torchscript"))
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed MD steps first")
     ap.add_argument("--ase-repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="exported .pt (default: random weights, bundled architecture)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model config overrides for the default model, e.g. hidden=256 layers=4 heads=8")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for the default model")
     ap.add_argument("--max-seconds-per-run", type=float, default=600.0,
                     help="stop a LAMMPS run after this long (larger boxes are then skipped)")
@@ -152,7 +155,10 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
-    model = Path(args.model).resolve() if args.model else default_model(work / "model.pt", args.dtype)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    model = Path(args.model).resolve() if args.model else default_model(work / "model.pt", args.dtype, overrides)
     ranks = [int(r) for r in args.ranks.split(",")]
     load_start = list(os.getloadavg())
     rows = []
@@ -200,6 +206,7 @@ def main() -> None:
                     "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
         "torch": torch.__version__,
         "model": str(model) if args.model else "random weights, examples/water/train.yaml architecture",
+        "model_overrides": overrides,
         "dtype": args.dtype if not args.model else "as exported",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "command": " ".join([Path(sys.executable).name] + sys.argv),
