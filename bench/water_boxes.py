@@ -5,6 +5,8 @@ import numpy as np
 from ase import Atoms
 from ase.build import molecule
 
+from allscaip.geometry import random_rotation
+
 VOLUME_PER_MOLECULE = 29.9  # Å^3 at 1.0 g/cm^3
 
 
@@ -19,8 +21,7 @@ def water_box(n_molecules: int, seed: int = 0) -> Atoms:
     w.positions -= w.get_center_of_mass()
     pos, nums = [], []
     for site in sites:
-        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-        q *= np.sign(np.diag(r))
+        q = random_rotation(rng)
         pos.append(w.positions @ q.T + (site + 0.5) * spacing + rng.normal(0, 0.05 * spacing, 3))
         nums.append(w.numbers)
     atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=np.eye(3) * length, pbc=True)

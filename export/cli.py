@@ -39,13 +39,14 @@ def _water_like(rng, n_side: int, spacing: float, periodic: bool, skew: bool):
     from ase import Atoms
     from ase.build import molecule
 
+    from allscaip.geometry import random_rotation
+
     w = molecule("H2O")
     pos, nums = [], []
     for ix in range(n_side):
         for iy in range(n_side):
             for iz in range(n_side):
-                q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-                q = q * np.sign(np.diag(r))
+                q = random_rotation(rng)
                 pos.append(w.positions @ q.T + np.array([ix, iy, iz]) * spacing + rng.normal(0, 0.1, 3))
                 nums.append(w.numbers)
     cell = np.eye(3) * n_side * spacing

@@ -32,11 +32,9 @@ def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: b
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] *= -1
-    return q
+    from allscaip.geometry import random_rotation
+
+    return random_rotation(rng)
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from allscaip.geometry import random_rotation
+
 # unit conversions (exact SI values)
 KJMOL_PER_EV = 1.602176634e-19 * 6.02214076e23 / 1000.0  # 96.485 kJ/mol per eV
 NM = 10.0  # Å per nm
@@ -89,15 +91,6 @@ TAIL_DMIN = 6.0  # Å, lower end of the extra held-out tail frames
 
 
 # --------------------------------------------------------------------------- geometry helpers
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly distributed proper rotation matrix."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 def random_unit(rng: np.random.Generator) -> np.ndarray:
     v = rng.normal(size=3)
     return v / np.linalg.norm(v)

@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from ase import Atoms
 
+from allscaip.geometry import random_rotation
 from allscaip.workflows.liquid import experimental
 
 AVOGADRO = 6.02214076e23
@@ -247,14 +248,6 @@ def check_box(n_molecules: int, mol: Molecule, density_g_cm3: float, cutoff: flo
 
 
 # ------------------------------------------------------------------------------- packing
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] *= -1
-    return q
-
-
 def _min_image_min_dist(new: np.ndarray, old: np.ndarray, edge: float) -> float:
     if len(old) == 0:
         return math.inf
@@ -276,7 +269,7 @@ def random_insertion(mol: Molecule, n_molecules: int, edge: float, seed: int = 0
     for _ in range(n_molecules):
         while True:
             for _try in range(max_tries):
-                trial = ref @ _random_rotation(rng).T + rng.uniform(0, edge, 3)
+                trial = ref @ random_rotation(rng).T + rng.uniform(0, edge, 3)
                 if _min_image_min_dist(trial, placed, edge) >= tol:
                     break
             else:
