@@ -1,10 +1,10 @@
 """The main job: train on the bundled water data, export, run MD in LAMMPS and OpenMM,
 report density.
 
-    python -m allscaip.workflows.main [--out runs/main] [--epochs 3] [--frames 64] [--md-ps 0.25]
+    python -m allscaip.workflows.main [--out runs/main] [--epochs 8] [--frames 64] [--md-ps 0.25]
 
 1. ``allscaip-train examples/water/train.yaml`` for a few epochs on a subset of the bundled
-   data, 100-atom batches (shows the trainer and its falling validation errors; a few minutes);
+   data, 192-atom batches (shows the trainer and its falling validation errors; a few minutes);
 2. ``allscaip-export`` of the shipped water model ``examples/water/model.ckpt`` (trained with
    the same config for longer; see examples/water/README.md) to TorchScript;
 3. NPT MD of a water box with ``pair_style allscaip`` in LAMMPS (``lmp``, 2 MPI ranks);
@@ -26,9 +26,9 @@ from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-# small batches in the demonstration: enough optimizer steps (~60 per epoch on 64 frames) for
-# the force error to fall visibly within a couple of minutes
-DEMO_MAX_ATOMS = 100
+# small batches in the demonstration (the largest frame has 192 atoms): ~30 optimizer steps per
+# epoch on 64 frames, so that the force error falls visibly within a couple of minutes
+DEMO_MAX_ATOMS = 192
 
 
 def _run(cmd: List[str], log: Path, env: Dict[str, str] | None = None, cwd: Path = REPO) -> float:
@@ -131,7 +131,7 @@ def openmm_md(out: Path, model: Path, md_ps: float, n_molecules: int) -> Dict[st
 def main(argv: List[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "main")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of the demonstration training (default 3)")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the demonstration training (default 8)")
     ap.add_argument("--frames", type=int, default=64, help="training frames of the demonstration (default 64)")
     ap.add_argument("--md-ps", type=float, default=0.25, help="picoseconds of NPT MD per engine (default 0.25)")
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for LAMMPS (default 2)")
