@@ -1,0 +1,45 @@
+"""Mean signed student-minus-teacher energy error per molecule, by frame type.
+
+A static check before the liquid MD (docs/validation.md): ΔHvap is a difference of mean
+energies, so a systematic error that differs between gas (monomers) and liquid (bulk) shifts
+it directly.
+
+    python examples/water/check_energies.py [--model examples/water/model.ckpt] [--data examples/water/data/val.extxyz]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+from allscaip.calculator import AllScAIPCalculator
+
+HERE = Path(__file__).resolve().parent
+EV_TO_KJ_MOL = 96.48533212
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(HERE / "model.ckpt"))
+    ap.add_argument("--data", default=str(HERE / "data" / "val.extxyz"))
+    args = ap.parse_args()
+    calc = AllScAIPCalculator(args.model)
+    groups: dict[tuple[str, int], list[float]] = {}
+    for frame in read(args.data, ":"):
+        teacher = frame.get_potential_energy()
+        student = frame.copy()
+        student.info.update(frame.info)
+        student.calc = calc
+        err = (student.get_potential_energy() - teacher) / (len(frame) // 3) * EV_TO_KJ_MOL
+        groups.setdefault((str(frame.info.get("config_type", "?")), len(frame) // 3), []).append(err)
+    print(f"{'frames':<10} {'molecules':>9} {'n':>4} {'mean error':>11} {'std error':>10}  (kJ/mol per molecule)")
+    for (kind, nmol), errs in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        e = np.asarray(errs)
+        sem = e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else float("nan")
+        print(f"{kind:<10} {nmol:>9} {len(e):>4} {e.mean():>+11.3f} {sem:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
