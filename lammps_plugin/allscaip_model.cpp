@@ -367,15 +367,22 @@ torch::Device parse_device(const std::string &name)
 
 /* ---------------------------------------------------------------------- */
 
+namespace {
+
+void require_readable(const std::string &path)
+{
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe.good())
+    throw ModelError("cannot open model file " + path +
+                     " (missing or unreadable); check the path given to pair_coeff");
+}
+
+}    // namespace
+
 Model::Model(const std::string &path, const torch::Device &device) :
     path_(path), device_(device), dtype_(torch::kFloat64)
 {
-  {
-    std::ifstream probe(path, std::ios::binary);
-    if (!probe.good())
-      throw ModelError("cannot open model file " + path +
-                       " (missing or unreadable); check the path given to pair_coeff");
-  }
+  require_readable(path);
   if (ends_with(path, ".pt2"))
     load_aoti();
   else
@@ -579,21 +586,16 @@ std::string read_metadata_record(const std::string &path)
     throw ModelError("cannot read " + path + " as a model archive (" + first_line(e.what()) +
                      "); the file is corrupt or not an allscaip export");
   }
-  // TorchScript keeps extra files under extra/, .pt2 packages under <archive>/extra/
-  for (const char *name : {"extra/metadata.json"}) {
-    if (!reader->hasRecord(name)) continue;
-    auto [data, size] = reader->getRecord(name);
-    return std::string(static_cast<const char *>(data.get()), size);
-  }
-  return "";
+  // both formats keep it at <archive>/extra/metadata.json; the reader strips <archive>/
+  const char *name = "extra/metadata.json";
+  if (!reader->hasRecord(name)) return "";
+  auto [data, size] = reader->getRecord(name);
+  return std::string(static_cast<const char *>(data.get()), size);
 }
 
 ModelInfo read_model_info(const std::string &path)
 {
-  {
-    std::ifstream probe(path, std::ios::binary);
-    if (!probe.good()) throw ModelError("cannot open model file " + path);
-  }
+  require_readable(path);
   const std::string text = read_metadata_record(path);
   if (text.empty())
     throw ModelError(path + " is not an allscaip export (no extra/metadata.json inside)");
