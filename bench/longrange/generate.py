@@ -106,6 +106,17 @@ def monomer_arrays(mono: list) -> Tuple[List[str], np.ndarray, np.ndarray, np.nd
 
 
 # --------------------------------------------------------------------------- OpenMM labelling
+
+def openmm_label(context, pos: np.ndarray) -> Tuple[float, np.ndarray]:
+    """(energy eV, forces eV/Å) of an OpenMM ``context`` at positions ``pos`` (Å)."""
+    import openmm.unit as u
+
+    context.setPositions(pos / NM)
+    st = context.getState(getEnergy=True, getForces=True)
+    e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / KJMOL_PER_EV
+    f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / KJMOL_PER_EV / NM
+    return float(e), np.asarray(f, dtype=float)
+
 class DimerLabeller:
     """OpenMM (Reference platform) intermolecular Coulomb + LJ energy of a rigid dimer, no cutoff."""
 
@@ -144,19 +155,17 @@ class DimerLabeller:
 
     def label(self, pos: np.ndarray) -> Tuple[float, np.ndarray]:
         """(energy eV, forces eV/Å) at positions (Å)."""
-        import openmm.unit as u
+        return openmm_label(self.context, pos)
 
-        self.context.setPositions(pos / NM)
-        st = self.context.getState(getEnergy=True, getForces=True)
-        e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / KJMOL_PER_EV
-        f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / KJMOL_PER_EV / NM
-        return float(e), np.asarray(f, dtype=float)
+    def intermolecular_distances(self, pos: np.ndarray) -> np.ndarray:
+        """[atoms of A, atoms of B] distances (Å)."""
+        return np.linalg.norm(pos[: self.na, None] - pos[None, self.na :], axis=-1)
 
     def dmin(self, pos: np.ndarray) -> float:
-        return float(np.linalg.norm(pos[: self.na, None] - pos[None, self.na :], axis=-1).min())
+        return float(self.intermolecular_distances(pos).min())
 
     def clashes(self, pos: np.ndarray) -> bool:
-        d = np.linalg.norm(pos[: self.na, None] - pos[None, self.na :], axis=-1)
+        d = self.intermolecular_distances(pos)
         h = np.array([s == "H" for s in self.symbols])
         anyh = h[: self.na, None] | h[None, self.na :]
         return bool((d[anyh] < CONTACT_H).any() or (d[~anyh] < CONTACT_HEAVY).any())
@@ -195,13 +204,8 @@ class BoxLabeller:
         self.context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
 
     def label(self, pos: np.ndarray) -> Tuple[float, np.ndarray]:
-        import openmm.unit as u
-
-        self.context.setPositions(pos / NM)
-        st = self.context.getState(getEnergy=True, getForces=True)
-        e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / KJMOL_PER_EV
-        f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / KJMOL_PER_EV / NM
-        return float(e), np.asarray(f, dtype=float)
+        """(energy eV, forces eV/Å) at positions (Å)."""
+        return openmm_label(self.context, pos)
 
 
 def box_ion_count(box: float, density: float = BOX_DENSITY) -> int:

@@ -44,20 +44,8 @@ def switch(r: np.ndarray, r_on: float, r_off: float) -> Tuple[np.ndarray, np.nda
     return s, ds
 
 
-def repulsion_pair(r: np.ndarray, a: float | None = None, rho: float | None = None, window=None) -> np.ndarray:
-    """Switched Born-Mayer energy A exp(-r/rho) S(r) (eV); 0 beyond the cutoff."""
-    from bench.longrange.generate import REP_A, REP_RHO, REP_SWITCH
-
-    a = REP_A if a is None else a
-    rho = REP_RHO if rho is None else rho
-    r_on, r_off = window or REP_SWITCH
-    s, _ = switch(r, r_on, r_off)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(r < r_off, a * np.exp(-r / rho) * s, 0.0)
-
-
-def repulsion_force_pair(r: np.ndarray, a: float | None = None, rho: float | None = None, window=None) -> np.ndarray:
-    """-d/dr of :func:`repulsion_pair` (eV/Å)."""
+def _repulsion(r: np.ndarray, a: float | None, rho: float | None, window) -> Tuple[np.ndarray, np.ndarray]:
+    """Switched Born-Mayer energy A exp(-r/rho) S(r) and its -d/dr (eV, eV/Å); 0 beyond the cutoff."""
     from bench.longrange.generate import REP_A, REP_RHO, REP_SWITCH
 
     a = REP_A if a is None else a
@@ -66,7 +54,17 @@ def repulsion_force_pair(r: np.ndarray, a: float | None = None, rho: float | Non
     s, ds = switch(r, r_on, r_off)
     with np.errstate(over="ignore", invalid="ignore"):
         u = a * np.exp(-r / rho)
-        return np.where(r < r_off, u * s / rho - u * ds, 0.0)
+        return np.where(r < r_off, u * s, 0.0), np.where(r < r_off, u * s / rho - u * ds, 0.0)
+
+
+def repulsion_pair(r: np.ndarray, a: float | None = None, rho: float | None = None, window=None) -> np.ndarray:
+    """Switched Born-Mayer energy A exp(-r/rho) S(r) (eV); 0 beyond the cutoff."""
+    return _repulsion(r, a, rho, window)[0]
+
+
+def repulsion_force_pair(r: np.ndarray, a: float | None = None, rho: float | None = None, window=None) -> np.ndarray:
+    """-d/dr of :func:`repulsion_pair` (eV/Å)."""
+    return _repulsion(r, a, rho, window)[1]
 
 
 def ewald_energy_forces(pos: np.ndarray, q: np.ndarray, box: float, alpha: float = 0.35, tol: float = 1e-12) -> Tuple[float, np.ndarray]:
@@ -119,7 +117,7 @@ def box_energy_forces(pos: np.ndarray, q: np.ndarray, box: float) -> Tuple[float
     dv -= box * np.round(dv / box)
     r = np.linalg.norm(dv, axis=-1)
     np.fill_diagonal(r, np.inf)
-    e += 0.5 * float(repulsion_pair(r).sum())
-    fm = repulsion_force_pair(r)
+    rep_e, fm = _repulsion(r, None, None, None)
+    e += 0.5 * float(rep_e.sum())
     f = f + ((fm / np.where(np.isfinite(r), r, 1.0))[..., None] * dv).sum(1)
     return e, f
