@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -44,11 +45,17 @@ REPO = HERE.parent
 VENV = REPO / ".venv"
 
 
-def venv_env(threads: int) -> Dict[str, str]:
+@functools.lru_cache(maxsize=None)
+def _activated_env() -> Tuple[Tuple[str, str], ...]:
     """The environment `source .venv/bin/activate` makes (libmpi path, LAMMPS_PLUGIN_PATH)."""
     out = subprocess.run(["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"],
                          capture_output=True, check=True).stdout.decode()
-    env = dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
+    return tuple(tuple(kv.split("=", 1)) for kv in out.split("\0") if "=" in kv)  # type: ignore[misc]
+
+
+def venv_env(threads: int) -> Dict[str, str]:
+    """The activated venv's environment with ``OMP_NUM_THREADS=threads``."""
+    env = dict(_activated_env())
     env["OMP_NUM_THREADS"] = str(threads)
     return env
 

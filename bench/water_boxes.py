@@ -1,11 +1,18 @@
 """Water boxes at liquid density for benchmarks (random orientations on a jittered grid)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 from ase import Atoms
 from ase.build import molecule
 
-from allscaip.geometry import random_rotation
+try:
+    from allscaip.geometry import random_rotation
+except ImportError:  # run from another environment (bench/fairchem_allscaip.py): use the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from allscaip.geometry import random_rotation
 
 VOLUME_PER_MOLECULE = 29.9  # Å^3 at 1.0 g/cm^3
 

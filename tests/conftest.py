@@ -7,6 +7,8 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
+from allscaip.geometry import random_rotation as _random_rotation  # noqa: F401 (tests import it from here)
+
 
 def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: bool = False) -> Atoms:
     """Water molecules on a jittered grid in a (optionally triclinic) periodic cell."""
@@ -31,10 +33,6 @@ def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: b
     return atoms
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    from allscaip.geometry import random_rotation
-
-    return random_rotation(rng)
 
 
 @pytest.fixture
