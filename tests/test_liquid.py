@@ -146,6 +146,27 @@ def test_openmm_resume_continues_after_last_segment(tiny_model, tmp_path):
     assert cli_main(args + ["--resume", "--equilibrate-ps", "0.1"]) == 2
 
 
+@pytest.mark.openmm
+def test_hydrogen_mass_repartitioning_keeps_molecular_mass(tmp_path):
+    from allscaip.workflows.liquid.engine_openmm import OpenMMEngine
+    from allscaip.workflows.liquid.settings import Settings
+
+    mol = build.load_molecule("water").water_ordered()
+    phys = mol.masses()
+    heavy = mol.masses(3.0)
+    assert heavy.sum() == pytest.approx(phys.sum(), abs=1e-9)  # density unchanged
+    assert heavy[1] == heavy[2] == 3.0 and heavy[0] == pytest.approx(phys[0] - 2 * (3.0 - phys[1]))
+    with pytest.raises(build.InputError, match="smaller --hydrogen-mass"):
+        mol.masses(9.5)  # O would be left with a negative mass
+    s = Settings(molecule="water", potential="teacher", n_molecules=32, hydrogen_mass_amu=3.0)
+    eng = OpenMMEngine("liquid", mol, 32, s, box_ang=10.0)
+    import openmm.unit as unit
+
+    got = [eng.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(eng.system.getNumParticles())]
+    assert np.allclose(got, np.tile(heavy, 32))
+    assert eng.total_mass == pytest.approx(32 * phys.sum())
+
+
 @pytest.mark.lammps
 def test_lammps_engine_short_run(tiny_model, tmp_path):
     from allscaip.workflows.liquid import engine_lammps
@@ -157,9 +178,15 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
         pytest.fail(f"LAMMPS is not set up (run scripts/setup.sh): {err}")
     out = tmp_path / "run"
     assert cli_main(["liquid", "--model", str(tiny_model), "--molecule", "water", "--n-molecules", "8",
-                     "--out", str(out), "--engine", "lammps", "--minimise-iterations", "20", *SHORT]) == 0
+                     "--out", str(out), "--engine", "lammps", "--minimise-iterations", "20",
+                     "--hydrogen-mass", "2.0", *SHORT]) == 0
     rep = _report(out, "model")
-    assert rep["engine"] == "lammps"
+    assert rep["engine"] == "lammps" and rep["settings"]["hydrogen_mass_amu"] == 2.0
+    # repartitioned masses: one type per (element, mass), pair_coeff maps both back to elements
+    data = (out / "model" / "liquid" / "initial.data").read_text()
+    m_o = build.load_molecule("water").water_ordered().masses(2.0)[0]
+    assert f"1 {m_o:.6f}  # O" in data and "2 2.000000  # H" in data and 15.0 > m_o > 13.9
+    assert " O H" in (out / "model" / "liquid" / "prod_001.in").read_text()
     _check_complete(rep, n_liq_samples=20, n_gas_samples=10)
     liq = out / "model" / "liquid"
     assert (liq / "prod_001.restart").is_file() and "pair_style allscaip" in (liq / "prod_001.in").read_text()
@@ -216,7 +243,7 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys, monkeypatch)
     shutil.copy(tiny_model, ckpt)
     msg = _err(capsys, ["liquid", "--model", str(ckpt), "--molecule", "water", "--engine", "lammps",
                         "--out", str(tmp_path / "x")])
-    assert "needs an exported TorchScript model (.pt)" in msg
+    assert "needs an exported model (.pt TorchScript or .pt2 AOTInductor)" in msg
     assert not (tmp_path / "x").exists()  # nothing ran
     # SMILES without RDKit
     monkeypatch.setitem(sys.modules, "rdkit", None)

@@ -63,6 +63,27 @@ class Molecule:
     def natoms(self) -> int:
         return len(self.atoms)
 
+    def masses(self, hydrogen_mass: Optional[float] = None) -> np.ndarray:
+        """Per-atom masses (amu) for the MD. With ``hydrogen_mass``, every H bonded to a heavy
+        atom gets that mass and the heavy atom gives up the difference (hydrogen mass
+        repartitioning: the molecule's mass, hence the density, is unchanged; configurational
+        averages such as ρ and ⟨U⟩ do not depend on masses, while heavier hydrogens allow
+        longer time steps)."""
+        m = self.atoms.get_masses().astype(float)
+        if hydrogen_mass is None:
+            return m
+        z = self.atoms.numbers
+        for a, b in self.bonds:
+            for h, x in ((a, b), (b, a)):
+                if z[h] == 1 and z[x] != 1:
+                    dm = float(hydrogen_mass) - m[h]
+                    m[h] += dm
+                    m[x] -= dm
+        if np.any(m <= 0.0):
+            raise InputError(f"hydrogen mass {hydrogen_mass} amu leaves a heavy atom of {self.formula} with mass "
+                             f"{m.min():.3f} amu; use a smaller --hydrogen-mass (e.g. 3)")
+        return m
+
     def is_water(self) -> bool:
         return self.formula == "H2O"
 

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("openmm", "lammps"), default="openmm",
                    help="MD engine for the model (the teacher always runs in OpenMM)")
     p.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step (flexible X-H bonds: 0.5-1 fs)")
+    p.add_argument("--hydrogen-mass", type=float, default=None,
+                   help="hydrogen mass repartitioning, amu (e.g. 3 with --timestep-fs 1): H bonded to a heavy atom "
+                        "gets this mass, taken from that atom; density and energies are unaffected")
     p.add_argument("--equilibrate-ps", type=float, default=100.0, help="liquid NPT equilibration")
     p.add_argument("--production-ps", type=float, default=200.0, help="liquid NPT production")
     p.add_argument("--segment-ps", type=float, default=10.0, help="checkpoint interval (segment length)")
@@ -68,6 +71,7 @@ def settings_from_args(args, potential: str):
         model=None if potential == "teacher" else str(Path(args.model).expanduser().resolve()),
         n_molecules=args.n_molecules, temperature_K=args.temperature, pressure_atm=args.pressure,
         engine="openmm" if potential == "teacher" else args.engine, timestep_fs=args.timestep_fs,
+        hydrogen_mass_amu=args.hydrogen_mass,
         equilibrate_ps=args.equilibrate_ps, production_ps=args.production_ps, segment_ps=args.segment_ps,
         gas_equilibrate_ps=args.gas_equilibrate_ps, gas_production_ps=args.gas_production_ps,
         sample_every_fs=args.sample_every_fs, friction_per_ps=args.friction, barostat_interval=args.barostat_interval,

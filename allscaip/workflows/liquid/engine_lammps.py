@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_masses, chemical_symbols
+from ase.data import chemical_symbols
 
 from allscaip.workflows.liquid.build import Molecule
 from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV, Settings
@@ -118,16 +118,21 @@ class LammpsEngine:
         self.workdir = Path(workdir)
         self.lmp = find_lmp(settings.lmp)
         self.env = lmp_environment()
-        # atom types in order of first appearance in the molecule
-        self.type_numbers: list[int] = []
-        for z in mol.atoms.numbers:
-            if int(z) not in self.type_numbers:
-                self.type_numbers.append(int(z))
+        # one atom type per distinct (element, mass) in order of first appearance in the molecule
+        # (hydrogen mass repartitioning can give atoms of one element different masses)
+        self.masses = mol.masses(settings.hydrogen_mass_amu)
+        kinds = [(int(z), round(float(m), 6)) for z, m in zip(mol.atoms.numbers, self.masses)]
+        self.type_kinds: list[tuple[int, float]] = list(dict.fromkeys(kinds))
+        self.atom_types = np.array([self.type_kinds.index(k) + 1 for k in kinds])
+        self.type_numbers: list[int] = [z for z, _ in self.type_kinds]
         self.model_path = str(Path(settings.model).resolve())
 
     # ------------------------------------------------------------------ inputs
     def write_data(self, atoms: Atoms, path: Path) -> None:
-        types = {z: k + 1 for k, z in enumerate(self.type_numbers)}
+        """``atoms``: ``n_molecules`` copies of the molecule, atoms in the molecule's order."""
+        types = np.tile(self.atom_types, self.n_molecules)
+        if not np.array_equal(atoms.numbers, np.tile(self.mol.atoms.numbers, self.n_molecules)):
+            raise LammpsError("internal: the box's atoms are not whole molecules in the molecule's atom order")
         pos = atoms.positions.copy()
         if self.periodic:
             L = float(atoms.cell[0, 0])
@@ -137,18 +142,16 @@ class LammpsEngine:
             pad = 10.0
             lo = list(pos.min(axis=0) - pad)
             hi = list(pos.max(axis=0) + pad)
-        masses = atoms.get_masses()
         lines = [f"LAMMPS data file: allscaip liquid workflow ({self.phase}, {self.n_molecules} x {self.mol.formula})", "",
                  f"{len(atoms)} atoms", f"{len(self.type_numbers)} atom types", ""]
         for d, ax in enumerate("xyz"):
             lines.append(f"{lo[d]:.10f} {hi[d]:.10f} {ax}lo {ax}hi")
         lines += ["", "Masses", ""]
-        for z in self.type_numbers:
-            m = float(masses[np.flatnonzero(atoms.numbers == z)[0]]) if np.any(atoms.numbers == z) else atomic_masses[z]
-            lines.append(f"{types[z]} {m:.6f}  # {chemical_symbols[z]}")
+        for t, (z, m) in enumerate(self.type_kinds):
+            lines.append(f"{t + 1} {m:.6f}  # {chemical_symbols[z]}")
         lines += ["", "Atoms # atomic", ""]
-        for i, (z, p) in enumerate(zip(atoms.numbers, pos)):
-            lines.append(f"{i + 1} {types[int(z)]} {p[0]:.10f} {p[1]:.10f} {p[2]:.10f}")
+        for i, (t, p) in enumerate(zip(types, pos)):
+            lines.append(f"{i + 1} {int(t)} {p[0]:.10f} {p[1]:.10f} {p[2]:.10f}")
         path.write_text("\n".join(lines) + "\n")
 
     def _header(self, read: str) -> list[str]:

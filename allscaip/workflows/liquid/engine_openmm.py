@@ -106,6 +106,10 @@ class OpenMMEngine:
             for k in reversed(range(system.getNumForces())):
                 if isinstance(system.getForce(k), openmm.CMMotionRemover):
                     system.removeForce(k)
+        if s.hydrogen_mass_amu is not None:  # same per-molecule masses as the LAMMPS engine
+            masses = np.tile(self.mol.masses(s.hydrogen_mass_amu), self.n_molecules)
+            for i, m in enumerate(masses):
+                system.setParticleMass(i, float(m) * unit.dalton)
         if self.periodic:
             baro = openmm.MonteCarloBarostat(s.pressure_bar * unit.bar, s.temperature_K * unit.kelvin,
                                              int(s.barostat_interval))

@@ -89,10 +89,10 @@ def prepare_molecule(settings: Settings, log: Callable[[str], None] = print):
     else:
         if not settings.model:
             raise InputError("--model is required (or use --teacher alone for the water teacher)")
-        if settings.engine == "lammps" and Path(settings.model).suffix.lower() != ".pt":
+        if settings.engine == "lammps" and Path(settings.model).suffix.lower() not in (".pt", ".pt2"):
             raise InputError(
-                f"--engine lammps needs an exported TorchScript model (.pt) for pair_style allscaip, got "
-                f"{Path(settings.model).name}; export it with allscaip-export or use --engine openmm"
+                f"--engine lammps needs an exported model (.pt TorchScript or .pt2 AOTInductor) for pair_style "
+                f"allscaip, got {Path(settings.model).name}; export it with allscaip-export or use --engine openmm"
             )
         info = build.model_info(settings.model)
         build.check_elements(mol, info.atomic_numbers, f"model {Path(settings.model).name}")

@@ -32,6 +32,7 @@ class Settings:
     pressure_atm: float = 1.0
     engine: str = "openmm"  # "openmm" or "lammps"
     timestep_fs: float = 0.5
+    hydrogen_mass_amu: Optional[float] = None  # None: physical masses; else hydrogen mass repartitioning
     equilibrate_ps: float = 100.0
     production_ps: float = 200.0
     segment_ps: float = 10.0
@@ -55,7 +56,7 @@ class Settings:
 
     #: fields that must match when a run is resumed
     IDENTITY = ("molecule", "potential", "model_sha256", "n_molecules", "temperature_K", "pressure_atm", "engine",
-                "timestep_fs", "segment_ps", "sample_every_fs", "friction_per_ps", "barostat_interval",
+                "timestep_fs", "hydrogen_mass_amu", "segment_ps", "sample_every_fs", "friction_per_ps", "barostat_interval",
                 "thermostat_damp_ps", "barostat_damp_ps", "seed")
 
     def as_dict(self) -> dict:
