@@ -237,6 +237,25 @@ def test_resume_is_bit_exact_and_load_model_matches(tmp_path, emt_data):
         quiet(make_cfg(emt_data, tmp_path / "full", model={**TINY_MODEL, "hidden": 8}, run={"resume": True}))
 
 
+def test_init_from_starts_at_the_checkpoint_weights(tmp_path, emt_data):
+    base = quiet(make_cfg(emt_data, tmp_path / "base"))
+    base.fit()
+    ck = load_checkpoint(tmp_path / "base" / "last.ckpt")
+    # fine-tune: the model starts at the checkpoint's EMA weights (references included), with a
+    # fresh optimizer and schedule in another out_dir
+    ft = quiet(make_cfg(emt_data, tmp_path / "ft", run={"init_from": str(tmp_path / "base" / "last.ckpt")}))
+    assert ft.step == 0
+    assert max_state_diff(ft.model.state_dict(), ck["ema_state"]) == 0.0
+    assert max_state_diff(ft.ema.state_dict(), ck["ema_state"]) == 0.0
+    fresh = quiet(make_cfg(emt_data, tmp_path / "fresh"))
+    assert max_state_diff(fresh.model.state_dict(), ck["ema_state"]) > 1e-3
+    with pytest.raises(ConfigError, match="run.init_from: the model config differs"):
+        quiet(make_cfg(emt_data, tmp_path / "ft2", model={**TINY_MODEL, "hidden": 8},
+                       run={"init_from": str(tmp_path / "base" / "last.ckpt")}))
+    with pytest.raises(ConfigError, match="does not exist"):
+        quiet(make_cfg(emt_data, tmp_path / "ft3", run={"init_from": str(tmp_path / "missing.ckpt")}))
+
+
 # ----------------------------------------------------------------------------- (d) DDP
 
 

@@ -104,6 +104,7 @@ class RunConfig:
     dtype: str = "float32"  # float32 | float64
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     resume: bool = False  # continue from out_dir/last.ckpt (same as --resume)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's (EMA) weights, fresh optimizer and schedule
     overwrite: bool = False  # allow a fresh run in an out_dir that already holds a checkpoint
     max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
     progress: bool | None = None  # progress bar; None: only when stderr is a terminal

@@ -200,6 +200,8 @@ class Trainer:
                 dist.broadcast(t.data, 0)
         if payload is None:
             self._fit_references()
+            if cfg.run.init_from:
+                self._init_weights(cfg.run.init_from)
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -270,6 +272,22 @@ class Trainer:
         if val is not None:
             msg += f", {len(val)} validation structures ({int(np.asarray(val.natoms_per_frame).sum()):,} atoms)"
         self.log(msg)
+
+    def _init_weights(self, path: str) -> None:
+        """Fine-tuning: the (EMA) weights and energy references of checkpoint ``path``, whose model
+        config must equal this run's."""
+        if not Path(path).is_file():
+            raise ConfigError(f"run.init_from: {path} does not exist (give a training checkpoint .ckpt)")
+        init = load_checkpoint(path)
+        stored = model_config_of(init)
+        diff = {k: (v, getattr(self.cfg.model, k)) for k, v in dataclasses.asdict(stored).items()
+                if getattr(self.cfg.model, k) != v}
+        if diff:
+            raise ConfigError(f"run.init_from: the model config differs from {path}'s (checkpoint, now): {diff}; "
+                              f"use the checkpoint's model section")
+        state = init.get("ema_state") or init["model_state"]
+        self.model.load_state_dict({k: v.to(device=self.device) for k, v in state.items()})
+        self.log(f"initialised from {path} ({'EMA' if init.get('ema_state') else 'raw'} weights)")
 
     def _fit_references(self) -> None:
         """Element references and loss scales from the training set (fresh runs only)."""
