@@ -192,7 +192,8 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
     assert (liq / "prod_001.restart").is_file() and "pair_style allscaip" in (liq / "prod_001.in").read_text()
     assert "fix integ all npt" in (liq / "prod_001.in").read_text()
     gas_in = (out / "model" / "gas" / "prod_000.in").read_text()
-    assert "fix thermostat all langevin" in gas_in
+    assert "fix thermostat all langevin" in gas_in and "zero no gjf vhalf" in gas_in
+    assert gas_in.index("fix thermostat") < gas_in.index("fix integ all nve")  # GJF must precede fix nve
     assert "boundary s s s" in (out / "model" / "gas" / "minimise.in").read_text()
 
 

@@ -7,7 +7,7 @@ Units ``metal`` (Å, eV, ps, bar), ``atom_style atomic``, ``newton on``.
   ``write_restart``;
 * liquid segments: ``fix npt temp T T Tdamp iso P P Pdamp`` (Nose-Hoover chains, MTK barostat);
 * gas segments: one molecule, ``boundary s s s`` (non-periodic, shrink-wrapped), ``fix nve`` +
-  ``fix langevin T T 1/friction seed zero yes``.
+  ``fix langevin T T 1/friction seed zero no gjf vhalf`` (GJF: accurate configurations at large steps).
 
 Every segment starts from the previous segment's restart file and writes its own, so the
 runner can resume after the last complete segment. Samples come from ``fix print`` every
@@ -252,9 +252,14 @@ class LammpsEngine:
             lines.append(f"fix integ all npt temp {T} {T} {s.thermostat_damp_ps} iso {P} {P} {s.barostat_damp_ps}")
         else:
             # one molecule under Langevin: all 3N degrees of freedom are thermalised (no momentum conservation)
+            # `zero no`: with `zero yes` the friction drains the centre-of-mass motion that no
+            # random force restores, and T (9 degrees of freedom) reads low. GJF (`gjf vhalf`,
+            # listed before `fix nve`) samples configurations accurately at the large steps of
+            # --hydrogen-mass runs: ⟨U_gas⟩ then matches OpenMM's LangevinMiddle (docs/validation.md)
             lines += ["compute_modify thermo_temp extra/dof 0",
-                      "fix integ all nve",
-                      f"fix thermostat all langevin {T} {T} {1.0 / s.friction_per_ps} {int(seed) % 900000000 + 1} zero yes"]
+                      f"fix thermostat all langevin {T} {T} {1.0 / s.friction_per_ps} {int(seed) % 900000000 + 1} "
+                      "zero no gjf vhalf",
+                      "fix integ all nve"]
         lines += [
             f'fix rec all print {every} "$(step) $(pe:%.15g) $(ke:%.15g) $(temp:%.10g) $(vol:%.15g) $(density:%.12g)" '
             f'file {dat.name} screen no title "# step pe_eV ke_eV temp_K vol_A3 density_g_cm3"',
