@@ -32,7 +32,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -109,6 +109,13 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _model_config_diff(stored: Any, now: Any, ignore_elements: bool) -> Dict[str, Tuple[Any, Any]]:
+    """Model-config fields that differ between a checkpoint and this run: {field: (checkpoint, now)}.
+    ``ignore_elements``: this run takes its elements from the data and has not read them yet."""
+    return {k: (v, getattr(now, k)) for k, v in dataclasses.asdict(stored).items()
+            if getattr(now, k) != v and not (k == "elements" and ignore_elements)}
+
+
 class Trainer:
     """Trains an AllScAIP model from a :class:`TrainConfig`.
 
@@ -179,11 +186,7 @@ class Trainer:
                 raise ConfigError(f"cannot resume: {ckpt_path} does not exist (run without --resume to start)")
             payload = load_checkpoint(ckpt_path)
             stored = model_config_of(payload)
-            diff = {
-                k: (v, getattr(cfg.model, k))
-                for k, v in dataclasses.asdict(stored).items()
-                if getattr(cfg.model, k) != v and not (k == "elements" and cfg.elements_from_data)
-            }
+            diff = _model_config_diff(stored, cfg.model, ignore_elements=cfg.elements_from_data)
             if diff:
                 raise ConfigError(f"cannot resume: the model config differs from the checkpoint's (checkpoint, now): {diff}")
             self.cfg = cfg = dataclasses.replace(cfg, model=stored, elements_from_data=False)
@@ -279,9 +282,7 @@ class Trainer:
         if not Path(path).is_file():
             raise ConfigError(f"run.init_from: {path} does not exist (give a training checkpoint .ckpt)")
         init = load_checkpoint(path)
-        stored = model_config_of(init)
-        diff = {k: (v, getattr(self.cfg.model, k)) for k, v in dataclasses.asdict(stored).items()
-                if getattr(self.cfg.model, k) != v}
+        diff = _model_config_diff(model_config_of(init), self.cfg.model, ignore_elements=False)
         if diff:
             raise ConfigError(f"run.init_from: the model config differs from {path}'s (checkpoint, now): {diff}; "
                               f"use the checkpoint's model section")

@@ -17,10 +17,10 @@ import numpy as np
 from ase.io import read
 
 from allscaip.calculator import AllScAIPCalculator
+from allscaip.teacher.stress import pressure_bar
 
 HERE = Path(__file__).resolve().parent
 EV_TO_KJ_MOL = 96.48533212
-EV_PER_A3_TO_BAR = 1.602176634e6
 
 
 def main() -> None:
@@ -39,8 +39,8 @@ def main() -> None:
         err = (student.get_potential_energy() - teacher) / (len(frame) // 3) * EV_TO_KJ_MOL
         groups.setdefault((str(frame.info.get("config_type", "?")), len(frame) // 3), []).append(err)
         if frame.pbc.all() and "stress" in frame.calc.results:
-            p_t = -float(np.mean(frame.calc.results["stress"][:3])) * EV_PER_A3_TO_BAR
-            p_s = -float(np.mean(student.get_stress()[:3])) * EV_PER_A3_TO_BAR
+            p_t = pressure_bar(frame.calc.results["stress"])
+            p_s = pressure_bar(student.get_stress())
             pressure.setdefault(float(frame.info.get("density_g_cm3", 0.0)), []).append((p_t, p_s))
     print(f"{'frames':<10} {'molecules':>9} {'n':>4} {'mean error':>11} {'std error':>10}  (kJ/mol per molecule)")
     for (kind, nmol), errs in sorted(groups.items(), key=lambda kv: kv[0][1]):

@@ -120,8 +120,8 @@ class LammpsEngine:
         self.env = lmp_environment()
         # one atom type per distinct (element, mass) in order of first appearance in the molecule
         # (hydrogen mass repartitioning can give atoms of one element different masses)
-        self.masses = mol.masses(settings.hydrogen_mass_amu)
-        kinds = [(int(z), round(float(m), 6)) for z, m in zip(mol.atoms.numbers, self.masses)]
+        masses = mol.masses(settings.hydrogen_mass_amu)
+        kinds = [(int(z), round(float(m), 6)) for z, m in zip(mol.atoms.numbers, masses)]
         self.type_kinds: list[tuple[int, float]] = list(dict.fromkeys(kinds))
         self.atom_types = np.array([self.type_kinds.index(k) + 1 for k in kinds])
         self.type_numbers: list[int] = [z for z, _ in self.type_kinds]
