@@ -1,5 +1,6 @@
-"""Mean signed student-minus-teacher energy error per molecule, by frame type, and the
-configurational pressure error on the bulk frames.
+"""The student's errors on a labelled file: energy and force MAE/RMSE, the mean signed
+energy error per molecule by frame type, and the configurational pressure error on the bulk
+frames.
 
 A static check before the liquid MD (docs/validation.md): ΔHvap is a difference of mean
 energies, so a systematic error that differs between gas (monomers) and liquid (bulk) shifts
@@ -31,17 +32,27 @@ def main() -> None:
     calc = AllScAIPCalculator(args.model)
     groups: dict[tuple[str, int], list[float]] = {}
     pressure: dict[float, list[tuple[float, float]]] = {}  # density -> (teacher, student) bar
+    e_atom, f_err, s_err = [], [], []  # meV/atom, meV/Å, meV/Å³
     for frame in read(args.data, ":"):
         teacher = frame.get_potential_energy()
         student = frame.copy()
         student.info.update(frame.info)
         student.calc = calc
         err = (student.get_potential_energy() - teacher) / (len(frame) // 3) * EV_TO_KJ_MOL
+        e_atom.append((student.get_potential_energy() - teacher) / len(frame) * 1e3)
+        f_err.append((student.get_forces() - frame.get_forces()).ravel() * 1e3)
         groups.setdefault((str(frame.info.get("config_type", "?")), len(frame) // 3), []).append(err)
         if frame.pbc.all() and "stress" in frame.calc.results:
             p_t = pressure_bar(frame.calc.results["stress"])
             p_s = pressure_bar(student.get_stress())
+            s_err.append((student.get_stress() - frame.calc.results["stress"]) * 1e3)
             pressure.setdefault(float(frame.info.get("density_g_cm3", 0.0)), []).append((p_t, p_s))
+    e, f = np.asarray(e_atom), np.concatenate(f_err)
+    line = (f"{len(e)} frames: energy MAE {np.abs(e).mean():.2f} RMSE {np.sqrt(np.mean(e ** 2)):.2f} meV/atom, "
+            f"force MAE {np.abs(f).mean():.1f} RMSE {np.sqrt(np.mean(f ** 2)):.1f} meV/Å")
+    if s_err:
+        line += f", stress MAE {np.abs(np.concatenate(s_err)).mean():.3f} meV/Å³ (Voigt components)"
+    print(line + "\n")
     print(f"{'frames':<10} {'molecules':>9} {'n':>4} {'mean error':>11} {'std error':>10}  (kJ/mol per molecule)")
     for (kind, nmol), errs in sorted(groups.items(), key=lambda kv: kv[0][1]):
         e = np.asarray(errs)
