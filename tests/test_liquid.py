@@ -103,6 +103,20 @@ def test_analysis_recovers_ar1_mean_and_inefficiency():
     assert abs(st2.mean - mu) < 5 * 2.0 * math.sqrt(g_true / st2.n)
 
 
+def test_equilibration_detection_keeps_at_least_half_of_a_wandering_series():
+    # a slowly wandering observable (64-water density) whose last 24 samples, by chance,
+    # fluctuate fast around a high value: the unrestricted (N - t0)/g maximum sits in that tail
+    x = analysis.ar1_series(300, 0.97, mean=1.0, sigma=0.006, seed=3)
+    x[-24:] = 1.06 + 0.01 * np.random.default_rng(4).standard_normal(24)
+    g_tail = analysis.statistical_inefficiency(x[-24:])
+    assert 24 / g_tail > 300 / analysis.statistical_inefficiency(x)  # the trap is there
+    t0, g, neff = analysis.detect_equilibration(x)
+    assert t0 <= 150 and neff == pytest.approx((300 - t0) / g)
+    st = analysis.analyse_series(x)
+    assert st.n >= 150 and abs(st.mean - x[t0:].mean()) < 1e-12
+    assert st.mean < 1.03  # not the tail's 1.06
+
+
 def test_heat_of_vaporization_propagates_errors():
     gas = analysis.SeriesStats(2.0, 0.3, 1.0, 1.0, 0, 100, 100, 100.0)
     liq = analysis.SeriesStats(-40.0, 0.4, 1.0, 1.0, 0, 100, 100, 100.0)

@@ -3,10 +3,14 @@
 For a correlated series x_1..x_N the standard error of the mean is
 ``sd(x) * sqrt(g / N)`` with the statistical inefficiency ``g = 1 + 2 sum_t (1 - t/N) C(t)``
 (pymbar's estimator: the normalised autocorrelation C(t) is summed until it first drops to
-zero). The start of the equilibrated region ``t0`` is chosen by pymbar's
-``detect_equilibration``, which maximises the number of uncorrelated samples (N - t0) / g.
-pymbar (PyPI ``pymbar``) is used when importable; otherwise the same estimators implemented
-here (identical algorithms, :func:`_statistical_inefficiency`, :func:`_detect_equilibration`).
+zero). The start of the equilibrated region ``t0`` is chosen as in pymbar's
+``detect_equilibration``, by maximising the number of uncorrelated samples (N - t0) / g, but
+only over the first half of the series: on a short series of a slowly wandering observable the
+unrestricted maximum can sit in the last few samples (a tail that happens to look uncorrelated)
+and report its mean with a tiny error bar. The production run follows an explicit
+equilibration, so discarding more than half of it would be a symptom, not a cure. pymbar
+(PyPI ``pymbar``) computes g when importable; otherwise the same estimator implemented here
+(:func:`_statistical_inefficiency`).
 
 ΔHvap = <U_gas> - <U_liq>/N_mol + RT  (ideal gas; the kinetic energies cancel)
 with standard error sqrt(se(U_gas)^2 + se(U_liq/N_mol)^2) (independent simulations).
@@ -57,18 +61,6 @@ def _statistical_inefficiency(x: np.ndarray, mintime: int = 3) -> float:
     return max(g, 1.0)
 
 
-def _detect_equilibration(x: np.ndarray, nskip: int = 1):
-    x = np.asarray(x, dtype=float)
-    n = len(x)
-    best = (0, 1.0, -1.0)
-    for t in range(0, n - 1, nskip):
-        g = _statistical_inefficiency(x[t:])
-        neff = (n - t) / g
-        if neff > best[2]:
-            best = (t, g, neff)
-    return best
-
-
 def statistical_inefficiency(x) -> float:
     """Statistical inefficiency g >= 1 of a series (pymbar when available)."""
     x = np.asarray(x, dtype=float)
@@ -80,21 +72,23 @@ def statistical_inefficiency(x) -> float:
     return _statistical_inefficiency(x)
 
 
-def detect_equilibration(x, max_origins: int = 200):
+def detect_equilibration(x, max_origins: int = 200, max_discard: float = 0.5):
     """``(t0, g, n_eff)``: start of the equilibrated region, its statistical inefficiency and the
-    number of uncorrelated samples after t0 (pymbar when available; at most ``max_origins``
-    candidate starts are tried)."""
+    number of uncorrelated samples after t0. Candidate starts run from 0 to ``max_discard`` of
+    the series (at most ``max_origins`` of them)."""
     x = np.asarray(x, dtype=float)
     n = len(x)
     if n < 4 or np.ptp(x) == 0.0:
         return 0, 1.0, float(n)
-    nskip = max(1, n // max_origins)
-    ts = _pymbar_timeseries()
-    if ts is not None:
-        t0, g, neff = ts.detect_equilibration(x, fast=True, nskip=nskip)
-    else:
-        t0, g, neff = _detect_equilibration(x, nskip)
-    return int(t0), float(g), float(neff)
+    last = int(max_discard * n)
+    nskip = max(1, (last + 1) // max_origins)
+    best = (0, 1.0, -1.0)
+    for t in range(0, last + 1, nskip):
+        g = statistical_inefficiency(x[t:])
+        neff = (n - t) / g
+        if neff > best[2]:
+            best = (t, g, neff)
+    return int(best[0]), float(best[1]), float(best[2])
 
 
 @dataclass
