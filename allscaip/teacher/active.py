@@ -30,22 +30,25 @@ from openmm import unit
 from tqdm import tqdm
 
 from allscaip.teacher.stress import pressure_bar, teacher_stress
-from allscaip.teacher.water import NM_TO_ANG, TEACHER_NAME, teacher_for_atoms, water_molar_mass
-
-AVOGADRO = 6.02214076e23
-EV_TO_KJ_MOL = 96.48533212331002
+from allscaip.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TEACHER_NAME, teacher_for_atoms, water_molar_mass
+from allscaip.workflows.liquid import settings as liquid_settings
 
 
 def density_g_cm3(n_molecules: int, volume_ang3: float) -> float:
-    return n_molecules * water_molar_mass() / AVOGADRO / (volume_ang3 * 1e-24)
+    """Density of ``n_molecules`` waters in ``volume_ang3``."""
+    return liquid_settings.density_g_cm3(n_molecules * water_molar_mass(), volume_ang3 / 1000.0)
+
+
+def _state_arrays(st: openmm.State) -> tuple[np.ndarray, np.ndarray]:
+    """(positions Å [N,3], box Å [3,3]) of an OpenMM State."""
+    pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_TO_ANG
+    box = np.asarray([[v.x, v.y, v.z] for v in st.getPeriodicBoxVectors().value_in_unit(unit.nanometer)]) * NM_TO_ANG
+    return pos, box
 
 
 def read_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(positions Å [N,3], box Å [3,3]) of an OpenMM State XML (the liquid workflow's checkpoints)."""
-    st = openmm.XmlSerializer.deserialize(Path(path).read_text())
-    pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_TO_ANG
-    box = np.asarray([[v.x, v.y, v.z] for v in st.getPeriodicBoxVectors().value_in_unit(unit.nanometer)]) * NM_TO_ANG
-    return pos, box
+    return _state_arrays(openmm.XmlSerializer.deserialize(Path(path).read_text()))
 
 
 def scale_to_density(pos: np.ndarray, box: np.ndarray, density: float) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +63,9 @@ def scale_to_density(pos: np.ndarray, box: np.ndarray, density: float) -> tuple[
 def label(pos_ang: np.ndarray, box_ang: np.ndarray, info: dict) -> Atoms:
     """Teacher energy, forces and stress for one water box (O, H, H order, whole molecules)."""
     atoms = Atoms("OHH" * (len(pos_ang) // 3), positions=pos_ang, cell=box_ang, pbc=True)
-    e, f = teacher_for_atoms(atoms).ev_ang(pos_ang / NM_TO_ANG)
-    stress = teacher_stress(atoms)
+    teacher = teacher_for_atoms(atoms)
+    e, f = teacher.ev_ang(pos_ang / NM_TO_ANG)
+    stress = teacher_stress(atoms, labeller=teacher)  # (strains the teacher's box: after the forces)
     atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=stress)
     atoms.info.update({"charge": 0, "spin": 1, "teacher": TEACHER_NAME, "n_molecules": len(atoms) // 3,
                        "density_g_cm3": round(density_g_cm3(len(atoms) // 3, atoms.get_volume()), 4),
@@ -95,7 +99,7 @@ def sample(model: str, start: Path, ensemble: str, ps: float, every_fs: float, t
     if minimise_iterations > 0:  # (OpenMM reads 0 as "until converged")
         openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, minimise_iterations)
     ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
-    integ = eng._integrator
+    integ = ctx.getIntegrator()
     step_fs = s.timestep_fs
     n_skip = int(round(skip_ps * 1000 / step_fs))
     stride = max(1, int(round(every_fs / step_fs)))
@@ -107,10 +111,7 @@ def sample(model: str, start: Path, ensemble: str, ps: float, every_fs: float, t
         for _ in range(n_frames):
             integ.step(stride)
             bar.update(stride)
-            st = ctx.getState(getPositions=True, enforcePeriodicBox=True)
-            p = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_TO_ANG
-            b = np.asarray([[v.x, v.y, v.z] for v in st.getPeriodicBoxVectors().value_in_unit(unit.nanometer)])
-            out.append((p, b * NM_TO_ANG))
+            out.append(_state_arrays(ctx.getState(getPositions=True, enforcePeriodicBox=True)))
     return out
 
 
@@ -123,7 +124,7 @@ def error_report(frames: Sequence[Atoms], model: str) -> list[str]:
     for a in frames:
         s = a.copy()
         s.calc = calc
-        de.append((s.get_potential_energy() - a.get_potential_energy()) / (len(a) // 3) * EV_TO_KJ_MOL)
+        de.append((s.get_potential_energy() - a.get_potential_energy()) / (len(a) // 3) * KJMOL_PER_EV)
         dp.append(pressure_bar(s.get_stress()) - pressure_bar(a.calc.results["stress"]))
         rho.append(a.info["density_g_cm3"])
     de, dp, rho = map(np.asarray, (de, dp, rho))

@@ -26,20 +26,23 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm
 
-from allscaip.teacher.water import KJMOL_PER_EV, NM_TO_ANG, teacher_for_atoms
+from allscaip.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TeacherLabeller, teacher_for_atoms
 
 EV_PER_A3_TO_BAR = 1.602176634e6
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
 STRAIN_STEP = 1e-5
 
 
-def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP) -> np.ndarray:
-    """Voigt stress ``[xx, yy, zz, yz, xz, xy]`` (eV/Å³) of the teacher for a periodic frame."""
+def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[TeacherLabeller] = None) -> np.ndarray:
+    """Voigt stress ``[xx, yy, zz, yz, xz, xy]`` (eV/Å³) of the teacher for a periodic frame.
+    ``labeller``: the frame's teacher (:func:`teacher_for_atoms`) when the caller already has
+    one; its box is left strained."""
     import openmm
 
     if not atoms.pbc.all():
         raise ValueError("teacher_stress needs a periodic frame")
-    labeller = teacher_for_atoms(atoms)
+    if labeller is None:
+        labeller = teacher_for_atoms(atoms)
     cell = np.asarray(atoms.cell, dtype=float)
     pos = np.asarray(atoms.positions, dtype=float)
     volume = abs(np.linalg.det(cell))

@@ -38,8 +38,9 @@ def main() -> None:
         student = frame.copy()
         student.info.update(frame.info)
         student.calc = calc
-        err = (student.get_potential_energy() - teacher) / (len(frame) // 3) * EV_TO_KJ_MOL
-        e_atom.append((student.get_potential_energy() - teacher) / len(frame) * 1e3)
+        de_ev = student.get_potential_energy() - teacher
+        err = de_ev / (len(frame) // 3) * EV_TO_KJ_MOL
+        e_atom.append(de_ev / len(frame) * 1e3)
         f_err.append((student.get_forces() - frame.get_forces()).ravel() * 1e3)
         groups.setdefault((str(frame.info.get("config_type", "?")), len(frame) // 3), []).append(err)
         if frame.pbc.all() and "stress" in frame.calc.results:
@@ -47,9 +48,9 @@ def main() -> None:
             p_s = pressure_bar(student.get_stress())
             s_err.append((student.get_stress() - frame.calc.results["stress"]) * 1e3)
             pressure.setdefault(float(frame.info.get("density_g_cm3", 0.0)), []).append((p_t, p_s))
-    e, f = np.asarray(e_atom), np.concatenate(f_err)
-    line = (f"{len(e)} frames: energy MAE {np.abs(e).mean():.2f} RMSE {np.sqrt(np.mean(e ** 2)):.2f} meV/atom, "
-            f"force MAE {np.abs(f).mean():.1f} RMSE {np.sqrt(np.mean(f ** 2)):.1f} meV/Å")
+    de, df = np.asarray(e_atom), np.concatenate(f_err)
+    line = (f"{len(de)} frames: energy MAE {np.abs(de).mean():.2f} RMSE {np.sqrt(np.mean(de ** 2)):.2f} meV/atom, "
+            f"force MAE {np.abs(df).mean():.1f} RMSE {np.sqrt(np.mean(df ** 2)):.1f} meV/Å")
     if s_err:
         line += f", stress MAE {np.abs(np.concatenate(s_err)).mean():.3f} meV/Å³ (Voigt components)"
     print(line + "\n")
