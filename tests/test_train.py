@@ -254,6 +254,16 @@ def test_init_from_starts_at_the_checkpoint_weights(tmp_path, emt_data):
                        run={"init_from": str(tmp_path / "base" / "last.ckpt")}))
     with pytest.raises(ConfigError, match="does not exist"):
         quiet(make_cfg(emt_data, tmp_path / "ft3", run={"init_from": str(tmp_path / "missing.ckpt")}))
+    # the neighbour cap shapes the graph, not the weights: a fine-tune may change it and starts
+    # from the same weights, but the model (now seeing other neighbours) gives other energies
+    logs = []
+    capped = Trainer(config_from_dict(make_cfg(emt_data, tmp_path / "ft4", model={**TINY_MODEL, "max_neighbors": 3},
+                                               run={"init_from": str(tmp_path / "base" / "last.ckpt")})), log=logs.append)
+    assert max_state_diff(capped.model.state_dict(), ck["ema_state"]) == 0.0
+    assert any("model.max_neighbors" in s for s in logs)
+    batch = atoms_to_batch(emt_frames(2, 7))
+    e_base = compute_properties(ft.model, batch)["energy"]
+    assert not torch.allclose(compute_properties(capped.model, batch)["energy"], e_base)
 
 
 # ----------------------------------------------------------------------------- (d) DDP

@@ -109,6 +109,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# Model-config fields that shape the graph but no weight: a fine-tune (run.init_from) may change them.
+FINE_TUNE_MUTABLE_FIELDS = ("max_neighbors",)
+
+
 def _model_config_diff(stored: Any, now: Any, ignore_elements: bool) -> Dict[str, Tuple[Any, Any]]:
     """Model-config fields that differ between a checkpoint and this run: {field: (checkpoint, now)}.
     ``ignore_elements``: this run takes its elements from the data and has not read them yet."""
@@ -283,9 +287,12 @@ class Trainer:
             raise ConfigError(f"run.init_from: {path} does not exist (give a training checkpoint .ckpt)")
         init = load_checkpoint(path)
         diff = _model_config_diff(model_config_of(init), self.cfg.model, ignore_elements=False)
+        changed = {k: diff.pop(k) for k in FINE_TUNE_MUTABLE_FIELDS if k in diff}
         if diff:
             raise ConfigError(f"run.init_from: the model config differs from {path}'s (checkpoint, now): {diff}; "
-                              f"use the checkpoint's model section")
+                              f"use the checkpoint's model section (only {', '.join(FINE_TUNE_MUTABLE_FIELDS)} may change)")
+        for k, (old, new) in changed.items():
+            self.log(f"fine-tune changes model.{k}: {old} -> {new} (no weight depends on it)")
         state = init.get("ema_state") or init["model_state"]
         self.model.load_state_dict({k: v.to(device=self.device) for k, v in state.items()})
         self.log(f"initialised from {path} ({'EMA' if init.get('ema_state') else 'raw'} weights)")
