@@ -264,3 +264,30 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(sys.modules, "rdkit", None)
     with pytest.raises(build.InputError, match="SMILES needs RDKit"):
         build.load_molecule("CCO")
+
+
+def test_report_warns_when_production_starts_unequilibrated():
+    """A density series that jumps halfway through production: the equilibration detection
+    discards the first half and the report says so; a stationary series of the same length
+    draws no such warning."""
+    from types import SimpleNamespace
+
+    from allscaip.workflows.liquid.report import warnings_for
+
+    stationary = analysis.ar1_series(400, 0.5, mean=1.0, sigma=0.01, seed=3)
+    jumped = stationary.copy()
+    jumped[:200] += 0.1
+    temp = analysis.analyse_series(analysis.ar1_series(400, 0.5, mean=298.0, sigma=5.0, seed=4), detect=False)
+
+    def warnings(density):
+        stats = {"density_g_cm3": analysis.analyse_series(density),
+                 "u_liquid_per_molecule_kJ_mol": analysis.analyse_series(stationary),
+                 "u_gas_kJ_mol": analysis.analyse_series(stationary),
+                 "temperature_liquid_K": temp, "temperature_gas_K": temp}
+        return warnings_for(SimpleNamespace(temperature_K=298.0), stats)
+
+    assert warnings(stationary) == []
+    (w,) = warnings(jumped)
+    assert w.startswith("density_g_cm3: equilibration detection discarded the first")
+    assert "--equilibrate-ps" in w
+    assert analysis.analyse_series(jumped).t0 >= 150

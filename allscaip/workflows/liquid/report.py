@@ -87,9 +87,13 @@ def build_report(runner, mol, info, pack_density, cutoff, exp, stats, hvap, prog
     return rep
 
 
+# A production series whose detected start t0 is later than this fraction was not stationary.
+MAX_DISCARDED_FRACTION = 0.25
+
+
 def warnings_for(s, stats) -> List[str]:
     """Plain-language warnings: thermostat not holding T (an unstable simulation), too few
-    uncorrelated samples for trustworthy error bars."""
+    uncorrelated samples for trustworthy error bars, a production start discarded as unequilibrated."""
     out = []
     for key, tol, what in (("temperature_liquid_K", 0.1, "liquid"), ("temperature_gas_K", 0.25, "gas")):
         t = stats[key].mean
@@ -97,9 +101,14 @@ def warnings_for(s, stats) -> List[str]:
             out.append(f"{what} mean temperature {t:.1f} K is far from the target {s.temperature_K} K: "
                        "the simulation is probably unstable (time step, model)")
     for key in ("density_g_cm3", "u_liquid_per_molecule_kJ_mol", "u_gas_kJ_mol"):
-        if stats[key].n_eff < 20:
-            out.append(f"{key}: only {stats[key].n_eff:.1f} uncorrelated samples (g = {stats[key].g:.1f}); "
+        st = stats[key]
+        if st.n_eff < 20:
+            out.append(f"{key}: only {st.n_eff:.1f} uncorrelated samples (g = {st.g:.1f}); "
                        "the error bar is unreliable, run longer")
+        if st.t0 > MAX_DISCARDED_FRACTION * st.n_total:
+            out.append(f"{key}: equilibration detection discarded the first {st.t0} of {st.n_total} production "
+                       f"samples ({100 * st.t0 / st.n_total:.0f} %): the series was still drifting or wandering "
+                       "slowly; lengthen --equilibrate-ps and --production-ps, or compare independent runs (--seed)")
     return out
 
 
