@@ -79,3 +79,16 @@ def test_fixed_density_sampling_keeps_the_box_and_whole_molecules(tmp_path, fram
         # molecules are wrapped whole (the teacher's O-H bonds do not see the periodic boundary)
         np.testing.assert_allclose(d, minimum_image, atol=1e-9)
     assert not np.allclose(snaps[0][0], snaps[-1][0])  # it moved
+
+
+def test_teacher_sampling_runs_the_teacher_and_labels_without_stress(tmp_path, frame):
+    start = _state_xml(tmp_path / "s.xml", frame.positions, np.asarray(frame.cell))
+    snaps = active.sample(None, start, "npt", ps=0.09, every_fs=30.0, temperature=298.15, density=None,
+                          skip_ps=0.0, seed=5, threads=1, minimise_iterations=20)
+    assert len(snaps) == 3
+    a = active.label(*snaps[-1], {"config_type": "teacher_md"}, stress=False)
+    assert "stress" not in a.calc.results and a.info["config_type"] == "teacher_md"
+    # the teacher's own MD keeps the liquid bound (a random model would not), molecules whole
+    assert a.get_potential_energy() / 32 * 96.485 < -30.0  # kJ/mol per molecule
+    d = a.positions.reshape(-1, 3, 3)[:, 1:] - a.positions.reshape(-1, 3, 3)[:, :1]
+    assert np.linalg.norm(d, axis=-1).max() < 1.2
