@@ -48,6 +48,7 @@ from allscaip.data.batch import AtomsBatch
 from allscaip.data.references import fit_references_and_rms
 from allscaip.model import AllScAIP, compute_properties
 from allscaip.train.config import TrainConfig, dump_config
+from allscaip.train.ensemble import DensityTerm
 
 METRIC_COLUMNS = [
     "epoch",
@@ -61,6 +62,7 @@ METRIC_COLUMNS = [
     "val_force_mae_meV_A",
     "val_force_rmse_meV_A",
     "val_stress_mae_meV_A3",
+    "density_shift_pct",
     "train_time_s",
     "structures_per_s",
 ]
@@ -234,6 +236,12 @@ class Trainer:
             )
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
         o = cfg.optim
+        self.density: Optional[DensityTerm] = None
+        if o.density_coef > 0:
+            self.density = DensityTerm(self.train_set, o.density_config_type, o.density_coef, self.steps_per_epoch,
+                                       self.rank, self.world)
+            self.log(f"density term: {len(self.density.indices)} ensemble frames (config_type "
+                     f"{o.density_config_type!r}), coef {o.density_coef}, re-evaluated every {o.density_every_steps} steps")
         self.warmup = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_fraction * self.total_steps))
         warmup, total, mr = self.warmup, self.total_steps, o.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total, mr))
@@ -454,6 +462,8 @@ class Trainer:
                    disable=not self._show_progress(), mininterval=0.5 if sys.stderr.isatty() else 30.0, leave=False)
         t0 = time.perf_counter()
         for k in range(start // A, n_steps):
+            if self.density is not None and (self.density.m is None or self.step % cfg.optim.density_every_steps == 0):
+                self.density.refresh(self.model, self.device, self.dtype)
             micro = [next(it).to(self.device) for _ in range(A)]
             loss = self._optimizer_step(micro)
             self.step += 1
@@ -494,6 +504,8 @@ class Trainer:
             "train_energy_mae_meV_atom": 1000.0 * s["energy_abs"] / max(s["n_sys"], 1.0),
             "train_force_mae_meV_A": 1000.0 * s["force_abs"] / s["n_force"] if s["n_force"] else None,
             **val,
+            "density_shift_pct": (None if self.density is None
+                                  else -self.density.evaluate(self.ema, self.device, self.dtype)),
             "train_time_s": elapsed,
             "structures_per_s": structures / max(elapsed, 1e-9),
         }
@@ -548,7 +560,9 @@ class Trainer:
                 rows = self._stress_rows(b)
                 ds = (out["stress"][rows] - b.stress[rows]) / sc["stress"]
                 loss = loss + o.stress_coef / n_stress * ds.pow(2).mean(dim=(1, 2)).sum()
-            loss.backward()
+            # (the density surrogate's value means nothing, only its gradient: not in the logged loss)
+            term = self.density.loss(out["energy"], b.energy, b.density_score) if self.density is not None else None
+            (loss if term is None else loss + term).backward()
             loss_sum += loss.detach().double()
             stats[1] += float(de.detach().abs().sum())
             stats[2] += b.num_systems
@@ -645,6 +659,8 @@ class Trainer:
             )
             if r.get("val_stress_mae_meV_A3") is not None:
                 line += f" S {f('val_stress_mae_meV_A3', '.3f')} meV/Å^3"
+        if r.get("density_shift_pct") is not None:
+            line += f" | density shift {f('density_shift_pct', '+.2f')} %"
         line += f" | {r['train_time_s']:.1f} s, {r['structures_per_s']:.1f} structures/s"
         return line + (" *" if improved else "")
 

@@ -1,0 +1,118 @@
+"""The ensemble density term of the loss: keep the reference potential's NPT density.
+
+Frames sampled in the isothermal-isobaric ensemble of the labelling potential (the teacher)
+carry, besides energies and forces, the information which configurations that ensemble
+visits. Reweighted to the model, the mean density moves, to first order in the energy error
+``ΔU = E_model − E_ref`` of each frame, by
+
+    δρ/ρ (%) = −m,    m = mean_i [ 100 (ρ_i/ρ̄ − 1) · ΔU_i / k_B T_i ]
+
+(:mod:`allscaip.teacher.reweight` checks this prediction against MD). The loss adds
+``density_coef · m²/2`` through an unbiased stochastic gradient: ``m`` itself is evaluated
+on all such frames every ``density_every_steps`` optimizer steps (no gradient), and each step
+adds ``density_coef · m · Σ_batch s_i ΔU_i · steps_per_epoch / N`` whose gradient, averaged
+over an epoch, is ``density_coef · m · ∇m``. The per-frame weight
+``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` uses the mean density ρ̄_g of the frame's own
+trajectory (``info['traj']``). This is the first-order (cumulant) form of differentiable
+trajectory reweighting, with the reference trajectory standing in for the model's.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from allscaip.config import ConfigError
+from allscaip.data.batch import DENSITY_SCORE_KEY as SCORE_KEY
+
+KB_EV_PER_K = 8.617333262e-5
+AMU_G = 1.66053906660e-24
+
+
+def frame_density_g_cm3(atoms: Any) -> float:
+    return float(atoms.get_masses().sum() * AMU_G / (atoms.get_volume() * 1e-24))
+
+
+def density_scores(frames: Sequence[Any]) -> np.ndarray:
+    """``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` (1/eV) of ensemble frames, grouped by ``info['traj']``."""
+    rho = np.array([frame_density_g_cm3(a) for a in frames])
+    kt = np.array([KB_EV_PER_K * float(a.info["temperature_K"]) for a in frames])
+    groups: Dict[str, list] = defaultdict(list)
+    for i, a in enumerate(frames):
+        groups[str(a.info.get("traj", ""))].append(i)
+    out = np.zeros(len(frames))
+    for idx in groups.values():
+        out[idx] = 100.0 * (rho[idx] / rho[idx].mean() - 1.0) / kt[idx]
+    return out
+
+
+def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
+    """Indices of the periodic training frames with ``info['config_type'] == config_type``,
+    each with a ``temperature_K``; a clear error when there are none or the set is streamed."""
+    base = getattr(dataset, "base", dataset)  # (a validation split's training subset)
+    if getattr(base, "streaming", False):
+        raise ConfigError("optim.density_coef > 0 needs the training set in memory: set data.stream=false")
+    frames = [dataset[i] for i in range(len(dataset))]
+    idx = [i for i, a in enumerate(frames) if a.info.get("config_type") == config_type and bool(a.pbc.all())]
+    if len(idx) < 2:
+        raise ConfigError(
+            f"optim.density_coef > 0 needs NPT frames of the labelling potential in data.train, marked "
+            f"config_type={config_type!r} (optim.density_config_type) with a temperature_K; found {len(idx)}. "
+            f"python -m allscaip.teacher.active --teacher ... writes such frames"
+        )
+    missing = [frames[i].info.get("traj", i) for i in idx if "temperature_K" not in frames[i].info]
+    if missing:
+        raise ConfigError(f"ensemble frames without info['temperature_K'] (first: {missing[0]}); add it to the data")
+    return idx
+
+
+class DensityTerm:
+    """State of the ensemble density term during training (see the module docstring)."""
+
+    def __init__(self, dataset: Any, config_type: str, coef: float, steps_per_epoch: int, rank: int, world: int) -> None:
+        self.indices = select_ensemble_frames(dataset, config_type)
+        frames = [dataset[i] for i in self.indices]
+        for a, s in zip(frames, density_scores(frames)):
+            a.info[SCORE_KEY] = float(s)  # read into the batch by atoms_to_batch
+        self.frames = frames
+        self.coef = float(coef)
+        self.rank, self.world = rank, world
+        self.scale = steps_per_epoch / len(frames)
+        self.m: Optional[float] = None  # the current -δρ/ρ in percent
+
+    def refresh(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
+        """Evaluate ``m`` with ``model`` and use it for the following steps."""
+        self.m = self.evaluate(model, device, dtype)
+        return self.m
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
+        """``m`` of ``model`` on every ensemble frame (this rank's share, then all-reduced)."""
+        from allscaip.data import atoms_to_batch
+        from allscaip.model import compute_properties
+
+        was_training = model.training
+        model.eval()
+        acc = torch.zeros(2, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for a in self.frames[self.rank :: self.world]:
+                b = atoms_to_batch([a], dtype=dtype).to(device)
+                du = compute_properties(model, b, forces=False)["energy"].double() - b.energy.double()
+                acc[0] += float(a.info[SCORE_KEY]) * du.sum()
+                acc[1] += 1.0
+        if self.world > 1:
+            torch.distributed.all_reduce(acc)
+        model.train(was_training)
+        return float(acc[0] / acc[1])
+
+    def loss(self, energy: torch.Tensor, ref_energy: torch.Tensor, score: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """This batch's surrogate term (its gradient is the stochastic ``coef · m · ∇m``)."""
+        if score is None or self.m is None:
+            return None
+        sel = torch.isfinite(score)
+        if not bool(sel.any()):
+            return None
+        du = (energy - ref_energy)[sel]
+        return self.coef * self.m * self.scale * (score[sel].to(du.dtype) * du).sum()
+

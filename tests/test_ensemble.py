@@ -1,0 +1,108 @@
+"""The ensemble density term of the training loss (allscaip.train.ensemble)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from allscaip.checkpoint import load_model
+from allscaip.config import ConfigError
+from allscaip.teacher import reweight
+from allscaip.train.config import config_from_dict
+from allscaip.train.ensemble import DensityTerm, density_scores
+from allscaip.train.trainer import Trainer
+
+VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
+MODEL = dict(hidden=16, layers=1, heads=2, cutoff=3.5, num_rbf=8, bond_order_lmax=2, legendre_lmax=2, elements=[1, 8])
+
+
+@pytest.fixture(scope="module")
+def ensemble_file(tmp_path_factory) -> str:
+    """Nine 32-molecule teacher boxes at 300 K and 0.90/1.00/1.10 g/cm³, marked as one NPT trajectory."""
+    frames = [a for a in ase.io.read(VAL, ":") if a.info.get("n_molecules") == 32 and a.info["temperature_K"] == 300]
+    assert len(frames) == 9
+    for a in frames:
+        a.info.update(config_type="teacher_md", traj="npt_300")
+    path = tmp_path_factory.mktemp("ens") / "npt.extxyz"
+    ase.io.write(path, frames)
+    return str(path)
+
+
+def _cfg(path: str, out: Path, density_coef: float, epochs: int = 6) -> dict:
+    return {
+        "model": dict(MODEL),
+        "data": {"train": [path], "val": [path], "max_atoms": 100},
+        "optim": {"lr": 3e-3, "epochs": epochs, "seed": 2, "energy_coef": 1.0, "force_coef": 0.1, "stress_coef": 0.0,
+                  "density_coef": density_coef, "density_every_steps": 3, "warmup_fraction": 0.0},
+        "run": {"out_dir": str(out), "dtype": "float64", "progress": False, "threads": 1},
+    }
+
+
+def _shift_percent(ckpt: Path, path: str) -> float:
+    """The first-order density shift of a checkpoint on the ensemble frames, by allscaip.teacher.reweight."""
+    frames = ase.io.read(path, ":")
+    du = (reweight.model_energies_ev(str(ckpt), frames, dtype="float64")
+          - np.array([a.get_potential_energy() for a in frames])) * 96.48533212331
+    return reweight.predict(reweight.frame_densities(frames), du, 300.0, 32).cumulant_shift_percent
+
+
+def test_scores_are_relative_density_over_kT_per_trajectory():
+    frames = [a for a in ase.io.read(VAL, ":") if a.pbc.all()][:6]
+    for i, a in enumerate(frames):
+        a.info["traj"] = "a" if i < 3 else "b"
+    s = density_scores(frames)
+    for grp in (slice(0, 3), slice(3, 6)):
+        rho = reweight.frame_densities(frames[grp])
+        kt = 8.617333262e-5 * np.array([a.info["temperature_K"] for a in frames[grp]])
+        np.testing.assert_allclose(s[grp], 100 * (rho / rho.mean() - 1) / kt, rtol=1e-12)
+
+
+def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path):
+    trainer = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "r", 1.0, epochs=1)), log=lambda s: None)
+    assert isinstance(trainer.density, DensityTerm) and len(trainer.density.indices) == 9
+    m = trainer.density.evaluate(trainer.model, trainer.device, trainer.dtype)
+    trainer.save("init.ckpt")
+    # same frames, same model: the trainer's -m is allscaip.teacher.reweight's second-cumulant shift
+    assert -m == pytest.approx(_shift_percent(tmp_path / "r" / "init.ckpt", ensemble_file), rel=1e-8, abs=1e-9)
+    assert abs(m) > 0.1  # an untrained model does shift the density
+
+
+def test_surrogate_gradient_over_an_epoch_is_the_gradient_of_m_squared(ensemble_file, tmp_path):
+    from allscaip.data import atoms_to_batch
+    from allscaip.model import compute_properties
+
+    coef = 0.3
+    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "g", coef, epochs=1)), log=lambda s: None)
+    model, term = t.model, t.density
+    params = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    m0 = term.refresh(model, t.device, t.dtype)
+    batches = [atoms_to_batch([a], dtype=t.dtype) for a in term.frames]
+    # what the trainer does: one surrogate term per step, gradients summed over an epoch
+    model.zero_grad()
+    for b in batches:
+        term.loss(compute_properties(model, b, forces=False, training=True)["energy"], b.energy, b.density_score).backward()
+    surrogate = [(torch.zeros_like(p) if p.grad is None else p.grad.clone()) / t.steps_per_epoch for p in params]
+    # the gradient of coef m^2 / 2 with m computed on all frames at once
+    model.zero_grad()
+    m = sum(float(b.density_score[0]) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+            for b in batches) / len(batches)
+    assert float(m) == pytest.approx(m0, rel=1e-10)
+    (0.5 * coef * m * m).backward()
+    exact = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    norm = torch.sqrt(sum((g * g).sum() for g in exact))
+    assert norm > 0
+    for a, b in zip(surrogate, exact):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(norm))
+    # a small step against it lowers |m|
+    with torch.no_grad():
+        for p, g in zip(params, exact):
+            p -= 1e-3 * g / norm
+    assert abs(term.evaluate(model, t.device, t.dtype)) < abs(m0)
+
+
+def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config_type='teacher_md'.*python -m allscaip.teacher.active --teacher"):
+        Trainer(config_from_dict(_cfg(str(VAL), tmp_path / "x", 1.0)), log=lambda s: None)
