@@ -89,7 +89,7 @@ def test_surrogate_gradient_over_an_epoch_is_the_gradient_of_m_squared(ensemble_
     model.zero_grad()
     m = sum(float(b.density_score[0]) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
             for b in batches) / len(batches)
-    assert float(m) == pytest.approx(m0, rel=1e-10)
+    assert float(m.detach()) == pytest.approx(m0, rel=1e-10)
     (0.5 * coef * m * m).backward()
     exact = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
     norm = torch.sqrt(sum((g * g).sum() for g in exact))
