@@ -64,43 +64,47 @@ def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path)
     trainer = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "r", 1.0, epochs=1)), log=lambda s: None)
     assert isinstance(trainer.density, DensityTerm) and len(trainer.density.indices) == 9
     m = trainer.density.evaluate(trainer.model, trainer.device, trainer.dtype)
+    assert trainer.density.refresh(trainer.model, trainer.params, trainer.device, trainer.dtype) == pytest.approx(m, rel=1e-10)
     trainer.save("init.ckpt")
     # same frames, same model: the trainer's -m is allscaip.teacher.reweight's second-cumulant shift
     assert -m == pytest.approx(_shift_percent(tmp_path / "r" / "init.ckpt", ensemble_file), rel=1e-8, abs=1e-9)
     assert abs(m) > 0.1  # an untrained model does shift the density
 
 
-def test_surrogate_gradient_over_an_epoch_is_the_gradient_of_m_squared(ensemble_file, tmp_path):
+def test_added_gradient_is_the_gradient_of_m_squared_and_lowers_the_shift(ensemble_file, tmp_path):
     from allscaip.data import atoms_to_batch
     from allscaip.model import compute_properties
 
     coef = 0.3
     t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "g", coef, epochs=1)), log=lambda s: None)
-    model, term = t.model, t.density
-    params = [p for p in model.parameters() if p.requires_grad and p.numel()]
-    m0 = term.refresh(model, t.device, t.dtype)
-    batches = [atoms_to_batch([a], dtype=t.dtype) for a in term.frames]
-    # what the trainer does: one surrogate term per step, gradients summed over an epoch
-    model.zero_grad()
-    for b in batches:
-        term.loss(compute_properties(model, b, forces=False, training=True)["energy"], b.energy, b.density_score).backward()
-    surrogate = [(torch.zeros_like(p) if p.grad is None else p.grad.clone()) / t.steps_per_epoch for p in params]
-    # the gradient of coef m^2 / 2 with m computed on all frames at once
-    model.zero_grad()
-    m = sum(float(b.density_score[0]) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
-            for b in batches) / len(batches)
+    model, term, params = t.model, t.density, t.params
+    m0 = term.refresh(model, params, t.device, t.dtype)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    term.add_gradient(params)
+    added = [p.grad.clone() for p in params]
+    # coef m^2 / 2 with m computed on all frames at once, by autograd
+    m = sum(float(s) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+            for s, b in zip(term.scores, (atoms_to_batch([a], dtype=t.dtype) for a in term.frames))) / len(term.frames)
     assert float(m.detach()) == pytest.approx(m0, rel=1e-10)
-    (0.5 * coef * m * m).backward()
-    exact = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    exact = torch.autograd.grad(0.5 * coef * m * m, params, allow_unused=True)
+    exact = [torch.zeros_like(p) if g is None else g for p, g in zip(params, exact)]
     norm = torch.sqrt(sum((g * g).sum() for g in exact))
     assert norm > 0
-    for a, b in zip(surrogate, exact):
+    for a, b in zip(added, exact):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(norm))
     # a small step against it lowers |m|
     with torch.no_grad():
         for p, g in zip(params, exact):
             p -= 1e-3 * g / norm
     assert abs(term.evaluate(model, t.device, t.dtype)) < abs(m0)
+
+
+def test_training_with_the_term_logs_the_shift(ensemble_file, tmp_path):
+    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "f", 0.1, epochs=1)), log=lambda s: None)
+    t.fit()
+    assert t.history[-1]["density_shift_pct"] == pytest.approx(_shift_percent(tmp_path / "f" / "last.ckpt", ensemble_file),
+                                                                rel=1e-6)
 
 
 def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):

@@ -7,9 +7,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-#: ``atoms.info`` key of an ensemble frame's weight in the density loss term (allscaip.train.ensemble)
-DENSITY_SCORE_KEY = "density_score"
-
 
 @dataclass
 class AtomsBatch:
@@ -32,7 +29,6 @@ class AtomsBatch:
     forces: Optional[torch.Tensor] = None  # [N, 3]
     stress: Optional[torch.Tensor] = None  # [B, 3, 3]
     stress_mask: Optional[torch.Tensor] = None  # [B] bool: which systems have a stress label
-    density_score: Optional[torch.Tensor] = None  # [B] ensemble-frame weight (allscaip.train.ensemble), NaN elsewhere
 
     @property
     def num_systems(self) -> int:
@@ -97,9 +93,6 @@ def atoms_to_batch(atoms_list: Sequence, dtype: torch.dtype = torch.float64) -> 
                 full.append(voigt_6_to_full_3x3_stress(x) if x.shape == (6,) else x.reshape(3, 3))
         stress = torch.tensor(np.stack(full), dtype=dtype)
         smask = torch.tensor([x is not None for x in s])
-    score = None
-    if any(DENSITY_SCORE_KEY in a.info for a in atoms_list):
-        score = torch.tensor([float(a.info.get(DENSITY_SCORE_KEY, float("nan"))) for a in atoms_list], dtype=dtype)
     return AtomsBatch(
         positions=torch.tensor(pos, dtype=dtype),
         numbers=torch.tensor(nums, dtype=torch.long),
@@ -113,5 +106,4 @@ def atoms_to_batch(atoms_list: Sequence, dtype: torch.dtype = torch.float64) -> 
         forces=forces,
         stress=stress,
         stress_mask=smask,
-        density_score=score,
     )

@@ -8,10 +8,11 @@ visits. Reweighted to the model, the mean density moves, to first order in the e
     δρ/ρ (%) = −m,    m = mean_i [ 100 (ρ_i/ρ̄ − 1) · ΔU_i / k_B T_i ]
 
 (:mod:`allscaip.teacher.reweight` checks this prediction against MD). The loss adds
-``density_coef · m²/2`` through an unbiased stochastic gradient: ``m`` itself is evaluated
-on all such frames every ``density_every_steps`` optimizer steps (no gradient), and each step
-adds ``density_coef · m · Σ_batch s_i ΔU_i · steps_per_epoch / N`` whose gradient, averaged
-over an epoch, is ``density_coef · m · ∇m``. The per-frame weight
+``density_coef · m²/2``: every ``density_every_steps`` optimizer steps, ``m`` and ``∇m`` are
+evaluated on all such frames (energies only), and until the next evaluation every step adds
+``density_coef · m · ∇m`` to its gradient. (A per-batch stochastic estimate with the same
+mean was tried first: ``m`` is a small covariance of large per-frame errors, and the noise of
+that estimate swamped the other terms before it moved ``m``.) The per-frame weight
 ``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` uses the mean density ρ̄_g of the frame's own
 trajectory (``info['traj']``). This is the first-order (cumulant) form of differentiable
 trajectory reweighting, with the reference trajectory standing in for the model's.
@@ -25,7 +26,6 @@ import numpy as np
 import torch
 
 from allscaip.config import ConfigError
-from allscaip.data.batch import DENSITY_SCORE_KEY as SCORE_KEY
 
 KB_EV_PER_K = 8.617333262e-5
 AMU_G = 1.66053906660e-24
@@ -71,21 +71,22 @@ def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
 class DensityTerm:
     """State of the ensemble density term during training (see the module docstring)."""
 
-    def __init__(self, dataset: Any, config_type: str, coef: float, steps_per_epoch: int, rank: int, world: int) -> None:
+    def __init__(self, dataset: Any, config_type: str, coef: float, rank: int, world: int) -> None:
         self.indices = select_ensemble_frames(dataset, config_type)
-        frames = [dataset[i] for i in self.indices]
-        for a, s in zip(frames, density_scores(frames)):
-            a.info[SCORE_KEY] = float(s)  # read into the batch by atoms_to_batch
-        self.frames = frames
+        self.frames = [dataset[i] for i in self.indices]
+        self.scores = density_scores(self.frames)
         self.coef = float(coef)
         self.rank, self.world = rank, world
-        self.scale = steps_per_epoch / len(frames)
         self.m: Optional[float] = None  # the current -δρ/ρ in percent
+        self.grad: Optional[list[torch.Tensor]] = None  # ∇m at the last refresh
 
-    def refresh(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
-        """Evaluate ``m`` with ``model`` and use it for the following steps."""
-        self.m = self.evaluate(model, device, dtype)
-        return self.m
+    def _shard(self):
+        return list(zip(self.frames, self.scores))[self.rank :: self.world]
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
         """``m`` of ``model`` on every ensemble frame (this rank's share, then all-reduced)."""
@@ -96,23 +97,43 @@ class DensityTerm:
         model.eval()
         acc = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
-            for a in self.frames[self.rank :: self.world]:
+            for a, s in self._shard():
                 b = atoms_to_batch([a], dtype=dtype).to(device)
                 du = compute_properties(model, b, forces=False)["energy"].double() - b.energy.double()
-                acc[0] += float(a.info[SCORE_KEY]) * du.sum()
+                acc[0] += float(s) * du.sum()
                 acc[1] += 1.0
-        if self.world > 1:
-            torch.distributed.all_reduce(acc)
         model.train(was_training)
+        acc = self._reduce(acc)
         return float(acc[0] / acc[1])
 
-    def loss(self, energy: torch.Tensor, ref_energy: torch.Tensor, score: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """This batch's surrogate term (its gradient is the stochastic ``coef · m · ∇m``)."""
-        if score is None or self.m is None:
-            return None
-        sel = torch.isfinite(score)
-        if not bool(sel.any()):
-            return None
-        du = (energy - ref_energy)[sel]
-        return self.coef * self.m * self.scale * (score[sel].to(du.dtype) * du).sum()
+    def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
+                dtype: torch.dtype) -> float:
+        """``m`` and its gradient ``∇m`` with respect to ``params`` on every ensemble frame."""
+        from allscaip.data import atoms_to_batch
+        from allscaip.model import compute_properties
 
+        grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        acc = torch.zeros(1, dtype=torch.float64, device=device)
+        n = len(self.frames)
+        for a, s in self._shard():
+            b = atoms_to_batch([a], dtype=dtype).to(device)
+            du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+            acc[0] += float(s) * float(du.detach())
+            gs = torch.autograd.grad(du * (float(s) / n), list(params), allow_unused=True)
+            for g, gi in zip(grad, gs):
+                if gi is not None:
+                    g += gi.double()
+        self.m = float(self._reduce(acc)[0]) / n
+        if self.world > 1:
+            flat = self._reduce(torch.cat([g.reshape(-1) for g in grad]))
+            grad = [t.view_as(g) for t, g in zip(torch.split(flat, [g.numel() for g in grad]), grad)]
+        self.grad = grad
+        return self.m
+
+    def add_gradient(self, params: Sequence[torch.Tensor], share: float = 1.0) -> None:
+        """``p.grad += share · coef · m · ∇m`` (``share``: this process's part of the summed gradient)."""
+        if self.grad is None or self.m is None:
+            return
+        k = share * self.coef * self.m
+        for p, g in zip(params, self.grad):
+            p.grad.add_(g.to(p.grad.dtype), alpha=k)

@@ -238,8 +238,7 @@ class Trainer:
         o = cfg.optim
         self.density: Optional[DensityTerm] = None
         if o.density_coef > 0:
-            self.density = DensityTerm(self.train_set, o.density_config_type, o.density_coef, self.steps_per_epoch,
-                                       self.rank, self.world)
+            self.density = DensityTerm(self.train_set, o.density_config_type, o.density_coef, self.rank, self.world)
             self.log(f"density term: {len(self.density.indices)} ensemble frames (config_type "
                      f"{o.density_config_type!r}), coef {o.density_coef}, re-evaluated every {o.density_every_steps} steps")
         self.warmup = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_fraction * self.total_steps))
@@ -463,7 +462,7 @@ class Trainer:
         t0 = time.perf_counter()
         for k in range(start // A, n_steps):
             if self.density is not None and (self.density.m is None or self.step % cfg.optim.density_every_steps == 0):
-                self.density.refresh(self.model, self.device, self.dtype)
+                self.density.refresh(self.model, self.params, self.device, self.dtype)
             micro = [next(it).to(self.device) for _ in range(A)]
             loss = self._optimizer_step(micro)
             self.step += 1
@@ -560,15 +559,15 @@ class Trainer:
                 rows = self._stress_rows(b)
                 ds = (out["stress"][rows] - b.stress[rows]) / sc["stress"]
                 loss = loss + o.stress_coef / n_stress * ds.pow(2).mean(dim=(1, 2)).sum()
-            # (the density surrogate's value means nothing, only its gradient: not in the logged loss)
-            term = self.density.loss(out["energy"], b.energy, b.density_score) if self.density is not None else None
-            (loss if term is None else loss + term).backward()
+            loss.backward()
             loss_sum += loss.detach().double()
             stats[1] += float(de.detach().abs().sum())
             stats[2] += b.num_systems
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if self.density is not None:  # density_coef * m * ∇m, split over the processes that sum it
+            self.density.add_gradient(self.params, share=1.0 / self.world)
         if self.world > 1:
             flat = torch.cat([p.grad.reshape(-1).double() for p in self.params] + [loss_sum.reshape(1)])
             dist.all_reduce(flat)
