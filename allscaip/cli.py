@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 #: subcommand -> module path
 SUBCOMMANDS = {
     "liquid": "allscaip.workflows.liquid.cli",
+    "constrain-density": "allscaip.train.constrain_density",
 }
 
 

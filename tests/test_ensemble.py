@@ -1,4 +1,4 @@
-"""The ensemble density term of the training loss (allscaip.train.ensemble)."""
+"""The ensemble density constraint (allscaip.train.ensemble, allscaip constrain-density)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +31,12 @@ def ensemble_file(tmp_path_factory) -> str:
     return str(path)
 
 
-def _cfg(path: str, out: Path, density_coef: float, epochs: int = 6) -> dict:
+def _cfg(path: str, out: Path, constraint: bool = True, epochs: int = 6) -> dict:
     return {
         "model": dict(MODEL),
         "data": {"train": [path], "val": [path], "max_atoms": 100},
         "optim": {"lr": 3e-3, "epochs": epochs, "seed": 2, "energy_coef": 1.0, "force_coef": 0.1, "stress_coef": 0.0,
-                  "density_coef": density_coef, "density_every_steps": 3, "warmup_fraction": 0.0},
+                  "density_constraint": constraint, "density_every_steps": 3, "warmup_fraction": 0.0},
         "run": {"out_dir": str(out), "dtype": "float64", "progress": False, "threads": 1},
     }
 
@@ -61,7 +61,7 @@ def test_scores_are_relative_density_over_kT_per_trajectory():
 
 
 def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path):
-    trainer = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "r", 1.0, epochs=1)), log=lambda s: None)
+    trainer = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "r", epochs=1)), log=lambda s: None)
     assert isinstance(trainer.density, DensityTerm) and len(trainer.density.indices) == 9
     m = trainer.density.evaluate(trainer.model, trainer.device, trainer.dtype)
     assert trainer.density.refresh(trainer.model, trainer.params, trainer.device, trainer.dtype) == pytest.approx(m, rel=1e-10)
@@ -71,42 +71,67 @@ def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path)
     assert abs(m) > 0.1  # an untrained model does shift the density
 
 
-def test_added_gradient_is_the_gradient_of_m_squared_and_lowers_the_shift(ensemble_file, tmp_path):
+def test_gradient_is_that_of_m_and_a_newton_step_zeroes_it(ensemble_file, tmp_path):
     from allscaip.data import atoms_to_batch
     from allscaip.model import compute_properties
 
-    coef = 0.3
-    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "g", coef, epochs=1)), log=lambda s: None)
+    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "g", epochs=1)), log=lambda s: None)
     model, term, params = t.model, t.density, t.params
     m0 = term.refresh(model, params, t.device, t.dtype)
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    term.add_gradient(params)
-    added = [p.grad.clone() for p in params]
-    # coef m^2 / 2 with m computed on all frames at once, by autograd
+    # m with all frames at once, differentiated by autograd
     m = sum(float(s) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
             for s, b in zip(term.scores, (atoms_to_batch([a], dtype=t.dtype) for a in term.frames))) / len(term.frames)
     assert float(m.detach()) == pytest.approx(m0, rel=1e-10)
-    exact = torch.autograd.grad(0.5 * coef * m * m, params, allow_unused=True)
+    exact = torch.autograd.grad(m, params, allow_unused=True)
     exact = [torch.zeros_like(p) if g is None else g for p, g in zip(params, exact)]
     norm = torch.sqrt(sum((g * g).sum() for g in exact))
     assert norm > 0
-    for a, b in zip(added, exact):
+    for a, b in zip(term.grad, exact):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(norm))
-    # a small step against it lowers |m|
-    with torch.no_grad():
-        for p, g in zip(params, exact):
-            p -= 1e-3 * g / norm
-    assert abs(term.evaluate(model, t.device, t.dtype)) < abs(m0)
+    before = [p.detach().clone() for p in params]
+    assert term.project(model, params, t.device, t.dtype, max_iter=1) == [pytest.approx(m0)]
+    # the step is -m ∇m/|∇m|^2; from an untrained model m is far from linear over it, but
+    # the Newton steps converge
+    moved = torch.sqrt(sum(((p - q).detach() ** 2).sum() for p, q in zip(params, before)))
+    assert float(moved) == pytest.approx(abs(m0) / float(norm), rel=1e-6)
+    m1 = term.evaluate(model, t.device, t.dtype)
+    assert abs(m1) < abs(m0)
+    history = term.project(model, params, t.device, t.dtype, max_iter=8, tol=1e-3)
+    assert history[0] == pytest.approx(m1, rel=1e-10)
+    assert abs(history[-1]) <= 1e-3 and abs(term.evaluate(model, t.device, t.dtype)) <= 1e-3
 
 
-def test_training_with_the_term_logs_the_shift(ensemble_file, tmp_path):
-    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "f", 0.1, epochs=1)), log=lambda s: None)
+def test_training_under_the_constraint_keeps_the_density(ensemble_file, tmp_path):
+    free = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "free", constraint=False, epochs=2)), log=lambda s: None)
+    free.fit()
+    assert abs(_shift_percent(tmp_path / "free" / "last.ckpt", ensemble_file)) > 0.5  # left alone, it moves
+    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "f", epochs=2)), log=lambda s: None)
     t.fit()
-    assert t.history[-1]["density_shift_pct"] == pytest.approx(_shift_percent(tmp_path / "f" / "last.ckpt", ensemble_file),
-                                                                rel=1e-6)
+    logged = t.history[-1]["density_shift_pct"]
+    assert logged == pytest.approx(_shift_percent(tmp_path / "f" / "last.ckpt", ensemble_file), rel=1e-6, abs=1e-9)
+    assert abs(logged) < 0.01
+    assert t.history[-1]["val_force_mae_meV_A"] < 2 * free.history[-1]["val_force_mae_meV_A"]
+
+
+def test_constrain_density_command(ensemble_file, tmp_path, capsys):
+    from allscaip.cli import main
+
+    t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "c", constraint=False, epochs=1)), log=lambda s: None)
+    t.fit()
+    src, out = tmp_path / "c" / "last.ckpt", tmp_path / "c" / "constrained.ckpt"
+    shift0 = _shift_percent(src, ensemble_file)
+    assert abs(shift0) > 0.5
+    assert main(["constrain-density", str(src), "--frames", ensemble_file, "--val", ensemble_file,
+                 "--dtype", "float64", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"density shift {shift0:+.3f} %" in text and "validation frames, after:" in text
+    assert abs(_shift_percent(out, ensemble_file)) < 0.01
+    rec = torch.load(out, weights_only=True)["density_constraint"]
+    assert rec["shift_pct_before"] == pytest.approx(shift0, rel=1e-6) and rec["n_frames"] == 9
+    with pytest.raises(SystemExit, match="config_type='teacher_md'"):
+        main(["constrain-density", str(src), "--frames", str(VAL), "-o", str(tmp_path / "x.ckpt")])
 
 
 def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config_type='teacher_md'.*python -m allscaip.teacher.active --teacher"):
-        Trainer(config_from_dict(_cfg(str(VAL), tmp_path / "x", 1.0)), log=lambda s: None)
+        Trainer(config_from_dict(_cfg(str(VAL), tmp_path / "x")), log=lambda s: None)

@@ -62,9 +62,10 @@ class OptimConfig:
     divided by the global counts): ``energy_coef * mean_sys |ΔE/N| / σ_E +
     force_coef * mean_atoms |ΔF|_2 / σ_F + stress_coef * mean_labelled mean_9 (ΔS/σ_S)^2``
     with σ the training-set RMS of the referenced per-atom energy, force components and stress.
-    With ``density_coef > 0``, ``density_coef * m²/2`` is added, where ``-m`` is the first-order
-    density shift (%) of the model against the NPT frames marked ``density_config_type``
-    (:mod:`allscaip.train.ensemble`); ``m`` is re-evaluated every ``density_every_steps``.
+    With ``density_constraint``, the weights are held at ``m = 0``, where ``-m`` is the
+    first-order density shift (%) of the model against the NPT frames marked
+    ``density_config_type`` (:mod:`allscaip.train.ensemble`): a projection step every
+    ``density_every_steps`` optimizer steps, and the EMA weights projected before each validation.
     """
 
     lr: float = 1e-3  # peak learning rate (AdamW)
@@ -77,16 +78,16 @@ class OptimConfig:
     energy_coef: float = 1.0
     force_coef: float = 10.0
     stress_coef: float = 1.0
-    density_coef: float = 0.0  # ensemble density term (0: off); needs NPT frames of the labeller in data.train
+    density_constraint: bool = False  # hold the labeller's NPT density; needs its NPT frames in data.train
     density_config_type: str = "teacher_md"  # config_type of those frames
-    density_every_steps: int = 100  # optimizer steps between evaluations of the density shift
+    density_every_steps: int = 100  # optimizer steps between projections onto the constraint
     epochs: int = 100
     accumulate: int = 1  # sampler batches (per process) per optimizer step
     seed: int = 0
 
     def __post_init__(self) -> None:
         _coerce(self, "optim")
-        for k in ("lr", "weight_decay", "warmup_fraction", "min_lr_ratio", "grad_clip", "energy_coef", "force_coef", "stress_coef", "density_coef"):
+        for k in ("lr", "weight_decay", "warmup_fraction", "min_lr_ratio", "grad_clip", "energy_coef", "force_coef", "stress_coef"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"optim.{k} must be >= 0, got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:

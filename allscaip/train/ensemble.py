@@ -1,4 +1,4 @@
-"""The ensemble density term of the loss: keep the reference potential's NPT density.
+"""The ensemble density constraint: keep the reference potential's NPT density.
 
 Frames sampled in the isothermal-isobaric ensemble of the labelling potential (the teacher)
 carry, besides energies and forces, the information which configurations that ensemble
@@ -7,12 +7,16 @@ visits. Reweighted to the model, the mean density moves, to first order in the e
 
     δρ/ρ (%) = −m,    m = mean_i [ 100 (ρ_i/ρ̄ − 1) · ΔU_i / k_B T_i ]
 
-(:mod:`allscaip.teacher.reweight` checks this prediction against MD). The loss adds
-``density_coef · m²/2``: every ``density_every_steps`` optimizer steps, ``m`` and ``∇m`` are
-evaluated on all such frames (energies only), and until the next evaluation every step adds
-``density_coef · m · ∇m`` to its gradient. (A per-batch stochastic estimate with the same
-mean was tried first: ``m`` is a small covariance of large per-frame errors, and the noise of
-that estimate swamped the other terms before it moved ``m``.) The per-frame weight
+(:mod:`allscaip.teacher.reweight` checks this prediction against MD). Holding ``m = 0`` is a
+constraint on the weights: :meth:`DensityTerm.project` moves them onto it by Newton steps
+along ``∇m`` (the smallest weight change that zeroes ``m`` to first order), with ``m`` and
+``∇m`` evaluated on all frames (energies only). The trainer does one such step every
+``optim.density_every_steps`` and projects the EMA weights before each validation, so the
+saved model holds the constraint; ``allscaip constrain-density`` applies it to a finished
+checkpoint. (A penalty ``c·m²/2`` added to the loss was tried first: under Adam a gradient
+that dominates the others is followed at the full learning rate whatever ``c`` is, and it
+broke the forces before it moved ``m``; a per-batch estimate of it was too noisy to move ``m``.)
+The per-frame weight
 ``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` uses the mean density ρ̄_g of the frame's own
 trajectory (``info['traj']``). This is the first-order (cumulant) form of differentiable
 trajectory reweighting, with the reference trajectory standing in for the model's.
@@ -53,12 +57,12 @@ def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
     each with a ``temperature_K``; a clear error when there are none or the set is streamed."""
     base = getattr(dataset, "base", dataset)  # (a validation split's training subset)
     if getattr(base, "streaming", False):
-        raise ConfigError("optim.density_coef > 0 needs the training set in memory: set data.stream=false")
+        raise ConfigError("optim.density_constraint needs the training set in memory: set data.stream=false")
     frames = [dataset[i] for i in range(len(dataset))]
     idx = [i for i, a in enumerate(frames) if a.info.get("config_type") == config_type and bool(a.pbc.all())]
     if len(idx) < 2:
         raise ConfigError(
-            f"optim.density_coef > 0 needs NPT frames of the labelling potential in data.train, marked "
+            f"the density constraint needs NPT frames of the labelling potential in data.train, marked "
             f"config_type={config_type!r} (optim.density_config_type) with a temperature_K; found {len(idx)}. "
             f"python -m allscaip.teacher.active --teacher ... writes such frames"
         )
@@ -69,16 +73,26 @@ def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
 
 
 class DensityTerm:
-    """State of the ensemble density term during training (see the module docstring)."""
+    """The density shift ``m`` of a model on ensemble frames, its gradient, and the projection
+    of the model's weights onto ``m = 0`` (see the module docstring)."""
 
-    def __init__(self, dataset: Any, config_type: str, coef: float, rank: int, world: int) -> None:
-        self.indices = select_ensemble_frames(dataset, config_type)
-        self.frames = [dataset[i] for i in self.indices]
+    def __init__(self, frames: Sequence[Any], rank: int = 0, world: int = 1) -> None:
+        if len(frames) < 2:
+            raise ConfigError(f"the density constraint needs at least 2 ensemble frames, got {len(frames)}")
+        self.frames = list(frames)
         self.scores = density_scores(self.frames)
-        self.coef = float(coef)
         self.rank, self.world = rank, world
+        self.indices: list[int] = list(range(len(self.frames)))
         self.m: Optional[float] = None  # the current -δρ/ρ in percent
         self.grad: Optional[list[torch.Tensor]] = None  # ∇m at the last refresh
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, config_type: str, rank: int = 0, world: int = 1) -> "DensityTerm":
+        """The term on the frames of ``dataset`` marked ``config_type`` (see :func:`select_ensemble_frames`)."""
+        idx = select_ensemble_frames(dataset, config_type)
+        term = cls([dataset[i] for i in idx], rank, world)
+        term.indices = idx
+        return term
 
     def _shard(self):
         return list(zip(self.frames, self.scores))[self.rank :: self.world]
@@ -115,14 +129,21 @@ class DensityTerm:
         grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         acc = torch.zeros(1, dtype=torch.float64, device=device)
         n = len(self.frames)
-        for a, s in self._shard():
-            b = atoms_to_batch([a], dtype=dtype).to(device)
-            du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
-            acc[0] += float(s) * float(du.detach())
-            gs = torch.autograd.grad(du * (float(s) / n), list(params), allow_unused=True)
-            for g, gi in zip(grad, gs):
-                if gi is not None:
-                    g += gi.double()
+        frozen = [p for p in params if not p.requires_grad]
+        for p in frozen:  # (an EMA copy)
+            p.requires_grad_(True)
+        try:
+            for a, s in self._shard():
+                b = atoms_to_batch([a], dtype=dtype).to(device)
+                du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+                acc[0] += float(s) * float(du.detach())
+                gs = torch.autograd.grad(du * (float(s) / n), list(params), allow_unused=True)
+                for g, gi in zip(grad, gs):
+                    if gi is not None:
+                        g += gi.double()
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         self.m = float(self._reduce(acc)[0]) / n
         if self.world > 1:
             flat = self._reduce(torch.cat([g.reshape(-1) for g in grad]))
@@ -130,10 +151,22 @@ class DensityTerm:
         self.grad = grad
         return self.m
 
-    def add_gradient(self, params: Sequence[torch.Tensor], share: float = 1.0) -> None:
-        """``p.grad += share · coef · m · ∇m`` (``share``: this process's part of the summed gradient)."""
-        if self.grad is None or self.m is None:
-            return
-        k = share * self.coef * self.m
-        for p, g in zip(params, self.grad):
-            p.grad.add_(g.to(p.grad.dtype), alpha=k)
+    def project(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
+                dtype: torch.dtype, max_iter: int = 1, tol: float = 0.0) -> list[float]:
+        """Move ``params`` towards ``m = 0`` by Newton steps ``θ ← θ − m ∇m / |∇m|²``, the smallest
+        change of the weights that zeroes ``m`` to first order. Each step re-evaluates ``m`` and
+        ``∇m`` first; stops after ``max_iter`` steps or once ``|m| <= tol``. Returns the ``m``
+        evaluated before each step (call :meth:`evaluate` for the value after the last)."""
+        history: list[float] = []
+        for _ in range(max_iter):
+            m = self.refresh(model, params, device, dtype)
+            history.append(m)
+            if abs(m) <= tol:
+                break
+            norm2 = sum(float(g.pow(2).sum()) for g in self.grad or [])
+            if norm2 == 0.0:
+                raise ConfigError("the density shift does not depend on the trainable weights; nothing to project")
+            with torch.no_grad():
+                for p, g in zip(params, self.grad or []):
+                    p.sub_(g.to(p.dtype), alpha=m / norm2)
+        return history

@@ -237,10 +237,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
         o = cfg.optim
         self.density: Optional[DensityTerm] = None
-        if o.density_coef > 0:
-            self.density = DensityTerm(self.train_set, o.density_config_type, o.density_coef, self.rank, self.world)
-            self.log(f"density term: {len(self.density.indices)} ensemble frames (config_type "
-                     f"{o.density_config_type!r}), coef {o.density_coef}, re-evaluated every {o.density_every_steps} steps")
+        if o.density_constraint:
+            self.density = DensityTerm.from_dataset(self.train_set, o.density_config_type, self.rank, self.world)
+            self.log(f"density constraint: {len(self.density.indices)} ensemble frames (config_type "
+                     f"{o.density_config_type!r}), a projection every {o.density_every_steps} steps")
         self.warmup = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_fraction * self.total_steps))
         warmup, total, mr = self.warmup, self.total_steps, o.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total, mr))
@@ -461,8 +461,8 @@ class Trainer:
                    disable=not self._show_progress(), mininterval=0.5 if sys.stderr.isatty() else 30.0, leave=False)
         t0 = time.perf_counter()
         for k in range(start // A, n_steps):
-            if self.density is not None and (self.density.m is None or self.step % cfg.optim.density_every_steps == 0):
-                self.density.refresh(self.model, self.params, self.device, self.dtype)
+            if self.density is not None and self.step % cfg.optim.density_every_steps == 0:
+                self.density.project(self.model, self.params, self.device, self.dtype)
             micro = [next(it).to(self.device) for _ in range(A)]
             loss = self._optimizer_step(micro)
             self.step += 1
@@ -494,6 +494,11 @@ class Trainer:
         self._reduce_sums()
         s = dict(zip(_SUM_KEYS, self._sums.tolist()))
         elapsed, structures = self._window
+        shift = None
+        if self.density is not None:  # the EMA average of projected weights drifts off the constraint
+            ema_params = [p for p in self.ema.parameters() if p.numel() > 0]
+            self.density.project(self.ema, ema_params, self.device, self.dtype, max_iter=3, tol=0.01)
+            shift = -self.density.evaluate(self.ema, self.device, self.dtype)
         val = self.validate()
         row: Dict[str, Any] = {
             "epoch": self.epoch,
@@ -503,8 +508,7 @@ class Trainer:
             "train_energy_mae_meV_atom": 1000.0 * s["energy_abs"] / max(s["n_sys"], 1.0),
             "train_force_mae_meV_A": 1000.0 * s["force_abs"] / s["n_force"] if s["n_force"] else None,
             **val,
-            "density_shift_pct": (None if self.density is None
-                                  else -self.density.evaluate(self.ema, self.device, self.dtype)),
+            "density_shift_pct": shift,
             "train_time_s": elapsed,
             "structures_per_s": structures / max(elapsed, 1e-9),
         }
@@ -566,8 +570,6 @@ class Trainer:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if self.density is not None:  # density_coef * m * ∇m, split over the processes that sum it
-            self.density.add_gradient(self.params, share=1.0 / self.world)
         if self.world > 1:
             flat = torch.cat([p.grad.reshape(-1).double() for p in self.params] + [loss_sum.reshape(1)])
             dist.all_reduce(flat)
