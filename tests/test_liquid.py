@@ -209,6 +209,26 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
     assert "fix thermostat all langevin" in gas_in and "zero no gjf vhalf" in gas_in
     assert gas_in.index("fix thermostat") < gas_in.index("fix integ all nve")  # GJF must precede fix nve
     assert "boundary s s s" in (out / "model" / "gas" / "minimise.in").read_text()
+    ftol = engine_lammps.minimise_ftol(10.0, 24)
+    assert f"minimize 0.0 {ftol:.6g} 20 200" in (liq / "minimise.in").read_text()
+
+
+def test_lammps_minimise_tolerance_matches_openmm_rule():
+    """LAMMPS stops on the 2-norm of the global force vector (eV/Å), OpenMM on the RMS force
+    component (kJ/mol/nm): the converted tolerance must accept exactly the same force vectors."""
+    from allscaip.workflows.liquid.engine_lammps import minimise_ftol
+    from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV
+
+    rng = np.random.default_rng(3)
+    n, tol = 192, 10.0
+    ftol = minimise_ftol(tol, n)
+    assert ftol == pytest.approx(tol / KJ_MOL_PER_EV / 10.0 * math.sqrt(3 * n))
+    for scale in rng.uniform(0.0, 0.02, 200):  # eV/Å per component, around the threshold
+        f = rng.normal(0.0, scale, (n, 3))
+        rms_openmm = math.sqrt(np.mean(f**2)) * KJ_MOL_PER_EV * 10.0
+        assert (rms_openmm < tol) == (np.linalg.norm(f) < ftol)
+    with pytest.raises(ValueError, match="positive"):
+        minimise_ftol(0.0, n)
 
 
 @pytest.mark.openmm

@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="box packing: Packmol, random insertion, or Packmol when installed")
     p.add_argument("--minimise-iterations", type=int, default=1000,
                    help="maximum energy-minimisation iterations (0: no minimisation)")
+    p.add_argument("--minimise-tolerance", type=float, default=10.0,
+                   help="stop minimising at this RMS force component, kJ/mol/nm (OpenMM's rule; both engines)")
     p.add_argument("--seed", type=int, default=0, help="random seed (packing, velocities, thermostats)")
     p.add_argument("--out", default="liquid_run", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished segment")
@@ -75,7 +77,8 @@ def settings_from_args(args, potential: str):
         equilibrate_ps=args.equilibrate_ps, production_ps=args.production_ps, segment_ps=args.segment_ps,
         gas_equilibrate_ps=args.gas_equilibrate_ps, gas_production_ps=args.gas_production_ps,
         sample_every_fs=args.sample_every_fs, friction_per_ps=args.friction, barostat_interval=args.barostat_interval,
-        pack_density_g_cm3=args.pack_density, minimise_max_iterations=args.minimise_iterations, packer=args.packer, seed=args.seed, platform=args.platform,
+        pack_density_g_cm3=args.pack_density, minimise_max_iterations=args.minimise_iterations,
+        minimise_tolerance_kj_mol_nm=args.minimise_tolerance, packer=args.packer, seed=args.seed, platform=args.platform,
         device=args.device, threads=args.threads, lmp=args.lmp,
     )
 

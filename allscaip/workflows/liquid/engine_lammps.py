@@ -37,6 +37,15 @@ from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV, Settings
 PLUGIN_NAME = "allscaipplugin.so"
 
 
+def minimise_ftol(rms_kj_mol_nm: float, n_atoms: int) -> float:
+    """LAMMPS ``minimize`` force tolerance (2-norm of the 3N force vector, eV/Å) equivalent to
+    OpenMM's stopping rule (RMS force component, kJ/mol/nm). With a fixed 1e-3 eV/Å a learned
+    potential never converges and CG spends every allowed iteration (10 min for 64 waters)."""
+    if rms_kj_mol_nm <= 0:
+        raise ValueError(f"minimise tolerance must be positive, got {rms_kj_mol_nm} kJ/mol/nm")
+    return rms_kj_mol_nm / KJ_MOL_PER_EV / 10.0 * float(np.sqrt(3 * n_atoms))
+
+
 class LammpsError(RuntimeError):
     pass
 
@@ -205,6 +214,7 @@ class LammpsEngine:
             raise LammpsError(f"lmp failed on {inp} (exit {rc}): " + (" | ".join(errors) if errors else "\n".join(tail)))
 
     def minimise(self, atoms: Atoms, checkpoint_out: Path, seed: int) -> dict:
+        """CG minimisation to OpenMM's stopping rule, then velocities at T and a restart file."""
         s = self.settings
         data = self.workdir / "initial.data"
         self.write_data(atoms, data)
@@ -216,7 +226,8 @@ class LammpsEngine:
             'print "ALLSCAIP_E0 $(pe:%.12g)"',
         ] + ([
             "min_style cg",
-            f"minimize 0.0 1.0e-3 {int(s.minimise_max_iterations)} {10 * int(s.minimise_max_iterations)}",
+            f"minimize 0.0 {minimise_ftol(s.minimise_tolerance_kj_mol_nm, len(atoms)):.6g} "
+            f"{int(s.minimise_max_iterations)} {10 * int(s.minimise_max_iterations)}",
         ] if s.minimise_max_iterations > 0 else []) + [
             'print "ALLSCAIP_E1 $(pe:%.12g)"',
             "reset_timestep 0",

@@ -147,7 +147,8 @@ class OpenMMEngine:
         ctx.setPositions(atoms.positions / 10.0 * unit.nanometer)
         e0 = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         if s.minimise_max_iterations > 0:  # (OpenMM reads 0 as "until converged")
-            openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, int(s.minimise_max_iterations))
+            openmm.LocalEnergyMinimizer.minimize(ctx, float(s.minimise_tolerance_kj_mol_nm),
+                                                 int(s.minimise_max_iterations))
         e1 = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         ctx.setVelocitiesToTemperature(s.temperature_K * unit.kelvin, int(seed))
         ctx.setTime(0.0)

@@ -47,6 +47,9 @@ class Settings:
     pack_tolerance_ang: float = 2.0
     packer: str = "auto"
     minimise_max_iterations: int = 1000
+    #: stop minimising once the RMS force component is below this (OpenMM's convention; LAMMPS gets the
+    #: equivalent 2-norm of the global force vector), kJ/mol/nm
+    minimise_tolerance_kj_mol_nm: float = 10.0
     seed: int = 0
     platform: str = "CPU"  # OpenMM platform
     device: str = "cpu"  # torch device of the model
