@@ -130,8 +130,43 @@ def test_constrain_density_command(ensemble_file, tmp_path, capsys):
     assert rec["shift_pct_before"] == pytest.approx(shift0, rel=1e-6) and rec["n_frames"] == 9
     with pytest.raises(SystemExit, match="config_type='teacher_md'"):
         main(["constrain-density", str(src), "--frames", str(VAL), "-o", str(tmp_path / "x.ckpt")])
+    held = tmp_path / "c" / "held.ckpt"
+    assert main(["constrain-density", str(src), "--frames", ensemble_file, "--dtype", "float64", "-o", str(held),
+                 "--hold-offset", "monomer:bulk", "--hold-frames", str(VAL), "--hold-max-frames", "4", "--max-iter", "12"]) == 0
+    assert "offset monomer:bulk:" in capsys.readouterr().out
+    rec = torch.load(held, weights_only=True)["density_constraint"]["hold_offset"]
+    assert rec["after_meV_atom"] == pytest.approx(rec["before_meV_atom"], abs=0.1)
+    assert abs(_shift_percent(held, ensemble_file)) < 0.01
+    with pytest.raises(SystemExit, match="--hold-frames"):
+        main(["constrain-density", str(src), "--frames", ensemble_file, "-o", str(held), "--hold-offset", "monomer:bulk"])
 
 
 def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config_type='teacher_md'.*python -m allscaip.teacher.active --teacher"):
         Trainer(config_from_dict(_cfg(str(VAL), tmp_path / "x")), log=lambda s: None)
+
+
+def test_projection_can_hold_the_monomer_bulk_offset(ensemble_file, tmp_path):
+    """With ``hold``, the Newton steps zero the density shift and keep the held offset where it was;
+    without it the same projection moves the offset (so holding it is not a no-op)."""
+    from allscaip.train.ensemble import OffsetTerm
+
+    val = ase.io.read(VAL, ":")
+    offset = OffsetTerm.from_frames([a for a in val if len(a) <= 3 or len(a) == 96], "monomer:bulk")
+    assert len(offset.first) > 0 and all(len(a) == 96 for a in offset.second)
+    moved = {}
+    for held in (False, True):
+        t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / f"h{held}", epochs=1)), log=lambda s: None)
+        model, term, params = t.model, t.density, t.params
+        v0 = offset.refresh(model, params, t.device, t.dtype)[0]
+        history = term.project(model, params, t.device, t.dtype, max_iter=8, tol=1e-3,
+                               hold=[offset] if held else [], hold_tol=1e-4)
+        assert abs(term.evaluate(model, t.device, t.dtype)) <= 1e-3 and abs(history[0]) > 0.1
+        moved[held] = abs(offset.refresh(model, params, t.device, t.dtype)[0] - v0)
+        if held:
+            assert term.hold_history[0] == [pytest.approx(v0, rel=1e-10)]
+    assert moved[True] <= 1e-4 and moved[False] > 100 * moved[True] + 1e-3
+    with pytest.raises(ConfigError, match="config_type='dimerx'"):
+        OffsetTerm.from_frames(val, "dimerx:bulk")
+    with pytest.raises(ConfigError, match="'A:B'"):
+        OffsetTerm.from_frames(val, "monomer")

@@ -38,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="precision of the evaluation and of the step (the training precision)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--hold-offset", default=None, metavar="A:B",
+                   help="keep the energy error per atom of config_type A minus B where it was (e.g. monomer:bulk, "
+                        "which holds the heat of vaporization at fixed structure); frames from --hold-frames")
+    p.add_argument("--hold-frames", nargs="+", default=[], help="labelled extxyz file(s) for --hold-offset "
+                   "(training data, not --val)")
+    p.add_argument("--hold-tol", type=float, default=0.01,
+                   help="meV/atom: the held offset may move this much (the steps continue until it does not)")
+    p.add_argument("--hold-max-frames", type=int, default=32,
+                   help="at most this many frames of each kind for --hold-offset, evenly spaced")
 
 
 def errors(model: Any, frames: Sequence[Any], dtype: Any) -> Dict[str, float]:
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from allscaip.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
     from allscaip.config import ConfigError
-    from allscaip.train.ensemble import DensityTerm
+    from allscaip.train.ensemble import DensityTerm, OffsetTerm
 
     t0 = time.perf_counter()
     if args.threads:
@@ -96,14 +105,34 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise SystemExit(f"allscaip constrain-density: {err}") from err
     val = [a for path in args.val for a in ase.io.read(path, ":")]
+    hold = []
+    if args.hold_offset:
+        if not args.hold_frames:
+            raise SystemExit("allscaip constrain-density: --hold-offset needs --hold-frames (labelled training frames)")
+        try:
+            off = OffsetTerm.from_frames([a for path in args.hold_frames for a in ase.io.read(path, ":")],
+                                         args.hold_offset)
+        except ConfigError as err:
+            raise SystemExit(f"allscaip constrain-density: {err}") from err
+        off.first, off.second = (_spaced(g, args.hold_max_frames) for g in (off.first, off.second))
+        hold = [off]
     print(f"{Path(args.checkpoint).name}: {len(term.frames)} ensemble frames from {', '.join(args.frames)}", flush=True)
     before = errors(model, val, dtype) if val else {}
     params = [p for p in model.parameters() if p.numel() > 0]
-    history = term.project(model, params, torch.device("cpu"), dtype, max_iter=args.max_iter, tol=args.tol)
+    history = term.project(model, params, torch.device("cpu"), dtype, max_iter=args.max_iter, tol=args.tol,
+                           hold=hold, hold_tol=args.hold_tol)
     m_after = term.evaluate(model, torch.device("cpu"), dtype) if abs(history[-1]) > args.tol else history[-1]
     for i, m in enumerate(history):
         print(f"  step {i}: density shift {-m:+.3f} %", flush=True)
     print(f"  after:  density shift {-m_after:+.3f} % (first order, on these frames)")
+    held_after = None
+    if hold:
+        held_after = hold[0].refresh(model, params, torch.device("cpu"), dtype)[0]
+        print(f"  offset {args.hold_offset}: {term.hold_history[0][0]:+.4f} meV/atom before, "
+              f"{held_after:+.4f} after ({len(hold[0].first)} + {len(hold[0].second)} frames)")
+        if not abs(held_after - term.hold_history[0][0]) <= 10 * args.hold_tol:
+            raise SystemExit(f"allscaip constrain-density: the held offset moved by "
+                             f"{held_after - term.hold_history[0][0]:+.4f} meV/atom; raise --max-iter")
     if not math.isfinite(m_after) or abs(m_after) > max(args.tol, 0.1 * abs(history[0])):
         raise SystemExit(f"allscaip constrain-density: the shift did not converge ({-m_after:+.3f} %); "
                          f"raise --max-iter or check the frames")
@@ -120,7 +149,18 @@ def run(args: argparse.Namespace) -> int:
         "source": str(args.checkpoint), "frames": [str(p) for p in args.frames], "config_type": args.config_type,
         "n_frames": len(term.frames), "shift_pct_before": -history[0], "shift_pct_after": -m_after,
         "val_before": before, "val_after": after,
+        "hold_offset": None if not hold else {"spec": args.hold_offset, "frames": [str(p) for p in args.hold_frames],
+                                              "before_meV_atom": term.hold_history[0][0], "after_meV_atom": held_after},
     }
     save_checkpoint(out, new)
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _spaced(frames: Sequence[Any], n: int) -> list:
+    """At most ``n`` of ``frames``, evenly spaced (all when there are fewer)."""
+    if n < 1:
+        raise SystemExit(f"allscaip constrain-density: --hold-max-frames must be >= 1, got {n}")
+    if len(frames) <= n:
+        return list(frames)
+    return [frames[round(i * (len(frames) - 1) / (n - 1))] if n > 1 else frames[0] for i in range(n)]

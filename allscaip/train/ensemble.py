@@ -13,7 +13,8 @@ along ``∇m`` (the smallest weight change that zeroes ``m`` to first order), wi
 ``∇m`` evaluated on all frames (energies only). The trainer does one such step every
 ``optim.density_every_steps`` and projects the EMA weights before each validation, so the
 saved model holds the constraint; ``allscaip constrain-density`` applies it to a finished
-checkpoint. (A penalty ``c·m²/2`` added to the loss was tried first: under Adam a gradient
+checkpoint, optionally holding other quantities fixed meanwhile (:class:`OffsetTerm`, e.g.
+the monomer-minus-bulk energy error that sets the heat of vaporization). (A penalty ``c·m²/2`` added to the loss was tried first: under Adam a gradient
 that dominates the others is followed at the full learning rate whatever ``c`` is, and it
 broke the forces before it moved ``m``; a per-batch estimate of it was too noisy to move ``m``.)
 The per-frame weight
@@ -152,21 +153,96 @@ class DensityTerm:
         return self.m
 
     def project(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
-                dtype: torch.dtype, max_iter: int = 1, tol: float = 0.0) -> list[float]:
+                dtype: torch.dtype, max_iter: int = 1, tol: float = 0.0, hold: Sequence["OffsetTerm"] = (),
+                hold_tol: float = 1e-3) -> list[float]:
         """Move ``params`` towards ``m = 0`` by Newton steps ``θ ← θ − m ∇m / |∇m|²``, the smallest
         change of the weights that zeroes ``m`` to first order. Each step re-evaluates ``m`` and
         ``∇m`` first; stops after ``max_iter`` steps or once ``|m| <= tol``. Returns the ``m``
-        evaluated before each step (call :meth:`evaluate` for the value after the last)."""
+        evaluated before each step (call :meth:`evaluate` for the value after the last).
+
+        ``hold``: quantities to keep at their starting values meanwhile (:class:`OffsetTerm`,
+        within ``hold_tol``); each step is then the smallest one that meets all constraints to
+        first order, ``Δθ = −Jᵀ (J Jᵀ)⁻¹ c`` with the constraints' gradients as the rows of ``J``
+        and their residuals in ``c``. Their values before each step go to ``self.hold_history``."""
         history: list[float] = []
+        self.hold_history: list[list[float]] = []
+        targets: Optional[list[float]] = None
         for _ in range(max_iter):
             m = self.refresh(model, params, device, dtype)
+            held = [h.refresh(model, params, device, dtype) for h in hold]
+            values = [v for v, _ in held]
+            targets = values if targets is None else targets
             history.append(m)
-            if abs(m) <= tol:
+            self.hold_history.append(values)
+            residual = [m] + [v - t for v, t in zip(values, targets)]
+            if abs(m) <= tol and all(abs(r) <= hold_tol for r in residual[1:]):
                 break
-            norm2 = sum(float(g.pow(2).sum()) for g in self.grad or [])
-            if norm2 == 0.0:
+            rows = [torch.cat([g.reshape(-1) for g in grad]) for grad in [self.grad or []] + [g for _, g in held]]
+            if float(rows[0].pow(2).sum()) == 0.0:
                 raise ConfigError("the density shift does not depend on the trainable weights; nothing to project")
+            jac = torch.stack(rows)
+            try:
+                lam = torch.linalg.solve(jac @ jac.T, torch.tensor(residual, dtype=jac.dtype, device=jac.device))
+            except RuntimeError as err:  # (a held quantity parallel to the density shift)
+                raise ConfigError("the held quantities' gradients are parallel to the density shift's: the "
+                                  "constraints cannot all be met; hold fewer") from err
+            step = jac.T @ lam
             with torch.no_grad():
-                for p, g in zip(params, self.grad or []):
-                    p.sub_(g.to(p.dtype), alpha=m / norm2)
+                offset = 0
+                for p in params:
+                    p.sub_(step[offset: offset + p.numel()].view_as(p).to(p.dtype))
+                    offset += p.numel()
         return history
+
+
+class OffsetTerm:
+    """The mean energy error per atom (meV/atom) on frames of one kind minus that on frames of
+    another, e.g. isolated molecules minus bulk boxes. At fixed structures the heat of
+    vaporization's error is this difference times the atoms per molecule, so holding it while
+    the density is constrained (``DensityTerm.project(hold=...)``) keeps the step from moving
+    the gas-versus-liquid energy balance."""
+
+    def __init__(self, first: Sequence[Any], second: Sequence[Any], label: str = "") -> None:
+        if not first or not second:
+            raise ConfigError(f"the offset {label or '(first - second)'} needs frames of both kinds; got "
+                              f"{len(first)} and {len(second)}")
+        self.first, self.second, self.label = list(first), list(second), label
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Any], spec: str) -> "OffsetTerm":
+        """``spec`` is ``'A:B'``: frames with ``info['config_type']`` A minus those with B."""
+        kinds = spec.split(":")
+        if len(kinds) != 2 or not all(kinds):
+            raise ConfigError(f"an offset is two config_types as 'A:B' (e.g. 'monomer:bulk'), got {spec!r}")
+        found = sorted({str(a.info.get("config_type")) for a in frames})
+        groups = [[a for a in frames if a.info.get("config_type") == k] for k in kinds]
+        for k, g in zip(kinds, groups):
+            if not g:
+                raise ConfigError(f"no frames with config_type={k!r} for the offset {spec!r}; the frames have {found}")
+        return cls(groups[0], groups[1], spec)
+
+    def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
+                dtype: torch.dtype) -> tuple[float, list[torch.Tensor]]:
+        """The offset (meV/atom) and its gradient with respect to ``params``."""
+        from allscaip.data import atoms_to_batch
+        from allscaip.model import compute_properties
+
+        grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        value = 0.0
+        frozen = [p for p in params if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(True)
+        try:
+            for frames, sign in ((self.first, 1.0), (self.second, -1.0)):
+                for a in frames:
+                    b = atoms_to_batch([a], dtype=dtype).to(device)
+                    du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+                    w = sign * 1000.0 / len(a) / len(frames)
+                    value += w * float(du.detach())
+                    for g, gi in zip(grad, torch.autograd.grad(du * w, list(params), allow_unused=True)):
+                        if gi is not None:
+                            g += gi.double()
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
+        return value, grad
