@@ -110,12 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.hold_frames:
             raise SystemExit("allscaip constrain-density: --hold-offset needs --hold-frames (labelled training frames)")
         try:
-            off = OffsetTerm.from_frames([a for path in args.hold_frames for a in ase.io.read(path, ":")],
-                                         args.hold_offset)
+            hold = [OffsetTerm.from_frames([a for path in args.hold_frames for a in ase.io.read(path, ":")],
+                                           args.hold_offset, max_frames=args.hold_max_frames)]
         except ConfigError as err:
             raise SystemExit(f"allscaip constrain-density: {err}") from err
-        off.first, off.second = (_spaced(g, args.hold_max_frames) for g in (off.first, off.second))
-        hold = [off]
     print(f"{Path(args.checkpoint).name}: {len(term.frames)} ensemble frames from {', '.join(args.frames)}", flush=True)
     before = errors(model, val, dtype) if val else {}
     params = [p for p in model.parameters() if p.numel() > 0]
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  after:  density shift {-m_after:+.3f} % (first order, on these frames)")
     held_after = None
     if hold:
-        held_after = hold[0].refresh(model, params, torch.device("cpu"), dtype)[0]
+        held_after = hold[0].evaluate(model, torch.device("cpu"), dtype)
         print(f"  offset {args.hold_offset}: {term.hold_history[0][0]:+.4f} meV/atom before, "
               f"{held_after:+.4f} after ({len(hold[0].first)} + {len(hold[0].second)} frames)")
         if not abs(held_after - term.hold_history[0][0]) <= 10 * args.hold_tol:
@@ -156,11 +154,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
-
-def _spaced(frames: Sequence[Any], n: int) -> list:
-    """At most ``n`` of ``frames``, evenly spaced (all when there are fewer)."""
-    if n < 1:
-        raise SystemExit(f"allscaip constrain-density: --hold-max-frames must be >= 1, got {n}")
-    if len(frames) <= n:
-        return list(frames)
-    return [frames[round(i * (len(frames) - 1) / (n - 1))] if n > 1 else frames[0] for i in range(n)]

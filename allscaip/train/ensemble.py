@@ -53,6 +53,41 @@ def density_scores(frames: Sequence[Any]) -> np.ndarray:
     return out
 
 
+def weighted_energy_error(model: torch.nn.Module, params: Sequence[torch.Tensor], pairs: Sequence[tuple],
+                          device: torch.device, dtype: torch.dtype,
+                          grad: bool = True) -> tuple[float, Optional[list[torch.Tensor]]]:
+    """``Σ w_i (E_model − E_ref)_i`` (eV) over ``(frame, w_i)`` pairs and, with ``grad``, its
+    gradient with respect to ``params`` (float64). Frozen ``params`` (an EMA copy) are made
+    differentiable for the call."""
+    from allscaip.data import atoms_to_batch
+    from allscaip.model import compute_properties
+
+    if not grad:
+        value = 0.0
+        with torch.no_grad():
+            for a, w in pairs:
+                b = atoms_to_batch([a], dtype=dtype).to(device)
+                value += float(w) * float((compute_properties(model, b, forces=False)["energy"] - b.energy).sum())
+        return value, None
+    out = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    value = 0.0
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        for a, w in pairs:
+            b = atoms_to_batch([a], dtype=dtype).to(device)
+            du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+            value += float(w) * float(du.detach())
+            for g, gi in zip(out, torch.autograd.grad(du * float(w), list(params), allow_unused=True)):
+                if gi is not None:
+                    g += gi.double()
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    return value, out
+
+
 def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
     """Indices of the periodic training frames with ``info['config_type'] == config_type``,
     each with a ``temperature_K``; a clear error when there are none or the set is streamed."""
@@ -124,28 +159,10 @@ class DensityTerm:
     def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
                 dtype: torch.dtype) -> float:
         """``m`` and its gradient ``∇m`` with respect to ``params`` on every ensemble frame."""
-        from allscaip.data import atoms_to_batch
-        from allscaip.model import compute_properties
-
-        grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        acc = torch.zeros(1, dtype=torch.float64, device=device)
         n = len(self.frames)
-        frozen = [p for p in params if not p.requires_grad]
-        for p in frozen:  # (an EMA copy)
-            p.requires_grad_(True)
-        try:
-            for a, s in self._shard():
-                b = atoms_to_batch([a], dtype=dtype).to(device)
-                du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
-                acc[0] += float(s) * float(du.detach())
-                gs = torch.autograd.grad(du * (float(s) / n), list(params), allow_unused=True)
-                for g, gi in zip(grad, gs):
-                    if gi is not None:
-                        g += gi.double()
-        finally:
-            for p in frozen:
-                p.requires_grad_(False)
-        self.m = float(self._reduce(acc)[0]) / n
+        value, grad = weighted_energy_error(model, params, [(a, float(sc) / n) for a, sc in self._shard()],
+                                            device, dtype)
+        self.m = float(self._reduce(torch.tensor([value], dtype=torch.float64, device=device))[0])
         if self.world > 1:
             flat = self._reduce(torch.cat([g.reshape(-1) for g in grad]))
             grad = [t.view_as(g) for t, g in zip(torch.split(flat, [g.numel() for g in grad]), grad)]
@@ -209,40 +226,42 @@ class OffsetTerm:
         self.first, self.second, self.label = list(first), list(second), label
 
     @classmethod
-    def from_frames(cls, frames: Sequence[Any], spec: str) -> "OffsetTerm":
-        """``spec`` is ``'A:B'``: frames with ``info['config_type']`` A minus those with B."""
+    def from_frames(cls, frames: Sequence[Any], spec: str, max_frames: Optional[int] = None) -> "OffsetTerm":
+        """``spec`` is ``'A:B'``: frames with ``info['config_type']`` A minus those with B, at most
+        ``max_frames`` of each (evenly spaced)."""
         kinds = spec.split(":")
         if len(kinds) != 2 or not all(kinds):
             raise ConfigError(f"an offset is two config_types as 'A:B' (e.g. 'monomer:bulk'), got {spec!r}")
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"an offset needs at least one frame of each kind; max_frames (--hold-max-frames) is {max_frames}")
         found = sorted({str(a.info.get("config_type")) for a in frames})
         groups = [[a for a in frames if a.info.get("config_type") == k] for k in kinds]
         for k, g in zip(kinds, groups):
             if not g:
                 raise ConfigError(f"no frames with config_type={k!r} for the offset {spec!r}; the frames have {found}")
+        if max_frames is not None:
+            groups = [_evenly_spaced(g, max_frames) for g in groups]
         return cls(groups[0], groups[1], spec)
+
+    def _pairs(self) -> list[tuple]:
+        return [(a, sign * 1000.0 / len(a) / len(frames))
+                for frames, sign in ((self.first, 1.0), (self.second, -1.0)) for a in frames]
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
+        """The offset (meV/atom)."""
+        return weighted_energy_error(model, [], self._pairs(), device, dtype, grad=False)[0]
 
     def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
                 dtype: torch.dtype) -> tuple[float, list[torch.Tensor]]:
         """The offset (meV/atom) and its gradient with respect to ``params``."""
-        from allscaip.data import atoms_to_batch
-        from allscaip.model import compute_properties
+        value, grad = weighted_energy_error(model, params, self._pairs(), device, dtype)
+        return value, grad or []
 
-        grad = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        value = 0.0
-        frozen = [p for p in params if not p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(True)
-        try:
-            for frames, sign in ((self.first, 1.0), (self.second, -1.0)):
-                for a in frames:
-                    b = atoms_to_batch([a], dtype=dtype).to(device)
-                    du = (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
-                    w = sign * 1000.0 / len(a) / len(frames)
-                    value += w * float(du.detach())
-                    for g, gi in zip(grad, torch.autograd.grad(du * w, list(params), allow_unused=True)):
-                        if gi is not None:
-                            g += gi.double()
-        finally:
-            for p in frozen:
-                p.requires_grad_(False)
-        return value, grad
+
+def _evenly_spaced(frames: Sequence[Any], n: int) -> list:
+    """At most ``n`` (>= 1) of ``frames``, evenly spaced (all when there are fewer)."""
+    if len(frames) <= n:
+        return list(frames)
+    if n == 1:
+        return [frames[0]]
+    return [frames[round(i * (len(frames) - 1) / (n - 1))] for i in range(n)]
