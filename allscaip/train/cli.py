@@ -44,6 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     trainer = None
+    finished = False
     try:
         cfg = load_config(args.config, list(args.overrides) + (["run.resume=true"] if args.resume else []))
         if rank0:
@@ -55,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         trainer = Trainer(cfg)
         trainer.fit()
+        finished = True
     except (ConfigError, DataError, CheckpointError, UnknownElementError, FileNotFoundError) as err:
         print(f"allscaip-train: error: {err}", file=sys.stderr, flush=True)
         return 2
@@ -63,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(synchronise=finished)
     if rank0 and trainer is not None:
         print(f"allscaip-train: done; checkpoints in {trainer.out_dir}", flush=True)
     return 0

@@ -438,9 +438,17 @@ class Trainer:
             torch.set_num_threads(prev_threads)
         return self.history
 
-    def close(self) -> None:
-        """Tear down the process group if this trainer created it."""
+    def close(self, synchronise: bool = True) -> None:
+        """Tear down the process group if this trainer created it.
+
+        With ``synchronise`` every rank first waits at a barrier, so no rank closes its gloo
+        connections while another still writes its last checkpoint; a rank that tore down
+        early made its peer abort at exit now and then. Pass ``False`` after an error, when
+        the other ranks may never arrive.
+        """
         if self._own_pg and dist.is_initialized():
+            if synchronise:
+                dist.barrier()
             dist.destroy_process_group()
             self._own_pg = False
 
@@ -689,8 +697,10 @@ class Trainer:
 def train(cfg: TrainConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> Trainer:
     """Build a :class:`Trainer`, run it, and return it."""
     trainer = Trainer(cfg, callbacks)
+    finished = False
     try:
         trainer.fit()
+        finished = True
     finally:
-        trainer.close()
+        trainer.close(synchronise=finished)
     return trainer
