@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from allscaip.heap import keep_heap_resident
 from allscaip.neighbors import system_neighbor_pairs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -35,6 +36,8 @@ class AllScAIPCalculator(Calculator):
 
     def __init__(self, model: str | Path, device: str = "cpu", dtype: str = "float64", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: what happened to malloc's settings (allscaip/heap.py: freed tensor memory stays resident)
+        self.heap_note = keep_heap_resident()
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"model file {path} does not exist")

@@ -19,6 +19,8 @@
 
 #include "pair_allscaip.h"
 
+#include "allscaip_heap.h"
+
 #include "atom.h"
 #include "comm.h"
 #include "domain.h"
@@ -199,6 +201,12 @@ void PairAllscaip::coeff(int narg, char **arg)
                    device_name, model->element_list(), cutoff, info.num_layers, info.hidden,
                    info.node_attention ? "yes" : "no",
                    info.supports_domain_decomposition ? "supported" : "not supported");
+
+  // every rank: freed tensor memory stays in the heap between steps (allscaip_heap.h)
+  std::string heap_note;
+  allscaip::keep_heap_resident(heap_note);
+  if (comm->me == 0 && !heap_note.empty())
+    utils::logmesg(lmp, "allscaip: heap: {}\n", heap_note);
 }
 
 /* ---------------------------------------------------------------------- */
