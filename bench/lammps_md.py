@@ -95,14 +95,15 @@ def lammps_input(data: Path, model: Path, warmup: int, steps: int) -> str:
     ]) + "\n"
 
 
-def run_lammps(workdir: Path, script: str, ranks: int, timeout: float, threads: int) -> Optional[float]:
+def run_lammps(workdir: Path, script: str, ranks: int, timeout: float, threads: int,
+               extra_env: Optional[Dict[str, str]] = None) -> Optional[float]:
     """Seconds per step of the last `run`, or None if it failed / timed out."""
     (workdir / "in.lmp").write_text(script)
     cmd = [str(VENV / "bin" / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-nocite", "-screen", "none"]
     if ranks > 1:
         cmd = [str(VENV / "bin" / "mpirun"), "-np", str(ranks)] + cmd
     try:
-        proc = subprocess.run(cmd, cwd=workdir, env=venv_env(threads), capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=workdir, env={**venv_env(threads), **(extra_env or {})}, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
