@@ -2,15 +2,14 @@
 
 Every energy+forces call allocates and frees the same few MB of tensors. With glibc's
 defaults the freed top of the heap goes back to the kernel (``brk`` shrinks) and the next call
-faults every page in again, zeroed. On a 64-water box on one core that cost about 30 % of the
-MD run time, all of it in the kernel (docs/benchmarks.md, "Heap trimming"). Raising malloc's
+faults every page in again, zeroed. With an AOTInductor package on a 64-water box on one core
+that cost about 30 % of the MD run time, all of it in the kernel (docs/benchmarks.md, "Heap trimming"). Raising malloc's
 trim threshold keeps the pages resident. The LAMMPS plugin does the same in C++
 (lammps_plugin/allscaip_heap.cpp).
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # glibc <malloc.h>
@@ -47,4 +46,4 @@ def keep_heap_resident() -> str:
     if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) != 1 or mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
         return "mallopt refused the settings"
     _applied = True
-    return "glibc malloc keeps up to 1 GiB of freed heap (ALLSCAIP_MALLOC_TUNING=0 turns this off)"
+    return "glibc malloc keeps up to 1 GiB of freed heap (set ALLSCAIP_MALLOC_TUNING=0 to turn off)"

@@ -3,9 +3,9 @@
 
    Each force call allocates and frees the same few MB of tensors. With
    glibc's defaults the freed top of the heap is handed back to the kernel
-   (brk shrinks) and the next step faults every page in again, zeroed: on
-   a 64-water box on one core that was 30 % of the run time, all of it in
-   the kernel. Raising the trim threshold keeps the pages resident.
+   (brk shrinks) and the next step faults every page in again, zeroed: with
+   an AOTInductor package on a 64-water box on one core that was 30 % of
+   the run time, all of it in the kernel. Raising the trim threshold keeps the pages resident.
 ------------------------------------------------------------------------- */
 
 #ifndef ALLSCAIP_HEAP_H

@@ -9,22 +9,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# 64 waters through the calculator, as OpenMM's PythonForce and ASE MD call it: report the
 # what the calculator did to malloc (the speed effect is measured by bench/heap_trim.py: with
 # an AOTInductor package glibc's trimming refaults ~29,000 pages per MD step; an eager model's
 # allocations stop being trimmed after about ten calls, so a page-fault count is no test here)
 _PROBE = """
 import json, sys
 from allscaip.calculator import AllScAIPCalculator
-calc = AllScAIPCalculator(sys.argv[2], dtype="float32")
-again = AllScAIPCalculator(sys.argv[2], dtype="float32")
+calc = AllScAIPCalculator(sys.argv[1], dtype="float32")
+again = AllScAIPCalculator(sys.argv[1], dtype="float32")
 print(json.dumps({"note": calc.heap_note, "second": again.heap_note}))
 """
 
 
 def _probe(**env: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(REPO / "examples/water/data/val.extxyz"), str(REPO / "examples/water/model.ckpt")],
+        [sys.executable, "-c", _PROBE, str(REPO / "examples/water/model.ckpt")],
         env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

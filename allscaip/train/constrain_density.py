@@ -153,4 +153,3 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(out, new)
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
-
