@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 SUBCOMMANDS = {
     "liquid": "allscaip.workflows.liquid.cli",
     "constrain-density": "allscaip.train.constrain_density",
+    "core-repulsion": "allscaip.train.core_radius",
 }
 
 

@@ -68,6 +68,10 @@ class ModelConfig:
     max_charge: int = 10
     max_spin: int = 10
     ffn_ratio: int = 2
+    # ZBL wall below margin x the shortest distance of each element pair in the training data
+    # (allscaip.model.core_repulsion; zero on every training configuration)
+    core_repulsion: bool = True
+    core_margin: float = 0.9
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -76,6 +80,9 @@ class ModelConfig:
             raise ConfigError(f"cutoff must be positive, got {self.cutoff}")
         if self.max_neighbors is not None and self.max_neighbors < 1:
             raise ConfigError(f"max_neighbors must be >= 1 or null, got {self.max_neighbors}")
+        if not 0.0 < self.core_margin < 1.0:
+            raise ConfigError(f"core_margin must lie in (0, 1) (the wall must end below the shortest "
+                              f"training distance), got {self.core_margin}")
         if not self.elements:
             raise ConfigError("elements must list at least one atomic number")
         self.elements = [int(z) for z in self.elements]

@@ -13,7 +13,7 @@ per rank r (owned atoms first, then ghosts = periodic images within one cutoff):
       q, k, v = dd_global_project(l, h)
       K, V = all-gather(k, v) over ranks             (all-reduce of their grads in backward)
       h = dd_global_finish(l, h, q, K, V)
-  e_owned = dd_readout(h, Z_owned);  E_rank = e_owned.sum()
+  e_owned = dd_readout(h, Z_owned) + dd_core(vec, mask, index, Z_all);  E_rank = e_owned.sum()
 backward: dE/dvec -> forces f_i += dE/dvec_ij, f_j -= dE/dvec_ij; virial W = -sum vec (x) dE/dvec.
 """
 from __future__ import annotations
@@ -99,6 +99,8 @@ def dd_evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.nda
     total = torch.zeros((), dtype=dtype)
     for rk, st in zip(ranks, state):
         e = module.dd_readout(st[3], rk["z_all"][: len(rk["owned"])])
+        if hasattr(module, "dd_core"):
+            e = e + module.dd_core(rk["vec"], rk["mask"], rk["index"], rk["z_all"])
         energies = energies.index_put((rk["owned"],), e.detach())
         total = total + e.sum()
     grads = torch.autograd.grad(total, [rk["vec"] for rk in ranks], allow_unused=True)

@@ -40,6 +40,16 @@ def checkpoint_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def core_radius_table(model: AllScAIP) -> Dict[str, float]:
+    """{"H-O": r_c, ...} (Å) of the core-repulsion walls; empty when the model has none."""
+    from ase.data import chemical_symbols
+
+    zs = model.cfg.elements
+    r = model.core_radius.detach().cpu().double()
+    return {f"{chemical_symbols[zs[a]]}-{chemical_symbols[zs[b]]}": round(float(r[a, b]), 6)
+            for a in range(len(zs)) for b in range(a, len(zs)) if float(r[a, b]) > 0}
+
+
 def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sha256: str = "") -> Dict[str, Any]:
     """The metadata dictionary stored in ``metadata.json`` inside each artefact."""
     from ase.data import chemical_symbols
@@ -61,6 +71,7 @@ def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sh
         "distance_bias": bool(cfg.distance_bias),
         "max_neighbors": cfg.max_neighbors,
         "charge_spin": bool(cfg.charge_spin),
+        "core_radius": core_radius_table(model),
         "supports_domain_decomposition": fmt == "torchscript" and not bool(cfg.distance_bias),
         "units": {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom", "virial": "eV"},
         "dtype": dtype,

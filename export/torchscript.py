@@ -123,6 +123,13 @@ class ExportedAllScAIP(nn.Module):
         return self.model.global_finish(layer, h, q, k_all, v_all, None)
 
     @torch.jit.export
+    def dd_core(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, numbers_all: torch.Tensor) -> torch.Tensor:
+        """Core-repulsion energies (eV) [Nc] of the owned atoms from the same ``vec``/``mask``/``index``
+        as ``dd_prepare`` (half of each pair per row, so ranks add up to the whole system).
+        Optional for engines: exports made before it have no core repulsion."""
+        return self.model.core_energy(vec, mask, index, self.model.species_of(numbers_all))
+
+    @torch.jit.export
     def dd_readout(self, h: torch.Tensor, numbers_c: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (eV) of the owned atoms."""
         return self.model.readout_energy(h, self.model.species_of(numbers_c))

@@ -456,6 +456,8 @@ void Model::load_torchscript()
                        "; re-export it with allscaip-export --format torchscript");
   }
 
+  has_core_ = module_.find_method("dd_core").has_value();
+
   dtype_ = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
   for (const auto &p : module_.parameters()) {
     if (p.is_floating_point() && p.scalar_type() != dtype_)
@@ -549,6 +551,12 @@ torch::Tensor Model::global_finish(int64_t layer, const torch::Tensor &h, const 
 torch::Tensor Model::readout(const torch::Tensor &h, const torch::Tensor &numbers_c)
 {
   return module_.get_method("dd_readout")({h, numbers_c}).toTensor();
+}
+
+torch::Tensor Model::core(const torch::Tensor &vec, const torch::Tensor &mask,
+                          const torch::Tensor &index, const torch::Tensor &numbers_all)
+{
+  return module_.get_method("dd_core")({vec, mask, index, numbers_all}).toTensor();
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> Model::whole_system(

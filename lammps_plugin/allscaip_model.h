@@ -108,6 +108,11 @@ class Model {
   torch::Tensor global_finish(int64_t layer, const torch::Tensor &h, const torch::Tensor &q,
                               const torch::Tensor &k_all, const torch::Tensor &v_all);
   torch::Tensor readout(const torch::Tensor &h, const torch::Tensor &numbers_c);
+  // core-repulsion energies [Nc] from the same vec/mask/index as prepare(); exports made
+  // before dd_core existed have no core repulsion (has_core() is false)
+  bool has_core() const { return has_core_; }
+  torch::Tensor core(const torch::Tensor &vec, const torch::Tensor &mask, const torch::Tensor &index,
+                     const torch::Tensor &numbers_all);
 
   // ---- whole-system call: (energy [], forces [N,3], virial [3,3], energies [N])
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>
@@ -122,6 +127,7 @@ class Model {
   torch::ScalarType dtype_;
   ModelInfo info_;
   torch::jit::Module module_;
+  bool has_core_ = false;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
 
   void load_torchscript();

@@ -10,7 +10,7 @@
                  q, k, v = dd_global_project(h)
                  K, V = AllGather(k, v)                 MPI_Allgatherv
                  h = dd_global_finish(h, q, K, V)
-     e = dd_readout(h);  E_rank = sum(e)
+     e = dd_readout(h) + dd_core(vec, ...);  E_rank = sum(e)
    dE_rank/dvec by autograd (its backward runs the reverse communications),
    f_i += g, f_j -= g; virial W = -sum vec (x) g.
    The same path runs for one rank; models whose node attention depends on
@@ -463,6 +463,7 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
     }
   }
   torch::Tensor energies = model->readout(h, numbers.slice(0, 0, nc));
+  if (model->has_core()) energies = energies + model->core(vec, mask, index, numbers);
   torch::Tensor e_rank = energies.sum();
   auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
 

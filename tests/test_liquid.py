@@ -158,6 +158,7 @@ def test_openmm_resume_continues_after_last_segment(tiny_model, tmp_path):
     assert "model [openmm]" in (out / "summary.txt").read_text()
     # equilibration cannot be lengthened once production has started
     assert cli_main(args + ["--resume", "--equilibrate-ps", "0.1"]) == 2
+    _check_contacts_table(out / "model")
 
 
 @pytest.mark.openmm
@@ -211,6 +212,41 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
     assert "boundary s s s" in (out / "model" / "gas" / "minimise.in").read_text()
     ftol = engine_lammps.minimise_ftol(10.0, 24)
     assert f"minimize 0.0 {ftol:.6g} 20 200" in (liq / "minimise.in").read_text()
+    _check_contacts_table(out / "model")
+
+
+def _check_contacts_table(run_dir: Path) -> None:
+    """The contact check reads every segment's end state (OpenMM XML / LAMMPS restart) and, by
+    default, uses the model's core radii from its metadata."""
+    from allscaip.workflows.liquid.contacts import check_run
+
+    lines = check_run(run_dir)
+    assert "H-H<1.8" in lines[0] and "H-O<0.9" in lines[0] and "O-O<2.6" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["minimise", "equil_000", "prod_000", "prod_001"]
+    with_pair = check_run(run_dir, {(1, 1): 50.0})  # every intermolecular H-H pair of 8 waters
+    assert all(ln.split()[1] == str(16 * 14 // 2) for ln in with_pair[1:])
+    # report.json: the same count for the last structure, and a warning exactly when it is not zero
+    rep = json.loads((run_dir / "report.json").read_text())
+    last = lines[-1].split()
+    assert rep["contacts"]["segment"] == "prod_001" and rep["contacts"]["radius_ang"]["H-H"] == 1.8
+    assert rep["contacts"]["count"]["H-H"] == int(last[1])
+    assert any("intermolecular H-H pairs closer" in w for w in rep["warnings"]) == (int(last[1]) > 0)
+
+
+def test_contact_count_is_intermolecular_and_minimum_image():
+    from allscaip.workflows.liquid.contacts import count_contacts, parse_pairs
+
+    # two waters on a line: H(mol 1) at x = 1.46 and H(mol 2) at x = 2.06, 0.6 Å apart, with
+    # molecule 2 given as its periodic image one box length away
+    mol1 = np.array([[0.50, 5.0, 5.0], [1.46, 5.0, 5.0], [0.26, 5.93, 5.0]])
+    mol2 = np.array([[3.02, 5.0, 5.0], [2.06, 5.0, 5.0], [3.26, 5.93, 5.0]]) - [10.0, 0.0, 0.0]
+    pos = np.vstack([mol1, mol2])
+    numbers = np.array([8, 1, 1, 8, 1, 1])
+    out = count_contacts(pos, np.eye(3) * 10.0, numbers, np.array([0, 0, 0, 1, 1, 1]), parse_pairs(["H-H=1.0", "H-O=1.2"]))
+    assert out[(1, 1)][0] == 1 and out[(1, 1)][1] == pytest.approx(0.6)
+    assert out[(1, 8)][0] == 0  # the O-H bonds inside each molecule are not counted
+    with pytest.raises(ValueError, match="ELEMENT-ELEMENT=DISTANCE"):
+        parse_pairs(["HH=1"])
 
 
 def test_lammps_minimise_tolerance_matches_openmm_rule():

@@ -1,6 +1,7 @@
 """Trainer, config schema and checkpoints: tiny EMT data sets, tiny float64 models, 1 thread."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -264,6 +265,26 @@ def test_init_from_starts_at_the_checkpoint_weights(tmp_path, emt_data):
     batch = atoms_to_batch(emt_frames(2, 7))
     e_base = compute_properties(ft.model, batch)["energy"]
     assert not torch.allclose(compute_properties(capped.model, batch)["energy"], e_base)
+
+
+def test_trainer_fits_the_core_wall_below_the_shortest_training_contact(tmp_path, emt_data):
+    from allscaip.train.core_radius import shortest_distances
+
+    logs = []
+    tr = Trainer(config_from_dict(make_cfg(emt_data, tmp_path / "a")), log=logs.append)
+    frames = ase.io.read(emt_data["train"], ":")
+    shortest = shortest_distances(frames, tr.cfg.model.elements, tr.cfg.model.cutoff)
+    r = tr.model.core_radius.numpy()
+    assert np.allclose(r, tr.cfg.model.core_margin * shortest) and (r > 0).all()
+    assert any("core repulsion (margin 0.9)" in s for s in logs)
+    # a fine-tune keeps the radii of its checkpoint (here the fresh run's, saved as is)
+    ck = tmp_path / "a.ckpt"
+    save_checkpoint(ck, {"model_config": dataclasses.asdict(tr.cfg.model), "model_state": tr.model.state_dict()})
+    ft = quiet(make_cfg(emt_data, tmp_path / "ft", model={**TINY_MODEL, "core_margin": 0.5},
+                        run={"init_from": str(ck)}))
+    assert torch.equal(ft.model.core_radius, tr.model.core_radius)
+    off = quiet(make_cfg(emt_data, tmp_path / "off", model={**TINY_MODEL, "core_repulsion": False}))
+    assert torch.count_nonzero(off.model.core_radius) == 0
 
 
 # ----------------------------------------------------------------------------- (d) DDP

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allscaip.config import ModelConfig
+from allscaip.model.core_repulsion import core_repulsion_energy
 from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
 from allscaip.model.spherical import spherical_harmonics
 
@@ -127,6 +128,10 @@ class AllScAIP(nn.Module):
         self.register_buffer("element_energy", torch.zeros(nspecies))
         self.register_buffer("energy_scale", torch.ones(()))
         self.register_buffer("rbf_centers", torch.linspace(0.0, cfg.cutoff, cfg.num_rbf))
+        # core repulsion (allscaip.model.core_repulsion): radius per species pair, 0 = no wall;
+        # fitted from the training data (allscaip.train.core_radius), stored with the weights
+        self.register_buffer("core_radius", torch.zeros(nspecies, nspecies))
+        self.register_buffer("species_z", torch.tensor([float(z) for z in cfg.elements]), persistent=False)
         self.rbf_width = cfg.cutoff / cfg.num_rbf
 
         self.species_embed = nn.Embedding(nspecies, h)
@@ -215,6 +220,19 @@ class AllScAIP(nn.Module):
         bias = torch.cat([torch.zeros_like(bias[:, :1]), bias], 1)
         rbf = torch.exp(-(((dist.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
         return index, valid, bias, weight, bond_order, legendre_p, rbf
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        key = prefix + "core_radius"
+        if key not in state_dict:  # checkpoints from before the core repulsion: no wall
+            state_dict[key] = torch.zeros_like(self.core_radius)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.jit.export
+    def core_energy(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, species_all: torch.Tensor) -> torch.Tensor:
+        """Core-repulsion energies [Nc] (eV) of the centres of a padded layout (zero beyond
+        ``core_radius``, so zero wherever the training data has atoms)."""
+        nc = index.shape[0]
+        return core_repulsion_energy(vec, mask, species_all[:nc], species_all[index], self.core_radius, self.species_z)
 
     # ------------------------------------------------------------------ stages
     @torch.jit.export
@@ -340,6 +358,7 @@ class AllScAIP(nn.Module):
         [N,K(,3)], charge/spin [B].
         """
         vec = positions[index] - positions.unsqueeze(1) + torch.einsum("ikx,ixy->iky", shift, cell[system])
+        e_core = self.core_energy(vec, mask, index, species)
         index, valid, bias, weight, bond_order, legendre_p, rbf = self.neighbor_geometry(vec, mask, index)
         h, edges = self.embed(species, index, valid, bond_order, rbf, charge[system], spin[system])
         multi = bool(cell.shape[0] > 1)
@@ -355,4 +374,4 @@ class AllScAIP(nn.Module):
                 h = block.global_finish(h, q, k, v, attn_mask)
             else:
                 h = block.node_ffn_only(h)
-        return self.readout_energy(h, species)
+        return self.readout_energy(h, species) + e_core

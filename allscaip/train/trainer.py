@@ -112,7 +112,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 # Model-config fields that shape the graph but no weight: a fine-tune (run.init_from) may change them.
-FINE_TUNE_MUTABLE_FIELDS = ("max_neighbors",)
+FINE_TUNE_MUTABLE_FIELDS = ("max_neighbors", "core_repulsion", "core_margin")
 
 
 def _model_config_diff(stored: Any, now: Any, ignore_elements: bool) -> Dict[str, Tuple[Any, Any]]:
@@ -211,6 +211,7 @@ class Trainer:
             self._fit_references()
             if cfg.run.init_from:
                 self._init_weights(cfg.run.init_from)
+            self._fit_core_radius()
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -303,6 +304,26 @@ class Trainer:
         state = init.get("ema_state") or init["model_state"]
         self.model.load_state_dict({k: v.to(device=self.device) for k, v in state.items()})
         self.log(f"initialised from {path} ({'EMA' if init.get('ema_state') else 'raw'} weights)")
+
+    def _fit_core_radius(self) -> None:
+        """Core-repulsion radii from the training set (``model.core_repulsion``): a wall below the
+        shortest contact of each element pair, zero on every training frame. A fine-tune keeps
+        the radii of its checkpoint when it has them."""
+        from allscaip.train.core_radius import describe, fit_core_radius, shortest_distances
+
+        m = self.cfg.model
+        if not m.core_repulsion:
+            with torch.no_grad():
+                self.model.core_radius.zero_()
+            return
+        if bool((self.model.core_radius > 0).any()):
+            return
+        frames = [self.train_set[i] for i in range(len(self.train_set))]
+        radius = fit_core_radius(frames, m.elements, m.cutoff, m.core_margin)
+        with torch.no_grad():
+            self.model.core_radius.copy_(torch.as_tensor(radius))
+        shortest = shortest_distances(frames, m.elements, m.cutoff)
+        self.log("core repulsion (margin {}):\n  {}".format(m.core_margin, "\n  ".join(describe(radius, shortest, m.elements))))
 
     def _fit_references(self) -> None:
         """Element references and loss scales from the training set (fresh runs only)."""

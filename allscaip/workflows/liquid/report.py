@@ -10,6 +10,7 @@ import numpy as np
 
 from allscaip.workflows.liquid import experimental
 from allscaip.workflows.liquid.analysis import R_KJ_MOL_K, running_mean
+from allscaip.workflows.liquid.contacts import contact_warnings, final_contacts
 from allscaip.workflows.liquid.settings import write_json
 
 
@@ -44,6 +45,12 @@ def build_report(runner, mol, info, pack_density, cutoff, exp, stats, hvap, prog
                  {"kind": "model", "path": info.path, "sha256": s.model_sha256, "cutoff_ang": info.cutoff,
                   "elements": info.symbols,
                   "format": info.metadata.get("format", "checkpoint")})
+    contacts = None
+    if info is not None:
+        try:
+            contacts = final_contacts(Path(runner.dir), info.path)
+        except Exception as err:  # a diagnostic must not cost the user the report
+            contacts = {"error": f"{type(err).__name__}: {err}"}
     rep = {
         "status": "complete",
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -79,7 +86,8 @@ def build_report(runner, mol, info, pack_density, cutoff, exp, stats, hvap, prog
             "temperature_K": experimental.REFERENCE_TEMPERATURE_K, "pressure_atm": experimental.REFERENCE_PRESSURE_ATM,
             "comparable": comparable, "source": experimental.SOURCE,
         },
-        "warnings": warnings_for(s, stats),
+        "contacts": contacts,
+        "warnings": warnings_for(s, stats) + contact_warnings(contacts),
         "timing": {"liquid": timing("liquid"), "gas": timing("gas")},
         "versions": versions(s.engine),
         "files": {"timeseries_plot": "timeseries.png", "histogram_plot": "histograms.png"},
