@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ all of them. Element pairs absent from the data get margin x the sum of their co
 """
 
 
-def shortest_distances(frames: Sequence, elements: Sequence[int], cutoff: float) -> np.ndarray:
+def shortest_distances(frames: Iterable, elements: Sequence[int], cutoff: float) -> np.ndarray:
     """Shortest distance [S, S] (Å) of each species pair within ``cutoff`` over ``frames``
     (inf where a pair never occurs)."""
     from allscaip.neighbors import system_neighbor_pairs
@@ -46,14 +46,18 @@ def shortest_distances(frames: Sequence, elements: Sequence[int], cutoff: float)
     return np.minimum(out, out.T)
 
 
-def fit_core_radius(frames: Sequence, elements: Sequence[int], cutoff: float, margin: float) -> np.ndarray:
-    """Core radii [S, S] (Å): ``margin`` × the shortest distance in ``frames``, or × the sum of
-    covalent radii for pairs the frames never bring within ``cutoff``."""
+def core_radius_from(shortest: np.ndarray, elements: Sequence[int], margin: float) -> np.ndarray:
+    """Core radii [S, S] (Å) from :func:`shortest_distances`: ``margin`` × the shortest distance,
+    or × the sum of covalent radii for pairs that never came within the cutoff."""
     from ase.data import covalent_radii
 
-    shortest = shortest_distances(frames, elements, cutoff)
     cov = np.array([[covalent_radii[a] + covalent_radii[b] for b in elements] for a in elements])
-    return margin * np.where(np.isfinite(shortest), np.minimum(shortest, cutoff), cov)
+    return margin * np.where(np.isfinite(shortest), shortest, cov)
+
+
+def fit_core_radius(frames: Sequence, elements: Sequence[int], cutoff: float, margin: float) -> np.ndarray:
+    """Core radii [S, S] (Å) of ``frames`` (:func:`shortest_distances`, then :func:`core_radius_from`)."""
+    return core_radius_from(shortest_distances(frames, elements, cutoff), elements, margin)
 
 
 def describe(radius: np.ndarray, shortest: np.ndarray, elements: Sequence[int]) -> list[str]:
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         shortest = shortest_distances(frames, cfg.elements, cfg.cutoff)
     except ValueError as err:
         raise SystemExit(f"allscaip core-repulsion: {err}") from err
-    radius = fit_core_radius(frames, cfg.elements, cfg.cutoff, margin)
+    radius = core_radius_from(shortest, cfg.elements, margin)
     print(f"{Path(args.checkpoint).name}: {len(frames)} frames from {', '.join(args.data)}; margin {margin}")
     print("\n".join(describe(radius, shortest, cfg.elements)))
     for key in ("model_state", "ema_state"):

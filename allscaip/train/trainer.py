@@ -309,7 +309,7 @@ class Trainer:
         """Core-repulsion radii from the training set (``model.core_repulsion``): a wall below the
         shortest contact of each element pair, zero on every training frame. A fine-tune keeps
         the radii of its checkpoint when it has them."""
-        from allscaip.train.core_radius import describe, fit_core_radius, shortest_distances
+        from allscaip.train.core_radius import core_radius_from, describe, shortest_distances
 
         m = self.cfg.model
         if not m.core_repulsion:
@@ -318,11 +318,11 @@ class Trainer:
             return
         if bool((self.model.core_radius > 0).any()):
             return
-        frames = [self.train_set[i] for i in range(len(self.train_set))]
-        radius = fit_core_radius(frames, m.elements, m.cutoff, m.core_margin)
+        frames = (self.train_set[i] for i in range(len(self.train_set)))
+        shortest = shortest_distances(frames, m.elements, m.cutoff)
+        radius = core_radius_from(shortest, m.elements, m.core_margin)
         with torch.no_grad():
             self.model.core_radius.copy_(torch.as_tensor(radius))
-        shortest = shortest_distances(frames, m.elements, m.cutoff)
         self.log("core repulsion (margin {}):\n  {}".format(m.core_margin, "\n  ".join(describe(radius, shortest, m.elements))))
 
     def _fit_references(self) -> None:

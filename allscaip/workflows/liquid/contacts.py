@@ -74,27 +74,33 @@ def _lammps_positions(restart: Path) -> Tuple[np.ndarray, np.ndarray]:
     return a.positions[order], np.asarray(a.cell)
 
 
-def _openmm_positions(xml: Path) -> Tuple[np.ndarray, np.ndarray]:
-    from allscaip.teacher.active import read_state
-
-    return read_state(xml)
-
-
-def segment_structures(run_dir: Path) -> List[Tuple[str, np.ndarray, np.ndarray]]:
-    """(segment name, positions, cell) at the end of each liquid segment, in run order."""
+def segment_stems(run_dir: Path) -> List[str]:
+    """Names of the liquid segments that left a structure, in run order."""
     liquid = run_dir / "liquid"
     if not liquid.is_dir():
         raise FileNotFoundError(f"{run_dir} has no liquid/ directory: give the engine's output directory of "
                                 f"allscaip liquid (e.g. runs/water/openmm/model)")
-    out = []
-    for stem in ("minimise", *sorted({p.stem for p in liquid.glob("equil_*.*")}),
-                 *sorted({p.stem for p in liquid.glob("prod_*.*")})):
-        xml, restart = liquid / f"{stem}.xml", liquid / f"{stem}.restart"
-        if xml.is_file():
-            out.append((stem, *_openmm_positions(xml)))
-        elif restart.is_file():
-            out.append((stem, *_lammps_positions(restart)))
-    return out
+    stems = ("minimise", *sorted({p.stem for p in liquid.glob("equil_*.*")}),
+             *sorted({p.stem for p in liquid.glob("prod_*.*")}))
+    return [t for t in stems if (liquid / f"{t}.xml").is_file() or (liquid / f"{t}.restart").is_file()]
+
+
+def segment_structure(run_dir: Path, stem: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(positions, cell) at the end of liquid segment ``stem`` (OpenMM XML or LAMMPS restart)."""
+    from allscaip.teacher.active import read_state
+
+    xml = run_dir / "liquid" / f"{stem}.xml"
+    return read_state(xml) if xml.is_file() else _lammps_positions(run_dir / "liquid" / f"{stem}.restart")
+
+
+def _molecules(run_dir: Path) -> Tuple[dict, np.ndarray, np.ndarray]:
+    """(settings, atomic numbers, molecule index of each atom) of a liquid run."""
+    from ase.io import read
+
+    settings = json.loads((run_dir / "settings.json").read_text())
+    numbers = read(run_dir / "liquid" / "initial.xyz").numbers
+    molecule = np.arange(len(numbers)) // (len(numbers) // int(settings["n_molecules"]))
+    return settings, numbers, molecule
 
 
 def count_contacts(positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray, molecule: np.ndarray,
@@ -117,15 +123,12 @@ def count_contacts(positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
 def final_contacts(run_dir: Path, model: str) -> Optional[dict]:
     """Contacts inside the model's core radii in the run's last liquid structure, for report.json
     (None when the model carries no radii)."""
-    from ase.io import read
-
     thresholds = model_core_radii(model)
     if not thresholds:
         return None
-    settings = json.loads((run_dir / "settings.json").read_text())
-    stem, pos, cell = segment_structures(run_dir)[-1]
-    numbers = read(run_dir / "liquid" / "initial.xyz").numbers
-    molecule = np.arange(len(numbers)) // (len(numbers) // int(settings["n_molecules"]))
+    _, numbers, molecule = _molecules(run_dir)
+    stem = segment_stems(run_dir)[-1]
+    pos, cell = segment_structure(run_dir, stem)
     c = count_contacts(pos, cell, numbers, molecule, thresholds)
     name = {p: f"{chemical_symbols[p[0]]}-{chemical_symbols[p[1]]}" for p in thresholds}
     return {"segment": stem, "radius_ang": {name[p]: r for p, r in thresholds.items()},
@@ -146,21 +149,16 @@ def contact_warnings(summary: Optional[dict]) -> List[str]:
 
 def check_run(run_dir: Path, thresholds: Optional[Dict[Pair, float]] = None) -> List[str]:
     """Table lines: contacts per segment for the run in ``run_dir`` (an engine's output dir)."""
-    from ase.io import read
-
-    settings = json.loads((run_dir / "settings.json").read_text())
+    settings, numbers, molecule = _molecules(run_dir)
     if not thresholds:
         thresholds = model_core_radii(settings["model"]) if settings.get("potential") == "model" else {}
     if not thresholds:
         raise ValueError("the run's model carries no core-repulsion radii; give thresholds with --pair H-H=1.0 ...")
-    initial = read(run_dir / "liquid" / "initial.xyz")
-    numbers = initial.numbers
-    per_mol = len(numbers) // int(settings["n_molecules"])
-    molecule = np.arange(len(numbers)) // per_mol
     pairs = sorted(thresholds)
     names = [f"{chemical_symbols[a]}-{chemical_symbols[b]}<{thresholds[(a, b)]:g}" for a, b in pairs]
     lines = [f"{'segment':<10} " + " ".join(f"{n:>16}" for n in names) + "   (count, shortest Å)"]
-    for stem, pos, cell in segment_structures(run_dir):
+    for stem in segment_stems(run_dir):
+        pos, cell = segment_structure(run_dir, stem)
         c = count_contacts(pos, cell, numbers, molecule, thresholds)
         lines.append(f"{stem:<10} " + " ".join(f"{c[p][0]:>7d} ({c[p][1]:5.2f})" for p in pairs))
     return lines
