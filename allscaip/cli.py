@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 #: subcommand -> module path
 SUBCOMMANDS = {
     "liquid": "allscaip.workflows.liquid.cli",
+    "liquid-compare": "allscaip.workflows.liquid.compare",
     "constrain-density": "allscaip.train.constrain_density",
     "core-repulsion": "allscaip.train.core_radius",
 }
