@@ -22,17 +22,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def best_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "examples/water/model.ckpt"))
@@ -46,6 +35,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
+    from export_bench import best_time
     from water_boxes import water_box
 
     from allscaip.checkpoint import load_model

@@ -55,7 +55,8 @@ def test_reference_and_engine_criteria(tmp_path, capsys):
     ref = _fake_run(tmp_path, "teacher", "openmm", 1.0217, 0.0035, 45.87, 0.17, kind="teacher")
     a = _fake_run(tmp_path, "a", "openmm", 1.0300, 0.004, 46.4, 0.3, seed=1)    # +0.81 %, +1.16 %
     b = _fake_run(tmp_path, "b", "lammps", 1.0450, 0.004, 44.0, 0.3, seed=2)    # +2.28 %, -4.08 %
-    res = compare.compare([compare.load_report(a), compare.load_report(b)], compare.load_report(ref),
+    runs = [compare.load_report(a), compare.load_report(b)]
+    res = compare.compare(runs, [compare.production_series(r) for r in runs], compare.load_report(ref),
                           None, None, 2.0, 3.0, 2.0)
     rows = {(c["name"], c["run"]): c for c in res["criteria"]}
     da = rows[("density vs reference", "a.pt2 [openmm]")]

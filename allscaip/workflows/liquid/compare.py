@@ -140,9 +140,15 @@ def block_check(rep: dict, series: Dict[str, np.ndarray]) -> Dict[str, dict]:
     return out
 
 
-def compare(runs: List[dict], reference: Optional[dict], ref_density: Optional[Value], ref_hvap: Optional[Value],
+def _row(run: str, c: Criterion) -> dict:
+    return {"run": run, **asdict(c), "sigma": c.sigma}
+
+
+def compare(runs: List[dict], series: List[Dict[str, np.ndarray]], reference: Optional[dict],
+            ref_density: Optional[Value], ref_hvap: Optional[Value],
             density_tol: float, hvap_tol: float, n_sigma: float) -> dict:
-    """Every criterion for ``runs``: each against the reference (when given), each pair against each other."""
+    """Every criterion for ``runs`` (``series``: their :func:`production_series`): each against the
+    reference (when given), each pair against each other."""
     if reference is not None:
         ref_density = ref_density or value_of(reference, DENSITY)
         ref_hvap = ref_hvap or value_of(reference, HVAP)
@@ -150,18 +156,15 @@ def compare(runs: List[dict], reference: Optional[dict], ref_density: Optional[V
     for rep in runs:
         lab = label_of(rep)
         if ref_density is not None:
-            rows.append({"run": lab, **asdict(against_reference(value_of(rep, DENSITY), ref_density, density_tol,
-                                                                "density vs reference"))})
+            rows.append(_row(lab, against_reference(value_of(rep, DENSITY), ref_density, density_tol,
+                                                    "density vs reference")))
         if ref_hvap is not None:
-            rows.append({"run": lab, **asdict(against_reference(value_of(rep, HVAP), ref_hvap, hvap_tol,
-                                                                "ΔHvap vs reference"))})
+            rows.append(_row(lab, against_reference(value_of(rep, HVAP), ref_hvap, hvap_tol, "ΔHvap vs reference")))
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             lab = f"{label_of(runs[i])} − {label_of(runs[j])}"
-            rows.append({"run": lab, **asdict(between_runs(value_of(runs[i], DENSITY), value_of(runs[j], DENSITY),
-                                                           n_sigma, "density, run vs run"))})
-    for r in rows:
-        r["sigma"] = abs(r["difference"]) / r["stderr"] if r["stderr"] > 0 else math.inf
+            rows.append(_row(lab, between_runs(value_of(runs[i], DENSITY), value_of(runs[j], DENSITY), n_sigma,
+                                               "density, run vs run")))
     return {
         "reference": {"density_g_cm3": asdict(ref_density) if ref_density else None,
                       "hvap_kJ_mol": asdict(ref_hvap) if ref_hvap else None,
@@ -170,8 +173,8 @@ def compare(runs: List[dict], reference: Optional[dict], ref_density: Optional[V
         "runs": [{"label": label_of(r), "report": r["_file"],
                   "density_g_cm3": asdict(value_of(r, DENSITY)), "hvap_kJ_mol": asdict(value_of(r, HVAP)),
                   "production_ps": _production_ps(r), "liquid_wall_s": r.get("timing", {}).get("liquid", {}).get("md_wall_s"),
-                  "block_check": block_check(r, production_series(r)), "warnings": r.get("warnings", [])}
-                 for r in runs],
+                  "block_check": block_check(r, s), "warnings": r.get("warnings", [])}
+                 for r, s in zip(runs, series)],
         "criteria": rows,
         "all_met": all(r["met"] for r in rows),
     }
@@ -220,7 +223,7 @@ def format_result(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: List[dict], res: dict, path: Path) -> None:
+def plot(runs: List[dict], series: List[Dict[str, np.ndarray]], res: dict, path: Path) -> None:
     """Density and U_liq/N against production time for every run (running means bold), with the
     reference density as a band and the ± tolerance as dashed lines."""
     import matplotlib
@@ -230,7 +233,6 @@ def plot(runs: List[dict], res: dict, path: Path) -> None:
 
     from .analysis import running_mean
 
-    series = [production_series(rep) for rep in runs]
     if not any(series):
         raise FileNotFoundError("no production samples (liquid/prod_*.csv) next to the reports: nothing to plot")
     fig, axes = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
@@ -290,13 +292,14 @@ def run(args) -> int:
         return 2
     ref_d = Value(args.reference_density, 0.0) if args.reference_density is not None else None
     ref_h = Value(args.reference_hvap, 0.0) if args.reference_hvap is not None else None
-    res = compare(runs, reference, ref_d, ref_h, args.density_tol, args.hvap_tol, args.sigma)
+    series = [production_series(r) for r in runs]
+    res = compare(runs, series, reference, ref_d, ref_h, args.density_tol, args.hvap_tol, args.sigma)
     print(format_result(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=float) + "\n")
     if args.plot:
         try:
-            plot(runs, res, Path(args.plot))
+            plot(runs, series, res, Path(args.plot))
             print(f"plot: {args.plot}")
         except FileNotFoundError as err:
             print(f"liquid-compare: plot skipped: {err}")
