@@ -8,6 +8,7 @@ The directory names of the last two differ from their import names, which
 `[tool.setuptools.packages.find]` cannot express, so the list is built here
 from an explicit package-dir mapping.  Works for `pip install -e .` and wheels.
 """
+
 from setuptools import find_packages, setup
 
 PACKAGE_DIR = {

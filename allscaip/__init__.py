@@ -1,4 +1,5 @@
 """allscaip: AllScAIP machine-learning interatomic potentials."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

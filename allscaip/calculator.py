@@ -1,9 +1,10 @@
 """ASE calculator for allscaip models: checkpoints (.ckpt), TorchScript (.pt) and
 AOTInductor packages (.pt2) alike."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch

@@ -14,6 +14,7 @@ A checkpoint is a ``torch.save`` of a plain dictionary (loadable with ``weights_
 
 Everything needed to rebuild the model is in the file: no config file is required.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +80,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, TypeError) as err:
-        raise CheckpointError(f"{not_ours}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CheckpointError(
+            f"{not_ours}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(not_ours)
     version = data.get("checkpoint_version")
@@ -101,7 +104,10 @@ def model_config_of(payload: Dict[str, Any]) -> ModelConfig:
 
 
 def model_from_payload(
-    payload: Dict[str, Any], use_ema: bool = True, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+    payload: Dict[str, Any],
+    use_ema: bool = True,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
 ):
     """Rebuild the :class:`AllScAIP` model of a loaded payload (EMA weights by default), in eval mode."""
     from allscaip.model import AllScAIP

@@ -5,6 +5,7 @@ Each subcommand is a module with ``HELP`` (one line), optionally ``EPILOG``,
 Subcommand modules are imported when the parser is built, so keep their top level light
 (import torch, OpenMM, ... inside ``run``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_path in SUBCOMMANDS.items():
         module = importlib.import_module(module_path)
-        p = sub.add_parser(name, help=getattr(module, "HELP", None), description=getattr(module, "HELP", None),
-                           epilog=getattr(module, "EPILOG", None),
-                           formatter_class=_HelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=getattr(module, "HELP", None),
+            description=getattr(module, "HELP", None),
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=_HelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

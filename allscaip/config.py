@@ -3,6 +3,7 @@
 Every configuration object is a dataclass; :func:`from_dict` builds one from a mapping and
 rejects unknown keys with a message that lists the valid ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     unknown = sorted(set(data) - set(names))
     if unknown:
         prefix = f"{where}: " if where else ""
-        raise ConfigError(
-            f"{prefix}unknown key(s) {unknown} for {cls.__name__}; valid keys are: {sorted(names)}"
-        )
+        raise ConfigError(f"{prefix}unknown key(s) {unknown} for {cls.__name__}; valid keys are: {sorted(names)}")
     kwargs = {}
     for k, v in data.items():
         ftype = names[k].type
@@ -81,8 +80,10 @@ class ModelConfig:
         if self.max_neighbors is not None and self.max_neighbors < 1:
             raise ConfigError(f"max_neighbors must be >= 1 or null, got {self.max_neighbors}")
         if not 0.0 < self.core_margin < 1.0:
-            raise ConfigError(f"core_margin must lie in (0, 1) (the wall must end below the shortest "
-                              f"training distance), got {self.core_margin}")
+            raise ConfigError(
+                f"core_margin must lie in (0, 1) (the wall must end below the shortest "
+                f"training distance), got {self.core_margin}"
+            )
         if not self.elements:
             raise ConfigError("elements must list at least one atomic number")
         self.elements = [int(z) for z in self.elements]

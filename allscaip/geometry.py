@@ -1,4 +1,5 @@
 """Small geometry helpers shared by structure builders (tests, benchmarks, workflows)."""
+
 from __future__ import annotations
 
 import numpy as np

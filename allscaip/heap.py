@@ -7,6 +7,7 @@ that cost about 30 % of the MD run time, all of it in the kernel (docs/benchmark
 trim threshold keeps the pages resident. The LAMMPS plugin does the same in C++
 (lammps_plugin/allscaip_heap.cpp).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +16,7 @@ import os
 # glibc <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-TRIM_THRESHOLD_BYTES = 1 << 30   # free heap top kept before trimming
+TRIM_THRESHOLD_BYTES = 1 << 30  # free heap top kept before trimming
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest dynamic mmap threshold
 
 _applied = False
@@ -38,7 +39,7 @@ def keep_heap_resident() -> str:
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # only glibc has it
+        _ = libc.gnu_get_libc_version  # only glibc has it
     except (OSError, AttributeError):
         return "not glibc; allocator left as it is"
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -5,6 +5,7 @@ Conventions used everywhere in allscaip: an edge ``(i, j, S)`` means atom ``j`` 
 ``r_ij = x_j - x_i + S @ cell``. Neighbour lists are *full* (both directions) and include
 periodic self-images when the cutoff exceeds a cell length.
 """
+
 from __future__ import annotations
 
 from typing import Tuple

@@ -8,6 +8,7 @@ the same operations). Prints a table and writes bench/results/core_wall.json.
 
     python bench/core_wall_cost.py [--sizes 192,768,1536] [--threads 2] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,26 +78,47 @@ def main() -> None:
             return torch.autograd.grad(e, vec)[0]
 
         alone = best_time(wall_alone, args.repeats)
-        r = {"atoms": len(atoms), "pairs_padded": int(captured["mask"].numel()), "with_wall_s": with_wall,
-             "without_wall_s": without, "wall_alone_s": alone,
-             "wall_share_percent": 100.0 * (with_wall - without) / with_wall,
-             "energy_difference_eV": e_with - e_without}
+        r = {
+            "atoms": len(atoms),
+            "pairs_padded": int(captured["mask"].numel()),
+            "with_wall_s": with_wall,
+            "without_wall_s": without,
+            "wall_alone_s": alone,
+            "wall_share_percent": 100.0 * (with_wall - without) / with_wall,
+            "energy_difference_eV": e_with - e_without,
+        }
         rows.append(r)
-        print(f"{r['atoms']:5d} atoms: with wall {with_wall:.4f} s, without {without:.4f} s "
-              f"({r['wall_share_percent']:+.1f} %), wall alone (energy + gradient) {alone * 1e3:.2f} ms; "
-              f"energy difference {r['energy_difference_eV']:.2e} eV", flush=True)
+        print(
+            f"{r['atoms']:5d} atoms: with wall {with_wall:.4f} s, without {without:.4f} s "
+            f"({r['wall_share_percent']:+.1f} %), wall alone (energy + gradient) {alone * 1e3:.2f} ms; "
+            f"energy difference {r['energy_difference_eV']:.2e} eV",
+            flush=True,
+        )
 
     print()
     print(f"{'atoms':>6} {'with wall (s)':>14} {'without (s)':>12} {'share':>7} {'wall alone (ms)':>16}")
     for r in rows:
-        print(f"{r['atoms']:>6} {r['with_wall_s']:>14.4f} {r['without_wall_s']:>12.4f} "
-              f"{r['wall_share_percent']:>6.1f}% {r['wall_alone_s'] * 1e3:>16.2f}")
+        print(
+            f"{r['atoms']:>6} {r['with_wall_s']:>14.4f} {r['without_wall_s']:>12.4f} "
+            f"{r['wall_share_percent']:>6.1f}% {r['wall_alone_s'] * 1e3:>16.2f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "threads": args.threads, "model": args.model, "dtype": "float32",
-        "rows": rows}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__,
+                "threads": args.threads,
+                "model": args.model,
+                "dtype": "float32",
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

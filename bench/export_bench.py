@@ -10,6 +10,7 @@ Prints a table and writes bench/results/export.json.
     python bench/export_bench.py [--presets tiny,fairchem-size] [--sizes 200,1000,3000]
                                  [--dtype float32] [--threads 2] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,11 @@ def bench_preset(preset: str, sizes, dtype_name: str, repeats: int, workdir: Pat
     print(f"[{preset}] TorchScript export {ts_export:.1f} s", flush=True)
     export_aoti(model, aoti_path, build_metadata(model, dtype_name, "cpu", "aoti"), verbose=True)
     timings = dict(export_aoti.timings)
-    print(f"[{preset}] AOTI trace + torch.export {timings['export_seconds']:.1f} s, "
-          f"compile {timings['compile_seconds']:.1f} s, package {aoti_path.stat().st_size / 1e6:.1f} MB", flush=True)
+    print(
+        f"[{preset}] AOTI trace + torch.export {timings['export_seconds']:.1f} s, "
+        f"compile {timings['compile_seconds']:.1f} s, package {aoti_path.stat().st_size / 1e6:.1f} MB",
+        flush=True,
+    )
     ts, _ = load_torchscript(ts_path)
     aoti, _ = load_aoti(aoti_path)
 
@@ -95,32 +99,57 @@ def bench_preset(preset: str, sizes, dtype_name: str, repeats: int, workdir: Pat
         diff_ts = abs(float(run_ts()[0]) - e_ref)
         diff_aoti = abs(float(run_aoti()[0]) - e_ref)
         r = {
-            "preset": preset, "atoms": len(atoms), "edges": int(len(nlist()[0])), "params": params,
-            "eager_s": best_time(eager, repeats), "torchscript_s": best_time(run_ts, repeats),
-            "aoti_s": best_time(run_aoti, repeats), "neighbor_list_s": best_time(nlist, repeats, warmup=1),
-            "abs_energy_diff_torchscript": diff_ts, "abs_energy_diff_aoti": diff_aoti,
+            "preset": preset,
+            "atoms": len(atoms),
+            "edges": int(len(nlist()[0])),
+            "params": params,
+            "eager_s": best_time(eager, repeats),
+            "torchscript_s": best_time(run_ts, repeats),
+            "aoti_s": best_time(run_aoti, repeats),
+            "neighbor_list_s": best_time(nlist, repeats, warmup=1),
+            "abs_energy_diff_torchscript": diff_ts,
+            "abs_energy_diff_aoti": diff_aoti,
         }
         rows.append(r)
-        print(f"[{preset}] {r['atoms']:5d} atoms: eager {r['eager_s']:.3f} s, TorchScript {r['torchscript_s']:.3f} s, "
-              f"AOTI {r['aoti_s']:.3f} s (neighbour list {r['neighbor_list_s']:.3f} s)", flush=True)
-    return {"preset": preset, "config": cfg, "params": params, "dtype": dtype_name,
-            "torchscript_export_s": ts_export, "aoti_export_s": timings["export_seconds"],
-            "aoti_compile_s": timings["compile_seconds"], "aoti_package_mb": aoti_path.stat().st_size / 1e6,
-            "rows": rows}
+        print(
+            f"[{preset}] {r['atoms']:5d} atoms: eager {r['eager_s']:.3f} s, TorchScript {r['torchscript_s']:.3f} s, "
+            f"AOTI {r['aoti_s']:.3f} s (neighbour list {r['neighbor_list_s']:.3f} s)",
+            flush=True,
+        )
+    return {
+        "preset": preset,
+        "config": cfg,
+        "params": params,
+        "dtype": dtype_name,
+        "torchscript_export_s": ts_export,
+        "aoti_export_s": timings["export_seconds"],
+        "aoti_compile_s": timings["compile_seconds"],
+        "aoti_package_mb": aoti_path.stat().st_size / 1e6,
+        "rows": rows,
+    }
 
 
 def table(results) -> str:
-    lines = ["| preset | atoms | eager (s) | TorchScript (s) | AOTI (s) | AOTI speed-up vs eager | TorchScript speed-up vs eager | neighbour list (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| preset | atoms | eager (s) | TorchScript (s) | AOTI (s) | AOTI speed-up vs eager | TorchScript speed-up vs eager | neighbour list (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         for r in res["rows"]:
-            lines.append(f"| {r['preset']} | {r['atoms']} | {r['eager_s']:.3f} | {r['torchscript_s']:.3f} | {r['aoti_s']:.3f} | "
-                         f"{r['eager_s'] / r['aoti_s']:.2f}x | {r['eager_s'] / r['torchscript_s']:.2f}x | {r['neighbor_list_s']:.3f} |")
-    lines += ["", "| preset | params | TorchScript export (s) | AOTI trace + export (s) | AOTI compile (s) | .pt2 size (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {r['preset']} | {r['atoms']} | {r['eager_s']:.3f} | {r['torchscript_s']:.3f} | {r['aoti_s']:.3f} | "
+                f"{r['eager_s'] / r['aoti_s']:.2f}x | {r['eager_s'] / r['torchscript_s']:.2f}x | {r['neighbor_list_s']:.3f} |"
+            )
+    lines += [
+        "",
+        "| preset | params | TorchScript export (s) | AOTI trace + export (s) | AOTI compile (s) | .pt2 size (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
-        lines.append(f"| {res['preset']} | {res['params']} | {res['torchscript_export_s']:.1f} | {res['aoti_export_s']:.1f} | "
-                     f"{res['aoti_compile_s']:.1f} | {res['aoti_package_mb']:.1f} |")
+        lines.append(
+            f"| {res['preset']} | {res['params']} | {res['torchscript_export_s']:.1f} | {res['aoti_export_s']:.1f} | "
+            f"{res['aoti_compile_s']:.1f} | {res['aoti_package_mb']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -143,9 +172,15 @@ def main() -> None:
             sizes = [int(s) for s in (args.sizes or PRESETS[preset][1]).split(",")]
             results.append(bench_preset(preset, sizes, args.dtype, args.repeats, Path(tmp)))
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            meta = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": args.threads,
-                    "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python"] + sys.argv),
-                    "dtype": args.dtype, "torch": torch.__version__, "load_average_at_end": os.getloadavg()}
+            meta = {
+                "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+                "threads": args.threads,
+                "date": time.strftime("%Y-%m-%d"),
+                "command": " ".join(["python"] + sys.argv),
+                "dtype": args.dtype,
+                "torch": torch.__version__,
+                "load_average_at_end": os.getloadavg(),
+            }
             Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print()
     print(table(results))

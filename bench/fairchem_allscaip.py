@@ -23,6 +23,7 @@ tensors; it adds no parameters and no computation.
 
 Each size runs in a fresh subprocess so its peak resident memory (``ru_maxrss``) is its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -237,8 +238,19 @@ def worker(args: argparse.Namespace) -> dict:
 def run_size(args: argparse.Namespace, size: int) -> dict:
     """Run one size in a fresh subprocess with a hard wall-clock limit."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-size", str(size)]
-    for key in ("hidden", "layers", "heads", "cutoff", "max_neighbors", "repeats", "threads",
-                "timeout_per_size", "seed", "displacement", "mem_limit_gb"):
+    for key in (
+        "hidden",
+        "layers",
+        "heads",
+        "cutoff",
+        "max_neighbors",
+        "repeats",
+        "threads",
+        "timeout_per_size",
+        "seed",
+        "displacement",
+        "mem_limit_gb",
+    ):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--sizes", *map(str, args.sizes)]
     if args.freq_list:
@@ -255,8 +267,11 @@ def run_size(args: argparse.Namespace, size: int) -> dict:
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"requested_atoms": size, "status": "timeout",
-                "note": f"subprocess killed after {limit:.0f} s wall clock"}
+        return {
+            "requested_atoms": size,
+            "status": "timeout",
+            "note": f"subprocess killed after {limit:.0f} s wall clock",
+        }
     wall = time.perf_counter() - t
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -268,7 +283,7 @@ def run_size(args: argparse.Namespace, size: int) -> dict:
             "stderr_tail": proc.stderr[-2000:],
             "subprocess_wall_s": wall,
         }
-    row = json.loads(lines[-1][len("RESULT "):])
+    row = json.loads(lines[-1][len("RESULT ") :])
     row["subprocess_wall_s"] = wall
     return row
 
@@ -278,20 +293,30 @@ def versions() -> dict:
 
     import torch
 
-    return {"torch": torch.__version__, "fairchem-core": version("fairchem-core"),
-            "ase": version("ase"), "numpy": version("numpy"), "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "fairchem-core": version("fairchem-core"),
+        "ase": version("ase"),
+        "numpy": version("numpy"),
+        "python": platform.python_version(),
+    }
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(),
-            "processor": platform.processor(), "cpu_count": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu_model"] = line.split(":", 1)[1].strip()
                 break
-        mem_kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
-                          if ln.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1]
+        )
         info["mem_total_gb"] = mem_kb / 2**20
     except (OSError, StopIteration, ValueError):
         pass
@@ -310,20 +335,33 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--cutoff", type=float, default=5.0, help="Å")
     p.add_argument("--max-neighbors", type=int, default=24, help="fairchem knn_k")
-    p.add_argument("--freq-list", type=int, nargs="+", default=None,
-                   help="per-l repeats in neighbour attention; must sum to hidden/heads "
-                        "(default: fairchem's [20,10,4,10,20] scaled to hidden/heads)")
+    p.add_argument(
+        "--freq-list",
+        type=int,
+        nargs="+",
+        default=None,
+        help="per-l repeats in neighbour attention; must sum to hidden/heads "
+        "(default: fairchem's [20,10,4,10,20] scaled to hidden/heads)",
+    )
     p.add_argument("--no-sincx", action="store_true", help="fairchem use_sincx_mask=False (default: True)")
     p.add_argument("--chunked-graph", action="store_true", help="fairchem use_chunked_graph=True")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--timeout-per-size", type=float, default=120.0,
-                   help="seconds per call; once a size is slower, larger sizes are skipped")
+    p.add_argument(
+        "--timeout-per-size",
+        type=float,
+        default=120.0,
+        help="seconds per call; once a size is slower, larger sizes are skipped",
+    )
     p.add_argument("--displacement", type=float, default=0.01, help="Å, std of the per-step random displacement")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mem-limit-gb", type=float, default=16.0,
-                   help="address-space limit per size subprocess (0: none), so that running out of "
-                        "memory is a recorded failure rather than the OOM killer")
+    p.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=16.0,
+        help="address-space limit per size subprocess (0: none), so that running out of "
+        "memory is a recorded failure rather than the OOM killer",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "fairchem_allscaip.json")
     p.add_argument("--worker-size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -336,17 +374,30 @@ def main() -> None:
         return
 
     command = shlex.join([sys.executable, *sys.argv])
-    config = {"model": "fairchem AllScAIPBackbone + AllScAIPGradientEnergyForceStressHead (random weights)",
-              "call_path": CALL_PATH, "dtype": "float32", "device": "cpu",
-              "backbone_settings": model_settings(args),
-              "repeats": args.repeats, "threads": args.threads, "timeout_per_size_s": args.timeout_per_size,
-              "displacement_A": args.displacement, "seed": args.seed, "mem_limit_gb": args.mem_limit_gb,
-              "water_boxes": "bench/water_boxes.py water_box(atoms // 3, seed): ~1 g/cm^3, random "
-                             "orientations on a jittered cubic grid, periodic"}
-    report = {"benchmark": "fairchem-core AllScAIP energy+forces per MD step (ASE calculator)",
-              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "versions": versions(), "config": config,
-              "command": command, "results": []}
+    config = {
+        "model": "fairchem AllScAIPBackbone + AllScAIPGradientEnergyForceStressHead (random weights)",
+        "call_path": CALL_PATH,
+        "dtype": "float32",
+        "device": "cpu",
+        "backbone_settings": model_settings(args),
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "timeout_per_size_s": args.timeout_per_size,
+        "displacement_A": args.displacement,
+        "seed": args.seed,
+        "mem_limit_gb": args.mem_limit_gb,
+        "water_boxes": "bench/water_boxes.py water_box(atoms // 3, seed): ~1 g/cm^3, random "
+        "orientations on a jittered cubic grid, periodic",
+    }
+    report = {
+        "benchmark": "fairchem-core AllScAIP energy+forces per MD step (ASE calculator)",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "config": config,
+        "command": command,
+        "results": [],
+    }
 
     skip_reason = None
     for size in args.sizes:
@@ -358,27 +409,37 @@ def main() -> None:
         row = run_size(args, size)
         row["load_avg_1m_before"] = load[0]
         report["results"].append(row)
-        print(f"[{size} atoms] {row['status']}: {fmt(row.get('seconds_per_call'), '.3f')} s/call, "
-              f"peak RSS {fmt(row.get('peak_rss_gb'), '.2f')} GiB", file=sys.stderr, flush=True)
+        print(
+            f"[{size} atoms] {row['status']}: {fmt(row.get('seconds_per_call'), '.3f')} s/call, "
+            f"peak RSS {fmt(row.get('peak_rss_gb'), '.2f')} GiB",
+            file=sys.stderr,
+            flush=True,
+        )
         if row["status"] != "ok":
             skip_reason = f"skipped: {size} atoms ended with status {row['status']!r}"
         elif row["seconds_per_call"] > args.timeout_per_size:
-            skip_reason = (f"skipped: {size} atoms took {row['seconds_per_call']:.1f} s/call "
-                           f"> --timeout-per-size {args.timeout_per_size} s")
+            skip_reason = (
+                f"skipped: {size} atoms took {row['seconds_per_call']:.1f} s/call "
+                f"> --timeout-per-size {args.timeout_per_size} s"
+            )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     v = report["versions"]
-    print(f"fairchem-core {v['fairchem-core']}, torch {v['torch']}, threads {args.threads}, "
-          f"hidden {args.hidden}, layers {args.layers}, heads {args.heads}, cutoff {args.cutoff}, "
-          f"max_neighbors {args.max_neighbors}")
+    print(
+        f"fairchem-core {v['fairchem-core']}, torch {v['torch']}, threads {args.threads}, "
+        f"hidden {args.hidden}, layers {args.layers}, heads {args.heads}, cutoff {args.cutoff}, "
+        f"max_neighbors {args.max_neighbors}"
+    )
     print(f"{'atoms':>6} {'status':>9} {'s/call':>9} {'atom-steps/s':>13} {'peak RSS GiB':>13}")
     for row in report["results"]:
-        print(f"{row.get('atoms', row['requested_atoms']):>6} {row['status']:>9} "
-              f"{fmt(row.get('seconds_per_call'), '.3f'):>9} {fmt(row.get('atom_steps_per_s'), '.1f'):>13} "
-              f"{fmt(row.get('peak_rss_gb'), '.2f'):>13}")
+        print(
+            f"{row.get('atoms', row['requested_atoms']):>6} {row['status']:>9} "
+            f"{fmt(row.get('seconds_per_call'), '.3f'):>9} {fmt(row.get('atom_steps_per_s'), '.1f'):>13} "
+            f"{fmt(row.get('peak_rss_gb'), '.2f'):>13}"
+        )
     print(f"wrote {args.out}")
 
 

@@ -12,6 +12,7 @@ step and the kernel's share of the CPU time (all from ``getrusage`` of the child
 
 Prints a table and writes bench/results/heap_trim.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,11 @@ def measured_run(workdir: Path, script: str, steps: int, extra_env: Dict[str, st
     if t is None:
         raise SystemExit(f"LAMMPS failed in {workdir}")
     user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    return {"s_per_step": t, "minor_faults": after.ru_minflt - before.ru_minflt, "system_cpu_fraction": sys_ / (user + sys_)}
+    return {
+        "s_per_step": t,
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "system_cpu_fraction": sys_ / (user + sys_),
+    }
 
 
 def main() -> None:
@@ -54,7 +59,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed MD steps per run")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=2, help="tuned/default runs per box, alternating")
-    ap.add_argument("--model", default=None, help="exported .pt or .pt2 (default: random weights, bundled architecture, float32)")
+    ap.add_argument(
+        "--model", default=None, help="exported .pt or .pt2 (default: random weights, bundled architecture, float32)"
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "heap_trim.json"))
     args = ap.parse_args()
     import ase.io
@@ -64,8 +71,10 @@ def main() -> None:
     model = Path(args.model).resolve() if args.model else default_model(work / "model.pt", "float32", {})
     load_start = list(os.getloadavg())
     rows: List[dict] = []
-    print(f"# model {model.name if args.model else 'random weights, examples/water/train.yaml architecture, float32'}, "
-          f"1 rank, 1 thread, load average at start {load_start[0]:.2f}")
+    print(
+        f"# model {model.name if args.model else 'random weights, examples/water/train.yaml architecture, float32'}, "
+        f"1 rank, 1 thread, load average at start {load_start[0]:.2f}"
+    )
     print(f"{'atoms':>6} {'malloc':>14} {'s/step':>9} {'faults/step':>12} {'kernel CPU':>10}")
     for nmol in [int(m) for m in args.molecules.split(",")]:
         d = work / f"m{nmol}"
@@ -77,16 +86,31 @@ def main() -> None:
             for label, env in SETTINGS.items():
                 runs[label].append(measured_run(d, script, args.warmup + args.steps, env))
         for label, rs in runs.items():
-            row = {"molecules": nmol, "atoms": 3 * nmol, "malloc": label, "runs": rs,
-                   "s_per_step_median": float(np.median([r["s_per_step"] for r in rs])),
-                   "faults_per_step": float(np.median([r["minor_faults"] for r in rs])) / (args.warmup + args.steps),
-                   "system_cpu_fraction": float(np.median([r["system_cpu_fraction"] for r in rs]))}
+            row = {
+                "molecules": nmol,
+                "atoms": 3 * nmol,
+                "malloc": label,
+                "runs": rs,
+                "s_per_step_median": float(np.median([r["s_per_step"] for r in rs])),
+                "faults_per_step": float(np.median([r["minor_faults"] for r in rs])) / (args.warmup + args.steps),
+                "system_cpu_fraction": float(np.median([r["system_cpu_fraction"] for r in rs])),
+            }
             rows.append(row)
-            print(f"{3 * nmol:>6} {label:>14} {row['s_per_step_median']:>9.3f} {row['faults_per_step']:>12.0f} "
-                  f"{100 * row['system_cpu_fraction']:>9.1f}%")
-    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-           "cores": os.cpu_count(), "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
-           "steps": args.steps, "warmup": args.warmup, "model": str(args.model or "random weights"), "rows": rows}
+            print(
+                f"{3 * nmol:>6} {label:>14} {row['s_per_step_median']:>9.3f} {row['faults_per_step']:>12.0f} "
+                f"{100 * row['system_cpu_fraction']:>9.1f}%"
+            )
+    out = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cores": os.cpu_count(),
+        "load_average_start": load_start,
+        "load_average_end": list(os.getloadavg()),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "model": str(args.model or "random weights"),
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

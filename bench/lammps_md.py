@@ -22,6 +22,7 @@ for 192 atoms was seen with 2 threads on 2 busy cores).
 
 Compare with fairchem's AllScAIP at the same size: bench/fairchem_allscaip.py (its own venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ VENV = REPO / ".venv"
 @functools.lru_cache(maxsize=None)
 def _activated_env() -> Tuple[Tuple[str, str], ...]:
     """The environment `source .venv/bin/activate` makes (libmpi path, LAMMPS_PLUGIN_PATH)."""
-    out = subprocess.run(["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"],
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"], capture_output=True, check=True
+    ).stdout.decode()
     return tuple(tuple(kv.split("=", 1)) for kv in out.split("\0") if "=" in kv)  # type: ignore[misc]
 
 
@@ -81,30 +83,49 @@ def default_model(path: Path, dtype: str, overrides: Dict[str, object]) -> Path:
 
 
 def lammps_input(data: Path, model: Path, warmup: int, steps: int) -> str:
-    return "\n".join([
-        "units metal", "atom_style atomic", "boundary p p p", "newton on",
-        f"read_data {data}",
-        "mass 1 1.008", "mass 2 15.999",
-        "pair_style allscaip",
-        f"pair_coeff * * {model} H O",
-        "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
-        "velocity all create 300 4928459 loop geom mom yes",
-        "timestep 0.0005", "fix md all nve", "thermo 1000",
-        f"run {warmup}",
-        f"run {steps}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "units metal",
+                "atom_style atomic",
+                "boundary p p p",
+                "newton on",
+                f"read_data {data}",
+                "mass 1 1.008",
+                "mass 2 15.999",
+                "pair_style allscaip",
+                f"pair_coeff * * {model} H O",
+                "neighbor 1.0 bin",
+                "neigh_modify every 1 delay 0 check yes",
+                "velocity all create 300 4928459 loop geom mom yes",
+                "timestep 0.0005",
+                "fix md all nve",
+                "thermo 1000",
+                f"run {warmup}",
+                f"run {steps}",
+            ]
+        )
+        + "\n"
+    )
 
 
-def run_lammps(workdir: Path, script: str, ranks: int, timeout: float, threads: int,
-               extra_env: Optional[Dict[str, str]] = None) -> Optional[float]:
+def run_lammps(
+    workdir: Path, script: str, ranks: int, timeout: float, threads: int, extra_env: Optional[Dict[str, str]] = None
+) -> Optional[float]:
     """Seconds per step of the last `run`, or None if it failed / timed out."""
     (workdir / "in.lmp").write_text(script)
     cmd = [str(VENV / "bin" / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-nocite", "-screen", "none"]
     if ranks > 1:
         cmd = [str(VENV / "bin" / "mpirun"), "-np", str(ranks)] + cmd
     try:
-        proc = subprocess.run(cmd, cwd=workdir, env={**venv_env(threads), **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            cwd=workdir,
+            env={**venv_env(threads), **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None
     log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").exists() else ""
@@ -144,13 +165,26 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed MD steps first")
     ap.add_argument("--ase-repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="exported .pt (default: random weights, bundled architecture)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="model config overrides for the default model, e.g. hidden=256 layers=4 heads=8")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config overrides for the default model, e.g. hidden=256 layers=4 heads=8",
+    )
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for the default model")
-    ap.add_argument("--max-seconds-per-run", type=float, default=600.0,
-                    help="stop a LAMMPS run after this long (larger boxes are then skipped)")
-    ap.add_argument("--threads-per-rank", type=int, default=0,
-                    help="torch threads per LAMMPS rank and for the ASE calculator (0: cores / ranks)")
+    ap.add_argument(
+        "--max-seconds-per-run",
+        type=float,
+        default=600.0,
+        help="stop a LAMMPS run after this long (larger boxes are then skipped)",
+    )
+    ap.add_argument(
+        "--threads-per-rank",
+        type=int,
+        default=0,
+        help="torch threads per LAMMPS rank and for the ASE calculator (0: cores / ranks)",
+    )
     ap.add_argument("--skip-ase", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "lammps_md.json"))
     args = ap.parse_args()
@@ -170,8 +204,10 @@ def main() -> None:
     ranks = [int(r) for r in args.ranks.split(",")]
     load_start = list(os.getloadavg())
     rows = []
-    print(f"# model {model.name if args.model else 'random weights, examples/water/train.yaml architecture'} "
-          f"({args.dtype if not args.model else 'as exported'}), {os.cpu_count()} cores, torch {torch.__version__}")
+    print(
+        f"# model {model.name if args.model else 'random weights, examples/water/train.yaml architecture'} "
+        f"({args.dtype if not args.model else 'as exported'}), {os.cpu_count()} cores, torch {torch.__version__}"
+    )
     head = f"{'atoms':>6} " + " ".join(f"{'lmp ' + str(r) + 'r s/step':>15} {'atom-steps/s':>12}" for r in ranks)
     print(head + f" {'ase s/call':>11} {'atom-steps/s':>12}")
     skip = False
@@ -188,14 +224,18 @@ def main() -> None:
         ase.io.write(d / "water.data", atoms, format="lammps-data", specorder=["H", "O"], atom_style="atomic")
         for r in ranks:
             threads = args.threads_per_rank or max(1, (os.cpu_count() or 1) // r)
-            t = run_lammps(d, lammps_input(d / "water.data", model, args.warmup, args.steps), r,
-                           args.max_seconds_per_run, threads)
+            t = run_lammps(
+                d, lammps_input(d / "water.data", model, args.warmup, args.steps), r, args.max_seconds_per_run, threads
+            )
             row[f"lmp_{r}rank_s_per_step"] = t
             row[f"lmp_{r}rank_atom_steps_per_s"] = n / t if t else None
             if t is None:
                 skip = True
-        t_ase = None if args.skip_ase else time_ase(model, atoms, args.ase_repeats, 1,
-                                                    args.threads_per_rank or (os.cpu_count() or 1))
+        t_ase = (
+            None
+            if args.skip_ase
+            else time_ase(model, atoms, args.ase_repeats, 1, args.threads_per_rank or (os.cpu_count() or 1))
+        )
         row["ase_s_per_call"] = t_ase
         row["ase_atom_steps_per_s"] = n / t_ase if t_ase else None
         rows.append(row)
@@ -203,15 +243,26 @@ def main() -> None:
         def fmt(v, spec):
             return format(v, spec) if isinstance(v, float) else "-"
 
-        print(f"{n:>6} " + " ".join(f"{fmt(row[f'lmp_{r}rank_s_per_step'], '15.4f')} "
-                                    f"{fmt(row[f'lmp_{r}rank_atom_steps_per_s'], '12.0f')}" for r in ranks)
-              + f" {fmt(t_ase, '11.4f')} {fmt(n / t_ase if t_ase else None, '12.0f')}", flush=True)
+        print(
+            f"{n:>6} "
+            + " ".join(
+                f"{fmt(row[f'lmp_{r}rank_s_per_step'], '15.4f')} {fmt(row[f'lmp_{r}rank_atom_steps_per_s'], '12.0f')}"
+                for r in ranks
+            )
+            + f" {fmt(t_ase, '11.4f')} {fmt(n / t_ase if t_ase else None, '12.0f')}",
+            flush=True,
+        )
 
     result = {
         "benchmark": "lammps_md",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count(),
-                    "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cores": os.cpu_count(),
+            "loadavg_start": load_start,
+            "loadavg_end": list(os.getloadavg()),
+        },
         "torch": torch.__version__,
         "model": str(model) if args.model else "random weights, examples/water/train.yaml architecture",
         "model_overrides": overrides,

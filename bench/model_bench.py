@@ -5,6 +5,7 @@ Prints a table and writes bench/results/model.json.
 
     python bench/model_bench.py [--sizes 96,384,768,1536,3072] [--presets tiny,sm] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         kind, preset, n = args.one.split(":")
-        res = run_one(preset, int(n), args.repeats, args.dtype, args.threads) if kind == "ef" else train_throughput(preset, args.train_steps, args.threads)
+        res = (
+            run_one(preset, int(n), args.repeats, args.dtype, args.threads)
+            if kind == "ef"
+            else train_throughput(preset, args.train_steps, args.threads)
+        )
         print("RESULT " + json.dumps(res))
         return
     rows, train = [], []
@@ -115,7 +120,18 @@ def main() -> None:
         for n in [int(s) for s in args.sizes.split(",")]:
             if n > limits.get(preset, n):
                 continue
-            cmd = [sys.executable, __file__, "--one", f"ef:{preset}:{n}", "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"ef:{preset}:{n}",
+                "--repeats",
+                str(args.repeats),
+                "--dtype",
+                args.dtype,
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
             if not line:
@@ -124,16 +140,36 @@ def main() -> None:
                 continue
             r = json.loads(line[0][7:])
             rows.append(r)
-            print(f"{r['preset']:>14} {r['atoms']:>6} atoms  {r['seconds']:8.3f} s  peak RSS {r['peak_rss_gb']:6.2f} GB  ({r['params']/1e6:.2f} M params)", flush=True)
-        cmd = [sys.executable, __file__, "--one", f"train:{preset}:0", "--threads", str(args.threads), "--train-steps", str(args.train_steps)]
+            print(
+                f"{r['preset']:>14} {r['atoms']:>6} atoms  {r['seconds']:8.3f} s  peak RSS {r['peak_rss_gb']:6.2f} GB  ({r['params'] / 1e6:.2f} M params)",
+                flush=True,
+            )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            f"train:{preset}:0",
+            "--threads",
+            str(args.threads),
+            "--train-steps",
+            str(args.train_steps),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
         if line:
             r = json.loads(line[0][7:])
             train.append(r)
-            print(f"{preset:>14} training: {r['structures_per_s']:.2f} structures/s (96-atom water, 4 per batch, cutoff 5)", flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(sys.argv), "dtype": args.dtype}
+            print(
+                f"{preset:>14} training: {r['structures_per_s']:.2f} structures/s (96-atom water, 4 per batch, cutoff 5)",
+                flush=True,
+            )
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "dtype": args.dtype,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "energy_forces": rows, "training": train}, indent=1))
 

@@ -20,6 +20,7 @@ times are in the JSON too. Prints a table and writes bench/results/openmm_overhe
 
     python bench/openmm_overhead.py [--sizes 192,699,1500,3000] [--threads 2] [--dtype float32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,12 +66,20 @@ def _glue_only(state):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="192,699,1500,3000", help="approximate atom counts (water: multiples of 3)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (1: on a shared 2-core machine more threads only contend)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: on a shared 2-core machine more threads only contend)",
+    )
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=4,
-                    help="untimed calls first (TorchScript's profiling executor optimises during the first calls)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="untimed calls first (TorchScript's profiling executor optimises during the first calls)",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "openmm_overhead.json"))
     args = ap.parse_args()
 
@@ -92,7 +101,9 @@ def main() -> None:
     load_start = list(os.getloadavg())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = dict(elements=[1, 8], hidden=64, layers=2, heads=4, cutoff=5.0, max_neighbors=24)  # bundled water architecture
+    cfg = dict(
+        elements=[1, 8], hidden=64, layers=2, heads=4, cutoff=5.0, max_neighbors=24
+    )  # bundled water architecture
     model = AllScAIP(model_config(**cfg)).to(getattr(torch, args.dtype)).eval()
     tmp = tempfile.TemporaryDirectory()
     model_path = Path(tmp.name) / "tiny.pt"
@@ -105,10 +116,14 @@ def main() -> None:
     module, dt = loaded.module, loaded.dtype
 
     rows = []
-    header = (f"{'atoms':>6} {'edges':>7} {'model ms':>9} {'nl ms':>6} {'model+nl ms':>12} {'ase ms':>8} "
-              f"{'step CPU ms':>12} {'step Ref ms':>12} {'glue ms':>8} {'overhead ms':>12} {'overhead %':>10}")
-    print(f"# torch {torch.__version__}, openmm {openmm.__version__}, threads {args.threads}, dtype {args.dtype}; "
-          "process CPU time per call (median)")
+    header = (
+        f"{'atoms':>6} {'edges':>7} {'model ms':>9} {'nl ms':>6} {'model+nl ms':>12} {'ase ms':>8} "
+        f"{'step CPU ms':>12} {'step Ref ms':>12} {'glue ms':>8} {'overhead ms':>12} {'overhead %':>10}"
+    )
+    print(
+        f"# torch {torch.__version__}, openmm {openmm.__version__}, threads {args.threads}, dtype {args.dtype}; "
+        "process CPU time per call (median)"
+    )
     print(header)
     for n_target in [int(s) for s in args.sizes.split(",")]:
         atoms = water_box(max(1, round(n_target / 3)))
@@ -116,17 +131,28 @@ def main() -> None:
         pos, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
         i, j, s = system_neighbor_pairs(pos, cell, pbc, calc.cutoff)
         inputs = (
-            torch.tensor(pos, dtype=dt), torch.tensor(atoms.numbers), torch.tensor(cell, dtype=dt),
-            torch.tensor(pbc), torch.tensor(np.stack([i, j])), torch.tensor(s, dtype=dt),
-            torch.tensor(0), torch.tensor(1),
+            torch.tensor(pos, dtype=dt),
+            torch.tensor(atoms.numbers),
+            torch.tensor(cell, dtype=dt),
+            torch.tensor(pbc),
+            torch.tensor(np.stack([i, j])),
+            torch.tensor(s, dtype=dt),
+            torch.tensor(0),
+            torch.tensor(1),
         )
         t_model = timed(lambda: module(*inputs), args.repeats, args.warmup)
 
         def model_nl():
             ii, jj, ss = system_neighbor_pairs(pos, cell, pbc, calc.cutoff)
             module(
-                torch.from_numpy(pos).to(dt), inputs[1], torch.from_numpy(cell).to(dt), inputs[3],
-                torch.from_numpy(np.stack([ii, jj])), torch.from_numpy(ss).to(dt), inputs[6], inputs[7],
+                torch.from_numpy(pos).to(dt),
+                inputs[1],
+                torch.from_numpy(cell).to(dt),
+                inputs[3],
+                torch.from_numpy(np.stack([ii, jj])),
+                torch.from_numpy(ss).to(dt),
+                inputs[6],
+                inputs[7],
             )
 
         t_nl = timed(lambda: system_neighbor_pairs(pos, cell, pbc, calc.cutoff), args.repeats, 1)
@@ -158,7 +184,7 @@ def main() -> None:
             ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform_name))
             ctx.setPositions(pos * 0.1)
             ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-            step[plat] = timed(lambda: integrator.step(1), 50 if plat == "glue" else args.repeats, 1)
+            step[plat] = timed(lambda integ=integrator: integ.step(1), 50 if plat == "glue" else args.repeats, 1)
             del ctx, integrator
         overhead = step["CPU"]["cpu"] - t_model_nl["cpu"]
         row = {

@@ -1,4 +1,5 @@
 """Water boxes at liquid density for benchmarks (random orientations on a jittered grid)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """allscaip-export: deployable TorchScript / AOTInductor artefacts with embedded metadata."""
+
 from allscaip_export.metadata import INTERFACE_VERSION, build_metadata
 from allscaip_export.torchscript import ExportedAllScAIP, export_torchscript, load_torchscript
 

@@ -47,6 +47,7 @@ Unknown elements and out-of-range charge/spin cannot raise inside a compiled gra
 graph clamps the indices (no out-of-bounds reads) and returns NaN in every output instead.
 :func:`load_aoti`'s callable checks them first and raises a clear error.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -54,7 +55,6 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -272,7 +272,10 @@ def export_aoti(
     ep = export_program(model, dev)
     t1 = time.perf_counter()
     if verbose:
-        print(f"[allscaip-export] traced and exported the graph in {t1 - t0:.1f} s; compiling with AOTInductor ...", flush=True)
+        print(
+            f"[allscaip-export] traced and exported the graph in {t1 - t0:.1f} s; compiling with AOTInductor ...",
+            flush=True,
+        )
     configs: Dict[str, Any] = {"aot_inductor.metadata": {METADATA_KEY: meta}}
     configs.update(inductor_configs or {})
     configs["aot_inductor.package"] = True

@@ -8,6 +8,7 @@ molecule made of the model's elements; energy, forces and virial are compared wi
 checkpoint's eager model in the same dtype. Exit status: 0 written and verified, 1 the
 artefact does not match (largest differences printed), 2 bad input (one-line message).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def _water_like(rng, n_side: int, spacing: float, periodic: bool, skew: bool):
     cell = np.eye(3) * n_side * spacing
     if skew:
         cell[1, 0], cell[2, 0], cell[2, 1] = 0.9, -0.6, 0.7
-    atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell if periodic else None, pbc=periodic)
+    atoms = Atoms(
+        numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell if periodic else None, pbc=periodic
+    )
     if periodic:
         atoms.wrap()
     return atoms
@@ -187,7 +190,10 @@ def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = Fal
             parts.append(f"{key} {diff:.2e}{'' if kind == 'relative' else ' ' + unit[key]}{'' if good else ' (FAIL)'}")
             ok &= good
         if not quiet:
-            log(f"  {name}, {len(atoms)} atoms, E = {float(ref['energy']):.6f} eV: max {kind} |diff| " + ", ".join(parts))
+            log(
+                f"  {name}, {len(atoms)} atoms, E = {float(ref['energy']):.6f} eV: max {kind} |diff| "
+                + ", ".join(parts)
+            )
     if not quiet:
         log(f"verification {'passed' if ok else 'FAILED'} (tolerance {TOLERANCE[dtype_name]:g} {kind})")
     return ok
@@ -206,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (default: the checkpoint path with .pt / .pt2)")
     p.add_argument("--format", choices=sorted(SUFFIX), default="torchscript", help="default: torchscript")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="default: float64")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="device the artefact runs on (AOTInductor packages are device-specific); default: cpu")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="device the artefact runs on (AOTInductor packages are device-specific); default: cpu",
+    )
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the checkpoint")
     return p
@@ -248,9 +258,11 @@ def run(args: argparse.Namespace) -> int:
     meta["source_checkpoint"] = ckpt.name
     meta["weights"] = "raw" if args.raw_weights else ("ema" if payload.get("ema_state") is not None else "raw")
     cfg = model.cfg
-    log(f"loaded {ckpt} (sha256 {sha[:12]}...): elements {meta['elements']}, hidden {cfg.hidden}, "
+    log(
+        f"loaded {ckpt} (sha256 {sha[:12]}...): elements {meta['elements']}, hidden {cfg.hidden}, "
         f"{cfg.layers} layers, cutoff {cfg.cutoff} Å, {sum(p.numel() for p in model.parameters())} parameters, "
-        f"{meta['weights']} weights ({time.perf_counter() - t0:.1f} s)")
+        f"{meta['weights']} weights ({time.perf_counter() - t0:.1f} s)"
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"exporting {args.format} ({args.dtype}, {args.device}) -> {out}")

@@ -16,6 +16,7 @@ per rank r (owned atoms first, then ghosts = periodic images within one cutoff):
   e_owned = dd_readout(h, Z_owned) + dd_core(vec, mask, index, Z_all);  E_rank = e_owned.sum()
 backward: dE/dvec -> forces f_i += dE/dvec_ij, f_j -= dE/dvec_ij; virial W = -sum vec (x) dE/dvec.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -31,8 +32,16 @@ def split_slabs(frac_x: np.ndarray, nranks: int) -> np.ndarray:
     return np.minimum((np.mod(frac_x, 1.0) * nranks).astype(int), nranks - 1)
 
 
-def dd_evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, owner_rank: np.ndarray,
-                nranks: int, charge: int = 0, spin: int = 1) -> Dict[str, torch.Tensor]:
+def dd_evaluate(
+    module,
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    cell: np.ndarray,
+    owner_rank: np.ndarray,
+    nranks: int,
+    charge: int = 0,
+    spin: int = 1,
+) -> Dict[str, torch.Tensor]:
     """Energy, forces, virial, per-atom energies of a periodic system split over ``nranks``."""
     cutoff = float(module.cutoff)
     dtype = torch.float64
@@ -70,8 +79,16 @@ def dd_evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.nda
         x_all = torch.cat([pos[torch.tensor(owned, dtype=torch.long)], pos[gatom] + gshift @ cell_t])
         vec = (x_all[index] - x_all[: len(owned)].unsqueeze(1)).detach().requires_grad_(True)
         z_all = torch.tensor(np.concatenate([numbers[owned], numbers[gatom.numpy()]]), dtype=torch.long)
-        ranks.append(dict(owned=torch.tensor(owned, dtype=torch.long), ghost_atom=gatom, index=index, mask=mask,
-                          vec=vec, z_all=z_all))
+        ranks.append(
+            dict(
+                owned=torch.tensor(owned, dtype=torch.long),
+                ghost_atom=gatom,
+                index=index,
+                mask=mask,
+                vec=vec,
+                z_all=z_all,
+            )
+        )
 
     state = []
     for rk in ranks:

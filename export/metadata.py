@@ -1,4 +1,5 @@
 """Metadata carried by every exported artefact (readable without running the model)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,12 @@ def core_radius_table(model: AllScAIP) -> Dict[str, float]:
 
     zs = model.cfg.elements
     r = model.core_radius.detach().cpu().double()
-    return {f"{chemical_symbols[zs[a]]}-{chemical_symbols[zs[b]]}": round(float(r[a, b]), 6)
-            for a in range(len(zs)) for b in range(a, len(zs)) if float(r[a, b]) > 0}
+    return {
+        f"{chemical_symbols[zs[a]]}-{chemical_symbols[zs[b]]}": round(float(r[a, b]), 6)
+        for a in range(len(zs))
+        for b in range(a, len(zs))
+        if float(r[a, b]) > 0
+    }
 
 
 def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sha256: str = "") -> Dict[str, Any]:

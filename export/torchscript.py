@@ -1,10 +1,11 @@
 """TorchScript export: a scripted wrapper with a whole-system call and the staged
 (domain-decomposition) methods used by the LAMMPS plugin under MPI."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -61,8 +62,16 @@ class ExportedAllScAIP(nn.Module):
         scell = (cell + torch.matmul(cell, strain)).unsqueeze(0)
         system = torch.zeros((n,), dtype=torch.long, device=positions.device)
         energies = self.model(
-            spos, species, system, scell, pbc.unsqueeze(0), index, shift, mask,
-            charge.reshape(1).to(torch.long), spin.reshape(1).to(torch.long),
+            spos,
+            species,
+            system,
+            scell,
+            pbc.unsqueeze(0),
+            index,
+            shift,
+            mask,
+            charge.reshape(1).to(torch.long),
+            spin.reshape(1).to(torch.long),
         )
         energy = energies.sum()
         grads = torch.autograd.grad([energy], [pos, strain])
@@ -123,7 +132,9 @@ class ExportedAllScAIP(nn.Module):
         return self.model.global_finish(layer, h, q, k_all, v_all, None)
 
     @torch.jit.export
-    def dd_core(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, numbers_all: torch.Tensor) -> torch.Tensor:
+    def dd_core(
+        self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, numbers_all: torch.Tensor
+    ) -> torch.Tensor:
         """Core-repulsion energies (eV) [Nc] of the owned atoms from the same ``vec``/``mask``/``index``
         as ``dd_prepare`` (half of each pair per row, so ranks add up to the whole system).
         Optional for engines: exports made before it have no core repulsion."""

@@ -6,6 +6,7 @@ openmm-torch TorchForce optionally) and standalone TorchForce modules.
 
 Importing this package imports OpenMM.
 """
+
 from allscaip_openmm.forces import (
     ANGSTROM_PER_NM,
     EV_TO_KJ_PER_MOL,

@@ -11,6 +11,7 @@ State it receives holds only their positions and it returns forces on those atom
 Periodic box vectors are read from every State, so barostats (``MonteCarloBarostat``,
 anisotropic and triclinic ones included) see the current box.
 """
+
 from __future__ import annotations
 
 import os

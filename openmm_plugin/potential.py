@@ -18,12 +18,13 @@ class when that is importable and this one otherwise.
 or "torchforce", which needs openmm-torch), ``device`` and ``dtype`` (checkpoints only;
 may also be given to the ``MLPotential`` constructor).
 """
+
 from __future__ import annotations
 
 import os
 import warnings
 import xml.etree.ElementTree as ET
-from typing import Iterable, List, Optional
+from typing import Iterable, Optional
 
 import openmm
 import openmm.app
@@ -137,8 +138,15 @@ class AllScAIPPotentialImpl(_ImplBase):
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
         if impl == "pythonforce":
             force = make_python_force(
-                self.modelPath, numbers, periodic, particles=atom_list, charge=charge, spin=spin,
-                device=device, dtype=dtype, force_group=forceGroup,
+                self.modelPath,
+                numbers,
+                periodic,
+                particles=atom_list,
+                charge=charge,
+                spin=spin,
+                device=device,
+                dtype=dtype,
+                force_group=forceGroup,
             )
         else:
             force = _make_torch_force(
@@ -152,8 +160,7 @@ def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, devic
         import openmmtorch
     except Exception as err:  # ImportError, or an OSError from a binary built for another torch
         raise RuntimeError(
-            f"openmmtorch is not importable here ({type(err).__name__}: {err}); "
-            "use implementation='pythonforce'"
+            f"openmmtorch is not importable here ({type(err).__name__}: {err}); use implementation='pythonforce'"
         ) from err
     import tempfile
 
@@ -162,8 +169,15 @@ def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, devic
     from allscaip_openmm.torchforce import build_torchforce_module
 
     module, _ = build_torchforce_module(
-        model_path, topology, outputs_forces=True, charge=charge, spin=spin, atoms=atoms,
-        periodic=periodic, device=device, dtype=dtype,
+        model_path,
+        topology,
+        outputs_forces=True,
+        charge=charge,
+        spin=spin,
+        atoms=atoms,
+        periodic=periodic,
+        device=device,
+        dtype=dtype,
     )
     try:
         force = openmmtorch.TorchForce(module)

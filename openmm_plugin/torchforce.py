@@ -19,6 +19,7 @@ The neighbour search computes all pair distances for every lattice-image shift i
 It is exact and handles any triclinic box, but it is meant for systems up to a few thousand
 atoms; for larger systems use the PythonForce implementation (vesin cell lists, O(N)).
 """
+
 from __future__ import annotations
 
 import json
@@ -227,8 +228,9 @@ def _resolve_atoms(topology_or_atomic_numbers, atoms, periodic) -> Tuple[List[in
         numbers = all_numbers if atoms is None else [all_numbers[int(i)] for i in atoms]
         periodic = bool(periodic) if periodic is not None else False
     indices = None if atoms is None else [int(i) for i in atoms]
-    if indices is not None and (len(set(indices)) != len(indices) or min(indices, default=0) < 0
-                                or max(indices, default=0) >= n_particles):
+    if indices is not None and (
+        len(set(indices)) != len(indices) or min(indices, default=0) < 0 or max(indices, default=0) >= n_particles
+    ):
         raise ValueError(f"atoms must be distinct indices in 0..{n_particles - 1}")
     return numbers, indices, n_particles, bool(periodic)
 

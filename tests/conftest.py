@@ -1,4 +1,5 @@
 """Shared fixtures: small random-weight models and structures (float64)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,6 @@ def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: b
     atoms.wrap()
     atoms.info.update(charge=0, spin=1)
     return atoms
-
-
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """One active-learning round: student MD frames, rescaled boxes, teacher labels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +10,10 @@ import pytest
 openmm = pytest.importorskip("openmm")
 
 from ase.io import read
+from conftest import small_model
 from openmm import unit
 
 from allscaip.teacher import active
-from conftest import small_model
 
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 
@@ -35,7 +36,9 @@ def _state_xml(path: Path, pos_ang: np.ndarray, box_ang: np.ndarray) -> Path:
 
 def test_label_reproduces_the_bundled_teacher_labels(frame):
     a = active.label(frame.positions, np.asarray(frame.cell), {"frame": 7})
-    assert a.get_potential_energy() == pytest.approx(frame.get_potential_energy(), abs=1e-6)  # extxyz keeps 8 decimals of the positions
+    assert a.get_potential_energy() == pytest.approx(
+        frame.get_potential_energy(), abs=1e-6
+    )  # extxyz keeps 8 decimals of the positions
     np.testing.assert_allclose(a.get_forces(), frame.get_forces(), atol=1e-5)
     np.testing.assert_allclose(a.get_stress(), frame.calc.results["stress"], atol=1e-9)
     assert a.info["density_g_cm3"] == pytest.approx(frame.info["density_g_cm3"], abs=1e-3)
@@ -67,9 +70,19 @@ def test_fixed_density_sampling_keeps_the_box_and_whole_molecules(tmp_path, fram
     path = tmp_path / "tiny.pt"
     export_torchscript(model, str(path), build_metadata(model, "float64", "cpu", "torchscript"))
     start = _state_xml(tmp_path / "s.xml", frame.positions, np.asarray(frame.cell))
-    snaps = active.sample(str(path), start, "nvt", ps=0.03, every_fs=6.0, temperature=300.0, density=1.05,
-                          skip_ps=0.006, seed=3, threads=1,
-                          minimise_iterations=0)  # a random model would pull the molecules apart
+    snaps = active.sample(
+        str(path),
+        start,
+        "nvt",
+        ps=0.03,
+        every_fs=6.0,
+        temperature=300.0,
+        density=1.05,
+        skip_ps=0.006,
+        seed=3,
+        threads=1,
+        minimise_iterations=0,
+    )  # a random model would pull the molecules apart
     assert len(snaps) == 4
     for pos, box in snaps:
         assert active.density_g_cm3(32, abs(np.linalg.det(box))) == pytest.approx(1.05, rel=1e-9)
@@ -83,8 +96,19 @@ def test_fixed_density_sampling_keeps_the_box_and_whole_molecules(tmp_path, fram
 
 def test_teacher_sampling_runs_the_teacher_and_labels_without_stress(tmp_path, frame):
     start = _state_xml(tmp_path / "s.xml", frame.positions, np.asarray(frame.cell))
-    snaps = active.sample(None, start, "npt", ps=0.09, every_fs=30.0, temperature=298.15, density=None,
-                          skip_ps=0.0, seed=5, threads=1, minimise_iterations=20)
+    snaps = active.sample(
+        None,
+        start,
+        "npt",
+        ps=0.09,
+        every_fs=30.0,
+        temperature=298.15,
+        density=None,
+        skip_ps=0.0,
+        seed=5,
+        threads=1,
+        minimise_iterations=20,
+    )
     assert len(snaps) == 3
     a = active.label(*snaps[-1], {"config_type": "teacher_md"}, stress=False)
     assert "stress" not in a.calc.results and a.info["config_type"] == "teacher_md"

@@ -1,4 +1,5 @@
 """The core-repulsion prior: a smooth ZBL wall that is exactly zero where the data has atoms."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from conftest import small_model, water_box
 
 from allscaip.checkpoint import load_checkpoint, load_model, save_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
 from allscaip.model.core_repulsion import core_switch, zbl_energy
 from allscaip.train.core_radius import fit_core_radius, shortest_distances
-from conftest import small_model, water_box
 
 
 def _dimer_energy(model, r: float, z=(1, 1)) -> float:
@@ -42,9 +43,15 @@ def test_zbl_values():
     assert zbl_energy(r, z1, z1).item() == pytest.approx(14.399645 / 1e-4, rel=1e-3)
     a = 0.46850 / 2.0
     x = 1.0 / a
-    phi = 0.18175 * np.exp(-3.1998 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.4029 * x) \
+    phi = (
+        0.18175 * np.exp(-3.1998 * x)
+        + 0.50986 * np.exp(-0.94229 * x)
+        + 0.28022 * np.exp(-0.4029 * x)
         + 0.02817 * np.exp(-0.20162 * x)
-    assert zbl_energy(torch.tensor(1.0, dtype=torch.float64), z1, z1).item() == pytest.approx(14.399645 * phi, rel=1e-12)
+    )
+    assert zbl_energy(torch.tensor(1.0, dtype=torch.float64), z1, z1).item() == pytest.approx(
+        14.399645 * phi, rel=1e-12
+    )
 
 
 def test_wall_adds_zbl_inside_half_radius_and_nothing_beyond_the_radius():
@@ -77,9 +84,12 @@ def test_fitted_radius_leaves_the_data_untouched(tmp_path):
     shortest = shortest_distances(frames, elements, 4.0)
     d = frames[0].get_all_distances(mic=True)
     np.fill_diagonal(d, np.inf)
-    assert shortest[0, 3] == pytest.approx(min(
-        float(d[np.ix_(frames[0].numbers == 1, frames[0].numbers == 8)].min()),
-        *[float(f.get_all_distances(mic=True)[np.ix_(f.numbers == 1, f.numbers == 8)].min()) for f in frames[1:]]))
+    assert shortest[0, 3] == pytest.approx(
+        min(
+            float(d[np.ix_(frames[0].numbers == 1, frames[0].numbers == 8)].min()),
+            *[float(f.get_all_distances(mic=True)[np.ix_(f.numbers == 1, f.numbers == 8)].min()) for f in frames[1:]],
+        )
+    )
     radius = fit_core_radius(frames, elements, 4.0, 0.9)
     assert np.allclose(radius[0, 3], 0.9 * shortest[0, 3]) and np.allclose(radius, radius.T)
     # C never occurs: margin x the sum of covalent radii
@@ -121,5 +131,7 @@ def test_cli_adds_the_wall_to_an_old_checkpoint(tmp_path, capsys):
     assert torch.allclose(walled.core_radius, torch.as_tensor(expect))
     assert load_checkpoint(new)["model_config"]["core_margin"] == 0.8
     batch = atoms_to_batch(frames)  # unchanged on the data it was fitted to
-    assert torch.equal(compute_properties(walled, batch)["energy"], compute_properties(load_model(old), batch)["energy"])
+    assert torch.equal(
+        compute_properties(walled, batch)["energy"], compute_properties(load_model(old), batch)["energy"]
+    )
     assert _dimer_energy(walled, 0.5) - _dimer_energy(load_model(old), 0.5) > 1.0  # eV: a wall where data has none

@@ -1,4 +1,5 @@
 """Data layer: readers, validation, datasets, element references, max-atoms sampler."""
+
 from __future__ import annotations
 
 import ase.db
@@ -207,7 +208,7 @@ def test_data_errors_name_file_and_frame(tmp_path, case, stream):
         with pytest.raises(DataError) as err:
             StructureDataset(path, stream=False, elements=set(ELEMENTS), progress=False)
     msg = str(err.value)
-    assert f"bad_set.xyz:4" in msg and what in msg, msg
+    assert "bad_set.xyz:4" in msg and what in msg, msg
     if case == "unknown_element":
         assert "H, C, N, O" in msg  # lists the model's elements
 
@@ -322,7 +323,9 @@ def test_sampler_oversized_frame_warns_and_is_alone():
 def test_sampler_replica_split(replicas):
     natoms = np.random.default_rng(2).integers(1, 30, 250)
     single = MaxAtomsBatchSampler(natoms, 90, shuffle=True, seed=3)
-    ranks = [MaxAtomsBatchSampler(natoms, 90, shuffle=True, seed=3, num_replicas=replicas, rank=r) for r in range(replicas)]
+    ranks = [
+        MaxAtomsBatchSampler(natoms, 90, shuffle=True, seed=3, num_replicas=replicas, rank=r) for r in range(replicas)
+    ]
     for epoch in (0, 1):
         single.set_epoch(epoch)
         for s in ranks:

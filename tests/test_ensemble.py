@@ -1,4 +1,5 @@
 """The ensemble density constraint (allscaip.train.ensemble, allscaip constrain-density)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from allscaip.checkpoint import load_model
 from allscaip.config import ConfigError
 from allscaip.teacher import reweight
 from allscaip.train.config import config_from_dict
@@ -35,8 +35,17 @@ def _cfg(path: str, out: Path, constraint: bool = True, epochs: int = 6) -> dict
     return {
         "model": dict(MODEL),
         "data": {"train": [path], "val": [path], "max_atoms": 100},
-        "optim": {"lr": 3e-3, "epochs": epochs, "seed": 2, "energy_coef": 1.0, "force_coef": 0.1, "stress_coef": 0.0,
-                  "density_constraint": constraint, "density_every_steps": 3, "warmup_fraction": 0.0},
+        "optim": {
+            "lr": 3e-3,
+            "epochs": epochs,
+            "seed": 2,
+            "energy_coef": 1.0,
+            "force_coef": 0.1,
+            "stress_coef": 0.0,
+            "density_constraint": constraint,
+            "density_every_steps": 3,
+            "warmup_fraction": 0.0,
+        },
         "run": {"out_dir": str(out), "dtype": "float64", "progress": False, "threads": 1},
     }
 
@@ -44,8 +53,10 @@ def _cfg(path: str, out: Path, constraint: bool = True, epochs: int = 6) -> dict
 def _shift_percent(ckpt: Path, path: str) -> float:
     """The first-order density shift of a checkpoint on the ensemble frames, by allscaip.teacher.reweight."""
     frames = ase.io.read(path, ":")
-    du = (reweight.model_energies_ev(str(ckpt), frames, dtype="float64")
-          - np.array([a.get_potential_energy() for a in frames])) * 96.48533212331
+    du = (
+        reweight.model_energies_ev(str(ckpt), frames, dtype="float64")
+        - np.array([a.get_potential_energy() for a in frames])
+    ) * 96.48533212331
     return reweight.predict(reweight.frame_densities(frames), du, 300.0, 32).cumulant_shift_percent
 
 
@@ -64,7 +75,9 @@ def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path)
     trainer = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "r", epochs=1)), log=lambda s: None)
     assert isinstance(trainer.density, DensityTerm) and len(trainer.density.indices) == 9
     m = trainer.density.evaluate(trainer.model, trainer.device, trainer.dtype)
-    assert trainer.density.refresh(trainer.model, trainer.params, trainer.device, trainer.dtype) == pytest.approx(m, rel=1e-10)
+    assert trainer.density.refresh(trainer.model, trainer.params, trainer.device, trainer.dtype) == pytest.approx(
+        m, rel=1e-10
+    )
     trainer.save("init.ckpt")
     # same frames, same model: the trainer's -m is allscaip.teacher.reweight's second-cumulant shift
     assert -m == pytest.approx(_shift_percent(tmp_path / "r" / "init.ckpt", ensemble_file), rel=1e-8, abs=1e-9)
@@ -79,8 +92,10 @@ def test_gradient_is_that_of_m_and_a_newton_step_zeroes_it(ensemble_file, tmp_pa
     model, term, params = t.model, t.density, t.params
     m0 = term.refresh(model, params, t.device, t.dtype)
     # m with all frames at once, differentiated by autograd
-    m = sum(float(s) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
-            for s, b in zip(term.scores, (atoms_to_batch([a], dtype=t.dtype) for a in term.frames))) / len(term.frames)
+    m = sum(
+        float(s) * (compute_properties(model, b, forces=False, training=True)["energy"] - b.energy).sum()
+        for s, b in zip(term.scores, (atoms_to_batch([a], dtype=t.dtype) for a in term.frames))
+    ) / len(term.frames)
     assert float(m.detach()) == pytest.approx(m0, rel=1e-10)
     exact = torch.autograd.grad(m, params, allow_unused=True)
     exact = [torch.zeros_like(p) if g is None else g for p, g in zip(params, exact)]
@@ -102,7 +117,9 @@ def test_gradient_is_that_of_m_and_a_newton_step_zeroes_it(ensemble_file, tmp_pa
 
 
 def test_training_under_the_constraint_keeps_the_density(ensemble_file, tmp_path):
-    free = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "free", constraint=False, epochs=2)), log=lambda s: None)
+    free = Trainer(
+        config_from_dict(_cfg(ensemble_file, tmp_path / "free", constraint=False, epochs=2)), log=lambda s: None
+    )
     free.fit()
     assert abs(_shift_percent(tmp_path / "free" / "last.ckpt", ensemble_file)) > 0.5  # left alone, it moves
     t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / "f", epochs=2)), log=lambda s: None)
@@ -121,8 +138,23 @@ def test_constrain_density_command(ensemble_file, tmp_path, capsys):
     src, out = tmp_path / "c" / "last.ckpt", tmp_path / "c" / "constrained.ckpt"
     shift0 = _shift_percent(src, ensemble_file)
     assert abs(shift0) > 0.5
-    assert main(["constrain-density", str(src), "--frames", ensemble_file, "--val", ensemble_file,
-                 "--dtype", "float64", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "constrain-density",
+                str(src),
+                "--frames",
+                ensemble_file,
+                "--val",
+                ensemble_file,
+                "--dtype",
+                "float64",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"density shift {shift0:+.3f} %" in text and "validation frames, after:" in text
     assert abs(_shift_percent(out, ensemble_file)) < 0.01
@@ -131,14 +163,37 @@ def test_constrain_density_command(ensemble_file, tmp_path, capsys):
     with pytest.raises(SystemExit, match="config_type='teacher_md'"):
         main(["constrain-density", str(src), "--frames", str(VAL), "-o", str(tmp_path / "x.ckpt")])
     held = tmp_path / "c" / "held.ckpt"
-    assert main(["constrain-density", str(src), "--frames", ensemble_file, "--dtype", "float64", "-o", str(held),
-                 "--hold-offset", "monomer:bulk", "--hold-frames", str(VAL), "--hold-max-frames", "4", "--max-iter", "12"]) == 0
+    assert (
+        main(
+            [
+                "constrain-density",
+                str(src),
+                "--frames",
+                ensemble_file,
+                "--dtype",
+                "float64",
+                "-o",
+                str(held),
+                "--hold-offset",
+                "monomer:bulk",
+                "--hold-frames",
+                str(VAL),
+                "--hold-max-frames",
+                "4",
+                "--max-iter",
+                "12",
+            ]
+        )
+        == 0
+    )
     assert "offset monomer:bulk:" in capsys.readouterr().out
     rec = torch.load(held, weights_only=True)["density_constraint"]["hold_offset"]
     assert rec["after_meV_atom"] == pytest.approx(rec["before_meV_atom"], abs=0.1)
     assert abs(_shift_percent(held, ensemble_file)) < 0.01
     with pytest.raises(SystemExit, match="--hold-frames"):
-        main(["constrain-density", str(src), "--frames", ensemble_file, "-o", str(held), "--hold-offset", "monomer:bulk"])
+        main(
+            ["constrain-density", str(src), "--frames", ensemble_file, "-o", str(held), "--hold-offset", "monomer:bulk"]
+        )
 
 
 def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):
@@ -159,8 +214,9 @@ def test_projection_can_hold_the_monomer_bulk_offset(ensemble_file, tmp_path):
         t = Trainer(config_from_dict(_cfg(ensemble_file, tmp_path / f"h{held}", epochs=1)), log=lambda s: None)
         model, term, params = t.model, t.density, t.params
         v0 = offset.refresh(model, params, t.device, t.dtype)[0]
-        history = term.project(model, params, t.device, t.dtype, max_iter=8, tol=1e-3,
-                               hold=[offset] if held else [], hold_tol=1e-4)
+        history = term.project(
+            model, params, t.device, t.dtype, max_iter=8, tol=1e-3, hold=[offset] if held else [], hold_tol=1e-4
+        )
         assert abs(term.evaluate(model, t.device, t.dtype)) <= 1e-3 and abs(history[0]) > 0.1
         moved[held] = abs(offset.refresh(model, params, t.device, t.dtype)[0] - v0)
         if held:

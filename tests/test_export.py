@@ -4,6 +4,7 @@ One export per format and dtype for the whole session (the AOTInductor compile i
 expensive part: exactly one in this file), each made by the allscaip-export CLI from a
 checkpoint written with allscaip.checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,14 +19,13 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
+from conftest import small_model, water_box
 
 from allscaip.checkpoint import load_model, save_checkpoint
 from allscaip_export import cli
 from allscaip_export.aoti import METADATA_KEY, load_aoti, read_metadata
 from allscaip_export.metadata import checkpoint_hash
 from allscaip_export.torchscript import load_torchscript
-from conftest import EXPORT_MODEL as MODEL
-from conftest import small_model, water_box
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,10 @@ def aoti64(aoti_package):
 
 @pytest.fixture(scope="session")
 def eager(checkpoint):
-    return {"float64": load_model(checkpoint, dtype=torch.float64), "float32": load_model(checkpoint, dtype=torch.float32)}
+    return {
+        "float64": load_model(checkpoint, dtype=torch.float64),
+        "float32": load_model(checkpoint, dtype=torch.float32),
+    }
 
 
 def _check(call, meta, model, atoms, dtype_name):
@@ -158,8 +161,11 @@ def test_unknown_element_is_an_error_not_garbage(aoti64, ts64):
 
 def test_metadata_readable_from_python(ts64, ts32, aoti64, checkpoint):
     sha = checkpoint_hash(checkpoint)
-    for (path, _, meta), fmt, dtype in ((ts64, "torchscript", "float64"), (ts32, "torchscript", "float32"),
-                                         (aoti64, "aoti", "float64")):
+    for (path, _, meta), fmt, dtype in (
+        (ts64, "torchscript", "float64"),
+        (ts32, "torchscript", "float32"),
+        (aoti64, "aoti", "float64"),
+    ):
         assert meta["format"] == fmt and meta["dtype"] == dtype and meta["device"] == "cpu"
         assert meta["checkpoint_hash"] == meta["source_checkpoint_sha256"] == sha
         assert meta["elements"] == ["H", "C", "N", "O"] and meta["atomic_numbers"] == [1, 6, 7, 8]
@@ -252,8 +258,10 @@ def test_cli_not_a_checkpoint(capsys, tmp_path):
 def test_cli_incompatible_checkpoint_version(capsys, tmp_path):
     model = small_model()
     path = tmp_path / "future.ckpt"
-    save_checkpoint(path, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict(),
-                           "checkpoint_version": 999})
+    save_checkpoint(
+        path,
+        {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict(), "checkpoint_version": 999},
+    )
     assert "checkpoint format version 999" in _error(capsys, path)
 
 
@@ -285,4 +293,6 @@ def test_console_script_one_line_error(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "allscaip_export.cli"]
     out = subprocess.run(cmd + [str(tmp_path / "missing.ckpt")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"allscaip-export: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"]
+    assert out.stderr.strip().splitlines() == [
+        f"allscaip-export: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+    ]

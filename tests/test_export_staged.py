@@ -1,23 +1,29 @@
 """The exported staged (domain-decomposition) interface equals the whole-system call."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import small_model, water_box
 
+from allscaip.neighbors import system_neighbor_pairs
 from allscaip_export.dd_reference import dd_evaluate, split_slabs
 from allscaip_export.metadata import build_metadata
 from allscaip_export.torchscript import export_torchscript, load_torchscript
-from allscaip.neighbors import system_neighbor_pairs
-from conftest import small_model, water_box
 
 
 def whole_system(module, atoms):
     i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, module.cutoff)
     return module(
-        torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
-        torch.tensor(atoms.pbc), torch.tensor(np.stack([i, j])), torch.tensor(s, dtype=torch.float64),
-        torch.tensor(0), torch.tensor(1),
+        torch.tensor(atoms.positions),
+        torch.tensor(atoms.numbers),
+        torch.tensor(atoms.cell.array),
+        torch.tensor(atoms.pbc),
+        torch.tensor(np.stack([i, j])),
+        torch.tensor(s, dtype=torch.float64),
+        torch.tensor(0),
+        torch.tensor(1),
     )
 
 

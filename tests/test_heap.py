@@ -1,4 +1,5 @@
 """allscaip/heap.py: freed tensor memory stays resident between force calls."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,10 @@ print(json.dumps({"note": calc.heap_note, "second": again.heap_note}))
 def _probe(**env: str) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(REPO / "examples/water/model.ckpt")],
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ Compares LAMMPS with the Python model (energies, forces, virial, per-atom energi
 that 1-4 MPI ranks (including ranks that own no atoms) give the same numbers and the same
 MD trajectory, unit conversion, error messages, NVE energy conservation and NPT stability.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,6 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-
 from conftest import _random_rotation, small_model, water_box
 
 pytestmark = pytest.mark.lammps
@@ -48,7 +48,8 @@ def lmp_env() -> Dict[str, str]:
         pytest.fail(f"{PLUGIN} not built: run scripts/setup.sh (or cmake --build build)")
     out = subprocess.run(
         ["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout.decode()
     env = dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
     assert str(PLUGIN.parent) in env.get("LAMMPS_PLUGIN_PATH", ""), "activate does not set LAMMPS_PLUGIN_PATH"
@@ -121,8 +122,9 @@ def _cluster_in_big_box() -> Atoms:
     for c in ([2.0, 10.0, 10.0], [4.2, 11.0, 9.5], [3.0, 8.6, 11.4]):
         pos.append((w.positions - w.positions.mean(0)) @ _random_rotation(rng).T + np.array(c))
         nums.append(w.numbers)
-    return Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos),
-                 cell=np.diag([24.0, 20.0, 20.0]), pbc=True)
+    return Atoms(
+        numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=np.diag([24.0, 20.0, 20.0]), pbc=True
+    )
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +166,15 @@ def python_reference(model, atoms: Atoms) -> Dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------ running LAMMPS
 
 
-def run_lammps(env: Dict[str, str], workdir: Path, script: str, nprocs: int = 1, plugin: str = "path",
-               timeout: float = 600, expect_fail: bool = False) -> str:
+def run_lammps(
+    env: Dict[str, str],
+    workdir: Path,
+    script: str,
+    nprocs: int = 1,
+    plugin: str = "path",
+    timeout: float = 600,
+    expect_fail: bool = False,
+) -> str:
     """Run `lmp` (under `mpirun -np N` when N > 1) on `script` in `workdir`; return stdout+stderr.
 
     plugin="path": the plugin is auto-loaded from LAMMPS_PLUGIN_PATH (set by activate);
@@ -221,14 +230,23 @@ def read_dump(path: Path) -> Dict[str, np.ndarray]:
         lines = f.readlines()
     start = next(k for k, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
     cols = lines[start].split()[2:]
-    data = np.loadtxt(lines[start + 1:], ndmin=2)
+    data = np.loadtxt(lines[start + 1 :], ndmin=2)
     return {c: data[:, k] for k, c in enumerate(cols)}
 
 
-def lammps_input(data: Path, model: Path, elements: str = "H C N O", units: str = "metal",
-                 boundary: str = "p p p", processors: Optional[str] = None, md_steps: int = 0,
-                 per_atom_virial: bool = True, pair_style: str = "allscaip", newton: str = "on",
-                 extra: str = "") -> str:
+def lammps_input(
+    data: Path,
+    model: Path,
+    elements: str = "H C N O",
+    units: str = "metal",
+    boundary: str = "p p p",
+    processors: Optional[str] = None,
+    md_steps: int = 0,
+    per_atom_virial: bool = True,
+    pair_style: str = "allscaip",
+    newton: str = "on",
+    extra: str = "",
+) -> str:
     """Single point (thermo + dump of forces/per-atom energy/virial), then optional NVE MD."""
     sa_cols = " ".join(f"c_sa[{k}]" for k in range(1, 7)) if per_atom_virial else ""
     lines = [
@@ -291,20 +309,24 @@ def assert_rel(actual, expected, rtol, what):
 # ------------------------------------------------------------------------------ 1. serial vs Python
 
 
-@pytest.mark.parametrize("system,model_name", [
-    ("water_tric", "default"),
-    ("molecule", "default"),
-    ("mixed", "default"),
-    ("water_tric", "knn"),
-    ("water_tric", "local_only"),
-    ("water_tric", "distance_bias"),
-])
+@pytest.mark.parametrize(
+    "system,model_name",
+    [
+        ("water_tric", "default"),
+        ("molecule", "default"),
+        ("mixed", "default"),
+        ("water_tric", "knn"),
+        ("water_tric", "local_only"),
+        ("water_tric", "distance_bias"),
+    ],
+)
 def test_serial_matches_python(lmp_env, models, systems, tmp_path, system, model_name):
     model, path = models[model_name]
     data, atoms = systems[system]
     periodic = bool(atoms.pbc.all())
-    script = lammps_input(data, path, boundary="p p p" if periodic else "f f f",
-                          per_atom_virial=model_name != "distance_bias")
+    script = lammps_input(
+        data, path, boundary="p p p" if periodic else "f f f", per_atom_virial=model_name != "distance_bias"
+    )
     # the explicit `plugin load` route once; LAMMPS_PLUGIN_PATH auto-loading everywhere else
     log = run_lammps(lmp_env, tmp_path, script, plugin="load" if system == "molecule" else "path")
     lmp = single_point(log, tmp_path)
@@ -341,17 +363,21 @@ def serial_runs(lmp_env, models, systems, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("system,nprocs,grid", [
-    ("water_tric", 2, "2 1 1"),
-    ("water_tric", 3, "3 1 1"),
-    ("water_tric", 4, "2 2 1"),
-    ("cluster", 4, "4 1 1"),  # ranks 2 and 3 own no atom
-])
+@pytest.mark.parametrize(
+    "system,nprocs,grid",
+    [
+        ("water_tric", 2, "2 1 1"),
+        ("water_tric", 3, "3 1 1"),
+        ("water_tric", 4, "2 2 1"),
+        ("cluster", 4, "4 1 1"),  # ranks 2 and 3 own no atom
+    ],
+)
 def test_rank_count_independence(lmp_env, models, systems, serial_runs, tmp_path, system, nprocs, grid):
     data, atoms = systems[system]
     ref_sp, ref_md, ref_thermo = serial_runs(system)
-    log = run_lammps(lmp_env, tmp_path, lammps_input(data, models["default"][1], processors=grid, md_steps=100),
-                     nprocs=nprocs)
+    log = run_lammps(
+        lmp_env, tmp_path, lammps_input(data, models["default"][1], processors=grid, md_steps=100), nprocs=nprocs
+    )
     assert f"{grid.replace(' ', ' by ')} MPI processor grid" in log
     if system == "cluster":  # some rank really owns nothing
         nlocal = re.search(r"Nlocal:\s+\S+ ave\s+(\S+) max\s+(\S+) min", log)
@@ -368,7 +394,9 @@ def test_rank_count_independence(lmp_env, models, systems, serial_runs, tmp_path
     md = read_dump(tmp_path / "md.dump")
     pos = np.stack([md["xu"], md["yu"], md["zu"]], 1)
     ref_pos = np.stack([ref_md["xu"], ref_md["yu"], ref_md["zu"]], 1)
-    assert np.abs(pos - ref_pos).max() < 1e-8, f"positions after 100 steps differ by {np.abs(pos - ref_pos).max():.2e} A"
+    assert np.abs(pos - ref_pos).max() < 1e-8, (
+        f"positions after 100 steps differ by {np.abs(pos - ref_pos).max():.2e} A"
+    )
     start = read_dump(tmp_path / "sp.dump")
     assert np.abs(pos - np.stack([start["x"], start["y"], start["z"]], 1)).max() > 1e-3  # atoms did move
 
@@ -460,11 +488,17 @@ ERROR_CASES = {
     "missing_file": (dict(model="missing"), "cannot open model file"),
     "corrupt_file": (dict(model="corrupt"), "as a TorchScript model"),
     "not_allscaip": (dict(model="plain"), "not an allscaip export (no metadata.json inside)"),
-    "interface_version": (dict(model="v99"), "has interface_version 99 but this plugin build implements interface_version 1"),
+    "interface_version": (
+        dict(model="v99"),
+        "has interface_version 99 but this plugin build implements interface_version 1",
+    ),
     "pt2": (dict(model="pt2"), "as a model archive"),
     "units": (dict(units="lj"), "does not support units lj; use one of: metal, real"),
     "newton_off": (dict(newton="off"), "requires newton pair on; add 'newton on'"),
-    "pair_coeff_args": (dict(elements="H C N"), "4 atom types need 4 element symbols (or NULL) after the model file, got 3"),
+    "pair_coeff_args": (
+        dict(elements="H C N"),
+        "4 atom types need 4 element symbols (or NULL) after the model file, got 3",
+    ),
     "bad_keyword": (dict(pair_style="allscaip colour blue"), "Illegal pair_style allscaip keyword 'colour'"),
     "cuda_unavailable": (dict(pair_style="allscaip device cuda"), "requested but this libtorch sees no CUDA GPU"),
 }
@@ -505,8 +539,11 @@ def test_aoti_package(lmp_env, aoti_package, export_checkpoint, systems, tmp_pat
         data, atoms = systems[system]
         periodic = bool(atoms.pbc.all())
         wd = tmp_path / system
-        log = run_lammps(lmp_env, wd, lammps_input(data, aoti_package, boundary="p p p" if periodic else "f f f",
-                                                   per_atom_virial=False))
+        log = run_lammps(
+            lmp_env,
+            wd,
+            lammps_input(data, aoti_package, boundary="p p p" if periodic else "f f f", per_atom_virial=False),
+        )
         assert "domain decomposition not supported" in log
         lmp, ref = single_point(log, wd), python_reference(model, atoms)
         assert abs(lmp["energy"] - ref["energy"]) <= 1e-8 * abs(ref["energy"])
@@ -515,8 +552,14 @@ def test_aoti_package(lmp_env, aoti_package, export_checkpoint, systems, tmp_pat
         if periodic:
             assert_rel(lmp["virial"], ref["virial"], 1e-8, ".pt2 virial")
     data, _ = systems["water_tric"]
-    out = run_lammps(lmp_env, tmp_path / "np2", lammps_input(data, aoti_package, per_atom_virial=False), nprocs=2,
-                     expect_fail=True, timeout=120)
+    out = run_lammps(
+        lmp_env,
+        tmp_path / "np2",
+        lammps_input(data, aoti_package, per_atom_virial=False),
+        nprocs=2,
+        expect_fail=True,
+        timeout=120,
+    )
     assert "is an AOTInductor package" in out and "--format torchscript for domain decomposition" in out, out[-3000:]
 
 
@@ -528,21 +571,24 @@ def test_null_type_with_hybrid_overlay(lmp_env, models, systems, tmp_path):
     model, path = models["default"]
     _, water = systems["water_tric"]
     # the water box plus one extra atom of type 2 ("C" in the data file), handled by zero/NULL
-    atoms = Atoms(numbers=list(water.numbers) + [6],
-                  positions=np.vstack([water.positions, water.cell.array.sum(0) * 0.5]),
-                  cell=water.cell, pbc=True)
+    atoms = Atoms(
+        numbers=list(water.numbers) + [6],
+        positions=np.vstack([water.positions, water.cell.array.sum(0) * 0.5]),
+        cell=water.cell,
+        pbc=True,
+    )
     data = tmp_path / "extra.data"
     ase.io.write(data, atoms, format="lammps-data", masses=True, specorder=SPECORDER, atom_style="atomic")
-    script = lammps_input(data, path, elements="H NULL N O",
-                          pair_style="hybrid/overlay allscaip zero 4.0")
-    script = script.replace(f"pair_coeff * * {path} H NULL N O",
-                            f"pair_coeff * * allscaip {path} H NULL N O\npair_coeff * * zero")
+    script = lammps_input(data, path, elements="H NULL N O", pair_style="hybrid/overlay allscaip zero 4.0")
+    script = script.replace(
+        f"pair_coeff * * {path} H NULL N O", f"pair_coeff * * allscaip {path} H NULL N O\npair_coeff * * zero"
+    )
     log = run_lammps(lmp_env, tmp_path / "run", script)
     sp = single_point(log, tmp_path / "run")
     ref = python_reference(model, water)
     assert abs(sp["energy"] - ref["energy"]) <= 1e-8 * abs(ref["energy"])
     assert_rel(sp["forces"][: len(water)], ref["forces"], 1e-8, "forces")
-    assert np.abs(sp["forces"][len(water):]).max() == 0.0
+    assert np.abs(sp["forces"][len(water) :]).max() == 0.0
 
 
 # ------------------------------------------------------------------------------ 5. NVE drift, NPT
@@ -560,14 +606,27 @@ def test_nve_energy_drift(lmp_env, systems, tmp_path):
     # random-weight model reaching the wall's steep ramp (O-H: ~20 eV over 0.4 Å) at 0.5 fs.
     model = small_model(core=False)
     path = _export(model, tmp_path / "no_wall.pt")
-    script = "\n".join([
-        "units metal", "atom_style atomic", "newton on", f"read_data {data}",
-        "pair_style allscaip", f"pair_coeff * * {path} H C N O",
-        "neighbor 1.0 bin", "velocity all create 300 87287 loop geom mom yes",
-        "timestep 0.0005", "fix md all nve",
-        "thermo_style custom step time temp pe ke etotal", "thermo_modify format float %.12g",
-        "thermo 20", f"run {NVE_STEPS}",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "units metal",
+                "atom_style atomic",
+                "newton on",
+                f"read_data {data}",
+                "pair_style allscaip",
+                f"pair_coeff * * {path} H C N O",
+                "neighbor 1.0 bin",
+                "velocity all create 300 87287 loop geom mom yes",
+                "timestep 0.0005",
+                "fix md all nve",
+                "thermo_style custom step time temp pe ke etotal",
+                "thermo_modify format float %.12g",
+                "thermo 20",
+                f"run {NVE_STEPS}",
+            ]
+        )
+        + "\n"
+    )
     t0 = time.time()
     # one rank: the multi-rank trajectory equals the one-rank one (test_rank_count_independence),
     # and MPI ranks polling for messages on 2 shared cores would double the cost of this test
@@ -578,8 +637,10 @@ def test_nve_energy_drift(lmp_env, systems, tmp_path):
     n = len(atoms)
     slope = np.polyfit(t_ps, etot, 1)[0] * 1000.0 / n  # meV/atom/ps
     fluct = np.std(etot - np.polyval(np.polyfit(t_ps, etot, 1), t_ps)) * 1000.0 / n
-    print(f"\nNVE {n} atoms, {NVE_STEPS} steps of 0.5 fs: drift {slope:+.4f} meV/atom/ps, "
-          f"fluctuation {fluct:.4f} meV/atom, T {th['Temp'].mean():.0f} K, wall {wall:.0f} s")
+    print(
+        f"\nNVE {n} atoms, {NVE_STEPS} steps of 0.5 fs: drift {slope:+.4f} meV/atom/ps, "
+        f"fluctuation {fluct:.4f} meV/atom, T {th['Temp'].mean():.0f} K, wall {wall:.0f} s"
+    )
     assert np.all(np.isfinite(etot))
     # Measured for this set-up (docs/lammps.md): |drift| <= 0.004 meV/atom/ps and fluctuation
     # 0.0026 meV/atom over the first 0.5-1 ps; over 2 ps one stiff close contact of this
@@ -594,14 +655,27 @@ def test_nve_energy_drift(lmp_env, systems, tmp_path):
 def test_npt_stays_stable(lmp_env, models, systems, tmp_path):
     data, atoms = systems["water_md"]
     v0 = atoms.get_volume()
-    script = "\n".join([
-        "units metal", "atom_style atomic", "newton on", f"read_data {data}",
-        "pair_style allscaip", f"pair_coeff * * {models['default'][1]} H C N O",
-        "neighbor 1.0 bin", "velocity all create 300 87287 loop geom mom yes",
-        "timestep 0.0005", "fix md all npt temp 300 300 0.05 iso 1.0 1.0 0.5",
-        "thermo_style custom step temp pe etotal press vol atoms", "thermo_modify format float %.12g lost error",
-        "thermo 20", "run 200",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "units metal",
+                "atom_style atomic",
+                "newton on",
+                f"read_data {data}",
+                "pair_style allscaip",
+                f"pair_coeff * * {models['default'][1]} H C N O",
+                "neighbor 1.0 bin",
+                "velocity all create 300 87287 loop geom mom yes",
+                "timestep 0.0005",
+                "fix md all npt temp 300 300 0.05 iso 1.0 1.0 0.5",
+                "thermo_style custom step temp pe etotal press vol atoms",
+                "thermo_modify format float %.12g lost error",
+                "thermo 20",
+                "run 200",
+            ]
+        )
+        + "\n"
+    )
     log = run_lammps(lmp_env, tmp_path, script, nprocs=2)
     th = thermo_blocks(log)[0]
     assert np.all(th["Atoms"] == len(atoms))
@@ -617,7 +691,9 @@ def test_heap_setting_reported(lmp_env, models, systems, tmp_path):
     refaults ~29,000 pages with glibc's defaults)."""
     data = systems["water_md"][0]
     tuned = run_lammps(lmp_env, tmp_path / "tuned", lammps_input(data, models["default"][1]))
-    off = run_lammps({**lmp_env, "ALLSCAIP_MALLOC_TUNING": "0"}, tmp_path / "off", lammps_input(data, models["default"][1]))
+    off = run_lammps(
+        {**lmp_env, "ALLSCAIP_MALLOC_TUNING": "0"}, tmp_path / "off", lammps_input(data, models["default"][1])
+    )
     assert tuned.count("allscaip: heap: glibc malloc keeps up to 1 GiB") == 1
     assert "allscaip: heap: off (ALLSCAIP_MALLOC_TUNING=0)" in off
     assert "glibc malloc keeps" not in off

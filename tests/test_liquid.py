@@ -4,6 +4,7 @@ MD runs are a few hundred 0.5 fs steps of 8 waters with a tiny random-weight mod
 3 Å, so an 8-molecule box of 6.3 Å exceeds twice the cutoff); the numbers they produce are
 meaningless, only the machinery is tested. The teacher runs 32 waters (its cutoff is 4.5 Å).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import small_model
 
 from allscaip.cli import main as cli_main
 from allscaip.workflows.liquid import analysis, build
 
 # 0.5 fs steps, a sample every 5 fs (10 steps), 50 fs (100 steps) per segment
-SHORT = ["--timestep-fs", "0.5", "--sample-every-fs", "5", "--segment-ps", "0.05", "--equilibrate-ps", "0.05",
-         "--production-ps", "0.1", "--gas-equilibrate-ps", "0.05", "--gas-production-ps", "0.05",
-         "--threads", "1", "--no-progress"]
+SHORT = [
+    "--timestep-fs",
+    "0.5",
+    "--sample-every-fs",
+    "5",
+    "--segment-ps",
+    "0.05",
+    "--equilibrate-ps",
+    "0.05",
+    "--production-ps",
+    "0.1",
+    "--gas-equilibrate-ps",
+    "0.05",
+    "--gas-production-ps",
+    "0.05",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +145,22 @@ def test_heat_of_vaporization_propagates_errors():
 @pytest.mark.openmm
 def test_openmm_resume_continues_after_last_segment(tiny_model, tmp_path):
     out = tmp_path / "run"
-    args = ["liquid", "--model", str(tiny_model), "--molecule", "water", "--n-molecules", "8", "--out", str(out),
-            "--engine", "openmm", "--minimise-iterations", "20", *SHORT]
+    args = [
+        "liquid",
+        "--model",
+        str(tiny_model),
+        "--molecule",
+        "water",
+        "--n-molecules",
+        "8",
+        "--out",
+        str(out),
+        "--engine",
+        "openmm",
+        "--minimise-iterations",
+        "20",
+        *SHORT,
+    ]
     # tasks: build, minimise, equil_000, prod_000, prod_001 | gas minimise, equil_000, prod_000
     assert cli_main(args + ["--max-segments", "2"]) == 0
     prog = json.loads((out / "model" / "progress.json").read_text())["completed"]
@@ -192,9 +222,29 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
     except engine_lammps.LammpsError as err:
         pytest.fail(f"LAMMPS is not set up (run scripts/setup.sh): {err}")
     out = tmp_path / "run"
-    assert cli_main(["liquid", "--model", str(tiny_model), "--molecule", "water", "--n-molecules", "8",
-                     "--out", str(out), "--engine", "lammps", "--minimise-iterations", "20",
-                     "--hydrogen-mass", "2.0", *SHORT]) == 0
+    assert (
+        cli_main(
+            [
+                "liquid",
+                "--model",
+                str(tiny_model),
+                "--molecule",
+                "water",
+                "--n-molecules",
+                "8",
+                "--out",
+                str(out),
+                "--engine",
+                "lammps",
+                "--minimise-iterations",
+                "20",
+                "--hydrogen-mass",
+                "2.0",
+                *SHORT,
+            ]
+        )
+        == 0
+    )
     rep = _report(out, "model")
     assert rep["engine"] == "lammps" and rep["settings"]["hydrogen_mass_amu"] == 2.0
     # repartitioned masses: one type per (element, mass), pair_coeff maps both back to elements
@@ -242,7 +292,9 @@ def test_contact_count_is_intermolecular_and_minimum_image():
     mol2 = np.array([[3.02, 5.0, 5.0], [2.06, 5.0, 5.0], [3.26, 5.93, 5.0]]) - [10.0, 0.0, 0.0]
     pos = np.vstack([mol1, mol2])
     numbers = np.array([8, 1, 1, 8, 1, 1])
-    out = count_contacts(pos, np.eye(3) * 10.0, numbers, np.array([0, 0, 0, 1, 1, 1]), parse_pairs(["H-H=1.0", "H-O=1.2"]))
+    out = count_contacts(
+        pos, np.eye(3) * 10.0, numbers, np.array([0, 0, 0, 1, 1, 1]), parse_pairs(["H-H=1.0", "H-O=1.2"])
+    )
     assert out[(1, 1)][0] == 1 and out[(1, 1)][1] == pytest.approx(0.6)
     assert out[(1, 8)][0] == 0  # the O-H bonds inside each molecule are not counted
     with pytest.raises(ValueError, match="ELEMENT-ELEMENT=DISTANCE"):
@@ -270,8 +322,24 @@ def test_lammps_minimise_tolerance_matches_openmm_rule():
 @pytest.mark.openmm
 def test_teacher_runs_same_protocol(tmp_path):
     out = tmp_path / "run"
-    assert cli_main(["liquid", "--teacher", "--molecule", "water", "--n-molecules", "32", "--out", str(out),
-                     "--minimise-iterations", "100", *SHORT]) == 0
+    assert (
+        cli_main(
+            [
+                "liquid",
+                "--teacher",
+                "--molecule",
+                "water",
+                "--n-molecules",
+                "32",
+                "--out",
+                str(out),
+                "--minimise-iterations",
+                "100",
+                *SHORT,
+            ]
+        )
+        == 0
+    )
     rep = _report(out, "teacher")
     assert rep["potential"]["kind"] == "teacher" and rep["engine"] == "openmm"
     _check_complete(rep, n_liq_samples=20, n_gas_samples=10)
@@ -305,15 +373,19 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys, monkeypatch)
     assert "box too small" in msg and "2 x the model tiny.pt cutoff 3.00 Å = 6.00 Å" in msg
     need = build.min_molecules(3.0, 18.015, 0.95 * 0.9971)
     assert f"--n-molecules {need} or more" in msg and need > 4
-    msg = _err(capsys, ["liquid", "--teacher", "--molecule", "water", "--n-molecules", "16", "--out", str(tmp_path / "y")])
+    msg = _err(
+        capsys, ["liquid", "--teacher", "--molecule", "water", "--n-molecules", "16", "--out", str(tmp_path / "y")]
+    )
     assert "box too small" in msg and "teacher" in msg and "4.50 Å" in msg
     msg = _err(capsys, ["liquid", "--teacher", "--molecule", "methanol", "--out", str(tmp_path / "z")])
     assert "water only" in msg
     assert "give --model" in _err(capsys, ["liquid", "--molecule", "water"])
     ckpt = tmp_path / "tiny.ckpt"
     shutil.copy(tiny_model, ckpt)
-    msg = _err(capsys, ["liquid", "--model", str(ckpt), "--molecule", "water", "--engine", "lammps",
-                        "--out", str(tmp_path / "x")])
+    msg = _err(
+        capsys,
+        ["liquid", "--model", str(ckpt), "--molecule", "water", "--engine", "lammps", "--out", str(tmp_path / "x")],
+    )
     assert "needs an exported model (.pt TorchScript or .pt2 AOTInductor)" in msg
     assert not (tmp_path / "x").exists()  # nothing ran
     # SMILES without RDKit
@@ -336,10 +408,13 @@ def test_report_warns_when_production_starts_unequilibrated():
     temp = analysis.analyse_series(analysis.ar1_series(400, 0.5, mean=298.0, sigma=5.0, seed=4), detect=False)
 
     def warnings(density):
-        stats = {"density_g_cm3": analysis.analyse_series(density),
-                 "u_liquid_per_molecule_kJ_mol": analysis.analyse_series(stationary),
-                 "u_gas_kJ_mol": analysis.analyse_series(stationary),
-                 "temperature_liquid_K": temp, "temperature_gas_K": temp}
+        stats = {
+            "density_g_cm3": analysis.analyse_series(density),
+            "u_liquid_per_molecule_kJ_mol": analysis.analyse_series(stationary),
+            "u_gas_kJ_mol": analysis.analyse_series(stationary),
+            "temperature_liquid_K": temp,
+            "temperature_gas_K": temp,
+        }
         return warnings_for(SimpleNamespace(temperature_K=298.0), stats)
 
     assert warnings(stationary) == []

@@ -1,4 +1,5 @@
 """``allscaip liquid-compare``: the acceptance arithmetic on synthetic runs with known answers."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ from allscaip.workflows.liquid.settings import COLUMNS
 N_MOL = 64
 
 
-def _fake_run(root: Path, name: str, engine: str, density: float, d_err: float, hvap: float, h_err: float,
-              seed: int = 0, kind: str = "model") -> Path:
+def _fake_run(
+    root: Path,
+    name: str,
+    engine: str,
+    density: float,
+    d_err: float,
+    hvap: float,
+    h_err: float,
+    seed: int = 0,
+    kind: str = "model",
+) -> Path:
     """A finished-run directory: report.json plus liquid/prod_000.csv whose density series has mean ``density``."""
     run = root / name
     (run / "liquid").mkdir(parents=True)
@@ -30,12 +40,20 @@ def _fake_run(root: Path, name: str, engine: str, density: float, d_err: float, 
     rec[:, 2] = u
     rec[:, 6] = rho
     np.savetxt(run / "liquid" / "prod_000.csv", rec, delimiter=",", header=",".join(COLUMNS), comments="")
-    stats = {"density_g_cm3": {"mean": density, "stderr": d_err, "t0": 0},
-             "u_liquid_per_molecule_kJ_mol": {"mean": float(u.mean() / N_MOL), "stderr": 0.05, "t0": 0},
-             "hvap_kJ_mol": {"value": hvap, "stderr": h_err}}
-    rep = {"status": "complete", "engine": engine, "potential": {"kind": kind, "path": f"/x/{name}.pt2"},
-           "settings": {"n_molecules": N_MOL, "production_ps": 30.0}, "results": stats,
-           "timing": {"liquid": {"md_wall_s": 100.0}}, "warnings": []}
+    stats = {
+        "density_g_cm3": {"mean": density, "stderr": d_err, "t0": 0},
+        "u_liquid_per_molecule_kJ_mol": {"mean": float(u.mean() / N_MOL), "stderr": 0.05, "t0": 0},
+        "hvap_kJ_mol": {"value": hvap, "stderr": h_err},
+    }
+    rep = {
+        "status": "complete",
+        "engine": engine,
+        "potential": {"kind": kind, "path": f"/x/{name}.pt2"},
+        "settings": {"n_molecules": N_MOL, "production_ps": 30.0},
+        "results": stats,
+        "timing": {"liquid": {"md_wall_s": 100.0}},
+        "warnings": [],
+    }
     (run / "report.json").write_text(json.dumps(rep))
     return run
 
@@ -53,11 +71,12 @@ def test_block_stderr_of_white_noise_matches_sigma_over_sqrt_n():
 
 def test_reference_and_engine_criteria(tmp_path, capsys):
     ref = _fake_run(tmp_path, "teacher", "openmm", 1.0217, 0.0035, 45.87, 0.17, kind="teacher")
-    a = _fake_run(tmp_path, "a", "openmm", 1.0300, 0.004, 46.4, 0.3, seed=1)    # +0.81 %, +1.16 %
-    b = _fake_run(tmp_path, "b", "lammps", 1.0450, 0.004, 44.0, 0.3, seed=2)    # +2.28 %, -4.08 %
+    a = _fake_run(tmp_path, "a", "openmm", 1.0300, 0.004, 46.4, 0.3, seed=1)  # +0.81 %, +1.16 %
+    b = _fake_run(tmp_path, "b", "lammps", 1.0450, 0.004, 44.0, 0.3, seed=2)  # +2.28 %, -4.08 %
     runs = [compare.load_report(a), compare.load_report(b)]
-    res = compare.compare(runs, [compare.production_series(r) for r in runs], compare.load_report(ref),
-                          None, None, 2.0, 3.0, 2.0)
+    res = compare.compare(
+        runs, [compare.production_series(r) for r in runs], compare.load_report(ref), None, None, 2.0, 3.0, 2.0
+    )
     rows = {(c["name"], c["run"]): c for c in res["criteria"]}
     da = rows[("density vs reference", "a.pt2 [openmm]")]
     assert da["relative_percent"] == pytest.approx(100 * (1.03 - 1.0217) / 1.0217)

@@ -1,5 +1,6 @@
 """Long-range benchmark (bench/longrange): exact OpenMM labels and a very short training of both
 variants. The full runs are a benchmark (docs/longrange.md), not a test."""
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,16 @@ def test_box_labels_equal_numpy_ewald_sum():
 
 
 def test_generate_writes_the_splits(tmp_path):
-    sizes = gen.Sizes(dimers_per_kind=24, tail_per_kind=4, box_train=[10.0], box_test=[12.0], box_frames_train=10, box_frames_test=3, charge_pairs=4, scan_step=2.0)
+    sizes = gen.Sizes(
+        dimers_per_kind=24,
+        tail_per_kind=4,
+        box_train=[10.0],
+        box_test=[12.0],
+        box_frames_train=10,
+        box_frames_test=3,
+        charge_pairs=4,
+        scan_step=2.0,
+    )
     summary = gen.generate(tmp_path, seed=1, sizes=sizes, verbose=False)
     import ase.io
 
@@ -109,12 +119,34 @@ def test_only_distance_biased_node_attention_sees_separation_beyond_cutoff():
     rot = gen.random_rotation(np.random.default_rng(0))
     frames = []
     for d in (8.0, 11.0):
-        a = gen._atoms(lab.symbols, lab.place(d, np.eye(3), rot, np.array([1.0, 0.0, 0.0])), 0.0, np.zeros((4, 3)), dict(charge=1, spin=1))
+        a = gen._atoms(
+            lab.symbols,
+            lab.place(d, np.eye(3), rot, np.array([1.0, 0.0, 0.0])),
+            0.0,
+            np.zeros((4, 3)),
+            dict(charge=1, spin=1),
+        )
         frames.append(a)
     energies = {}
-    for name, kw in {"local": dict(node_attention=False), "attention_no_bias": dict(distance_bias=False), "attention_bias": dict(distance_bias=True)}.items():
+    for name, kw in {
+        "local": dict(node_attention=False),
+        "attention_no_bias": dict(distance_bias=False),
+        "attention_bias": dict(distance_bias=True),
+    }.items():
         torch.manual_seed(0)
-        model = AllScAIP(model_config(elements=[1, 8, 11], hidden=16, heads=2, layers=2, cutoff=3.0, num_rbf=8, bond_order_lmax=2, legendre_lmax=2, **kw)).double()
+        model = AllScAIP(
+            model_config(
+                elements=[1, 8, 11],
+                hidden=16,
+                heads=2,
+                layers=2,
+                cutoff=3.0,
+                num_rbf=8,
+                bond_order_lmax=2,
+                legendre_lmax=2,
+                **kw,
+            )
+        ).double()
         energies[name] = compute_properties(model, atoms_to_batch(frames), forces=False)["energy"].numpy()
     assert energies["local"][0] == pytest.approx(energies["local"][1], abs=1e-12)
     assert energies["attention_no_bias"][0] == pytest.approx(energies["attention_no_bias"][1], abs=1e-12)
@@ -133,9 +165,24 @@ def test_charge_pairs_differ_only_through_the_charge_input():
     pair = [gen._atoms(lab.symbols, pos, 0.0, np.zeros((4, 3)), dict(charge=q, spin=1)) for q in (1, 0)]
     for charge_spin in (False, True):
         torch.manual_seed(0)
-        model = AllScAIP(model_config(elements=[1, 8, 11], hidden=16, heads=2, layers=2, cutoff=3.0, num_rbf=8, bond_order_lmax=2, legendre_lmax=2, distance_bias=True, charge_spin=charge_spin)).double()
+        model = AllScAIP(
+            model_config(
+                elements=[1, 8, 11],
+                hidden=16,
+                heads=2,
+                layers=2,
+                cutoff=3.0,
+                num_rbf=8,
+                bond_order_lmax=2,
+                legendre_lmax=2,
+                distance_bias=True,
+                charge_spin=charge_spin,
+            )
+        ).double()
         out = compute_properties(model, atoms_to_batch(pair))
-        same = torch.allclose(out["energy"][0], out["energy"][1], atol=1e-12, rtol=0) and torch.allclose(out["forces"][:4], out["forces"][4:], atol=1e-12, rtol=0)
+        same = torch.allclose(out["energy"][0], out["energy"][1], atol=1e-12, rtol=0) and torch.allclose(
+            out["forces"][:4], out["forces"][4:], atol=1e-12, rtol=0
+        )
         assert same != charge_spin
 
 
@@ -145,13 +192,23 @@ def test_runner_trains_both_variants_briefly(tmp_path):
     from bench.longrange import run
 
     out = tmp_path / "lr"
-    assert run.main(["--small", "--out", str(out), "--json", str(tmp_path / "r.json"), "--img-dir", str(tmp_path / "img")]) == 0
+    assert (
+        run.main(["--small", "--out", str(out), "--json", str(tmp_path / "r.json"), "--img-dir", str(tmp_path / "img")])
+        == 0
+    )
     for s in ("dimers", "boxes"):
         for v in ("attention", "local"):
             assert (out / s / v / "last.ckpt").is_file() and (out / s / v / "metrics.csv").is_file()
     res = json.loads((tmp_path / "r.json").read_text())
     assert set(res["dimers"]["variants"]) == set(res["boxes"]["variants"]) == {"attention", "local"}
-    cfg = {v: torch.load(out / "dimers" / v / "last.ckpt", weights_only=True)["model_config"] for v in ("attention", "local")}
+    cfg = {
+        v: torch.load(out / "dimers" / v / "last.ckpt", weights_only=True)["model_config"]
+        for v in ("attention", "local")
+    }
     assert cfg["attention"]["node_attention"] and not cfg["local"]["node_attention"]
-    assert {k: x for k, x in cfg["attention"].items() if k != "node_attention"} == {k: x for k, x in cfg["local"].items() if k != "node_attention"}
-    assert (tmp_path / "img" / "longrange_dimer_curves.png").is_file() and (tmp_path / "img" / "longrange_boxes.png").is_file()
+    assert {k: x for k, x in cfg["attention"].items() if k != "node_attention"} == {
+        k: x for k, x in cfg["local"].items() if k != "node_attention"
+    }
+    assert (tmp_path / "img" / "longrange_dimer_curves.png").is_file() and (
+        tmp_path / "img" / "longrange_boxes.png"
+    ).is_file()

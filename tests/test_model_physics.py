@@ -1,14 +1,15 @@
 """Physics of the model: conservative forces, stress, invariances, periodic images, batching."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from ase.build import molecule
+from conftest import small_model, water_box
 
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
-from conftest import small_model, water_box
 
 VARIANTS = {
     "radius": {},
@@ -154,7 +155,7 @@ def test_energy_continuous_across_cutoff(variant):
     for d in ds:
         at = a.copy() + b.copy()
         shift = np.array([d, 0, 0]) + a.positions[:, 0].max() - b.positions[:, 0].min()
-        at.positions[len(a):] += [shift[0], 0, 0]
+        at.positions[len(a) :] += [shift[0], 0, 0]
         at.info.update(charge=0, spin=1)
         o = compute_properties(model, atoms_to_batch([at]))
         es.append(o["energy"].item())

@@ -1,5 +1,6 @@
 """OpenMM integration: PythonForce and TorchForce paths against the ASE calculator, MD
 stability (NVE energy conservation, NPT with a Monte Carlo barostat) and ML/MM."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 openmm = pytest.importorskip("openmm")
+from conftest import small_model, water_box  # noqa: E402
 from openmm import app, unit  # noqa: E402
 
 from allscaip.calculator import AllScAIPCalculator  # noqa: E402
@@ -19,7 +21,6 @@ from allscaip_openmm.forces import (  # noqa: E402
     NotAnAllScAIPModelError,
 )
 from allscaip_openmm.torchforce import write_torchforce_module  # noqa: E402
-from conftest import small_model, water_box  # noqa: E402
 
 pytestmark = pytest.mark.openmm
 
@@ -391,8 +392,9 @@ def test_ml_mm_one_ml_water_in_tip3p(model_pt):
     atoms = water_box(4, seed=11)  # 64 waters, 12.4 Å box
     top = topology_of(atoms, 3, water_names=True)
     ff = app.ForceField("amber14/tip3p.xml")
-    mm = ff.createSystem(top, nonbondedMethod=app.PME, nonbondedCutoff=0.6 * unit.nanometer, constraints=None,
-                         rigidWater=True)
+    mm = ff.createSystem(
+        top, nonbondedMethod=app.PME, nonbondedCutoff=0.6 * unit.nanometer, constraints=None, rigidWater=True
+    )
     ml_atoms = [0, 1, 2]
     mixed = MLPotential("allscaip", modelPath=str(model_pt)).createMixedSystem(top, mm, ml_atoms, forceGroup=1)
     # the ML water is flexible (its constraints removed), the others stay rigid

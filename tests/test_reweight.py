@@ -1,4 +1,5 @@
 """Predicting a student's density from the teacher's NPT ensemble (allscaip.teacher.reweight)."""
+
 from __future__ import annotations
 
 from pathlib import Path

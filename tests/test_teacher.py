@@ -1,4 +1,5 @@
 """The water teacher's stress labels (finite differences of its double-precision energy)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Trainer, config schema and checkpoints: tiny EMT data sets, tiny float64 models, 1 thread."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,7 +74,13 @@ def make_cfg(data: dict, out_dir: Path, model=None, data_kw=None, **sections):
         "model": dict(model or TINY_MODEL),
         "data": {"train": [data["train"]], "val": [data["val"]], "max_atoms": 10, **(data_kw or {})},
         "optim": {"lr": 5e-3, "epochs": 2, "seed": 1, **sections.get("optim", {})},
-        "run": {"out_dir": str(out_dir), "dtype": "float64", "progress": False, "threads": 1, **sections.get("run", {})},
+        "run": {
+            "out_dir": str(out_dir),
+            "dtype": "float64",
+            "progress": False,
+            "threads": 1,
+            **sections.get("run", {}),
+        },
     }
     return raw
 
@@ -84,7 +91,9 @@ def quiet(cfg_raw, callbacks=()):
 
 def max_state_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point() and a[k].numel())
+    return max(
+        float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point() and a[k].numel()
+    )
 
 
 # ----------------------------------------------------------------------------- (a) config
@@ -93,7 +102,9 @@ def max_state_diff(a: dict, b: dict) -> float:
 def test_config_schema_overrides_and_paths(tmp_path):
     cfg_file = tmp_path / "sub" / "c.yaml"
     cfg_file.parent.mkdir()
-    cfg_file.write_text(yaml.safe_dump({"model": {"preset": "tiny", "cutoff": 5.0}, "data": {"train": "data/t.extxyz"}}))
+    cfg_file.write_text(
+        yaml.safe_dump({"model": {"preset": "tiny", "cutoff": 5.0}, "data": {"train": "data/t.extxyz"}})
+    )
     cfg = load_config(cfg_file, ["optim.lr=2e-3", "model.elements=[H, O]", "run.max_steps=7", "data.val=v.xyz"])
     assert cfg.optim.lr == 0.002 and isinstance(cfg.optim.lr, float)  # "2e-3" is a string in YAML 1.1
     assert cfg.model.elements == [1, 8] and not cfg.elements_from_data
@@ -163,7 +174,9 @@ def test_checkpoint_atomic_and_load_errors(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / "nope.ckpt")
     text = tmp_path / "notes.ckpt"
     text.write_text("hello\n")
-    with pytest.raises(CheckpointError, match="is not an allscaip checkpoint \\(expected a file written by allscaip-train\\)"):
+    with pytest.raises(
+        CheckpointError, match="is not an allscaip checkpoint \\(expected a file written by allscaip-train\\)"
+    ):
         load_checkpoint(text)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
@@ -217,9 +230,24 @@ def test_resume_is_bit_exact_and_load_model_matches(tmp_path, emt_data):
     assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 3
 
     # payload keys; rebuilding the model needs only the checkpoint
-    for key in ("format", "checkpoint_version", "allscaip_version", "model_config", "model_state", "ema_state",
-                "train_config", "optimizer_state", "scheduler_state", "epoch", "step", "batch_in_epoch",
-                "rng_state", "best_val", "element_references", "metrics"):
+    for key in (
+        "format",
+        "checkpoint_version",
+        "allscaip_version",
+        "model_config",
+        "model_state",
+        "ema_state",
+        "train_config",
+        "optimizer_state",
+        "scheduler_state",
+        "epoch",
+        "step",
+        "batch_in_epoch",
+        "rng_state",
+        "best_val",
+        "element_references",
+        "metrics",
+    ):
         assert key in a, key
     assert set(a["element_references"]) == {29, 79}
     assert (tmp_path / "full" / "best.ckpt").is_file()
@@ -251,15 +279,30 @@ def test_init_from_starts_at_the_checkpoint_weights(tmp_path, emt_data):
     fresh = quiet(make_cfg(emt_data, tmp_path / "fresh"))
     assert max_state_diff(fresh.model.state_dict(), ck["ema_state"]) > 1e-3
     with pytest.raises(ConfigError, match="run.init_from: the model config differs"):
-        quiet(make_cfg(emt_data, tmp_path / "ft2", model={**TINY_MODEL, "hidden": 8},
-                       run={"init_from": str(tmp_path / "base" / "last.ckpt")}))
+        quiet(
+            make_cfg(
+                emt_data,
+                tmp_path / "ft2",
+                model={**TINY_MODEL, "hidden": 8},
+                run={"init_from": str(tmp_path / "base" / "last.ckpt")},
+            )
+        )
     with pytest.raises(ConfigError, match="does not exist"):
         quiet(make_cfg(emt_data, tmp_path / "ft3", run={"init_from": str(tmp_path / "missing.ckpt")}))
     # the neighbour cap shapes the graph, not the weights: a fine-tune may change it and starts
     # from the same weights, but the model (now seeing other neighbours) gives other energies
     logs = []
-    capped = Trainer(config_from_dict(make_cfg(emt_data, tmp_path / "ft4", model={**TINY_MODEL, "max_neighbors": 3},
-                                               run={"init_from": str(tmp_path / "base" / "last.ckpt")})), log=logs.append)
+    capped = Trainer(
+        config_from_dict(
+            make_cfg(
+                emt_data,
+                tmp_path / "ft4",
+                model={**TINY_MODEL, "max_neighbors": 3},
+                run={"init_from": str(tmp_path / "base" / "last.ckpt")},
+            )
+        ),
+        log=logs.append,
+    )
     assert max_state_diff(capped.model.state_dict(), ck["ema_state"]) == 0.0
     assert any("model.max_neighbors" in s for s in logs)
     batch = atoms_to_batch(emt_frames(2, 7))
@@ -280,8 +323,9 @@ def test_trainer_fits_the_core_wall_below_the_shortest_training_contact(tmp_path
     # a fine-tune keeps the radii of its checkpoint (here the fresh run's, saved as is)
     ck = tmp_path / "a.ckpt"
     save_checkpoint(ck, {"model_config": dataclasses.asdict(tr.cfg.model), "model_state": tr.model.state_dict()})
-    ft = quiet(make_cfg(emt_data, tmp_path / "ft", model={**TINY_MODEL, "core_margin": 0.5},
-                        run={"init_from": str(ck)}))
+    ft = quiet(
+        make_cfg(emt_data, tmp_path / "ft", model={**TINY_MODEL, "core_margin": 0.5}, run={"init_from": str(ck)})
+    )
     assert torch.equal(ft.model.core_radius, tr.model.core_radius)
     off = quiet(make_cfg(emt_data, tmp_path / "off", model={**TINY_MODEL, "core_repulsion": False}))
     assert torch.count_nonzero(off.model.core_radius) == 0
@@ -295,9 +339,22 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path, emt_dat
     raw = make_cfg(emt_data, tmp_path / "unused")
     del raw["run"]["out_dir"]
     cfg_file.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "allscaip.train.cli", str(cfg_file), f"run.out_dir={tmp_path / 'ddp'}"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "allscaip.train.cli",
+        str(cfg_file),
+        f"run.out_dir={tmp_path / 'ddp'}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
@@ -323,7 +380,10 @@ def test_overfit_tiny_set_drops_force_mae_100x(tmp_path):
     data = {"train": str(tmp_path / "six.extxyz"), "val": str(tmp_path / "six.extxyz")}
     model = {**TINY_MODEL, "cutoff": 4.0, "legendre": False, "bond_order_lmax": 1}
     raw = make_cfg(
-        data, tmp_path / "run", model=model, data_kw={"max_atoms": 18},
+        data,
+        tmp_path / "run",
+        model=model,
+        data_kw={"max_atoms": 18},
         optim={"lr": 2e-2, "epochs": 250, "seed": 0, "ema_decay": 0.9, "warmup_fraction": 0.02, "weight_decay": 0.0},
         run={"eval_every_epochs": 125},
     )

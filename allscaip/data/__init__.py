@@ -1,4 +1,5 @@
 """Data: batches of atomic systems, readers, references and samplers."""
+
 from allscaip.data.batch import AtomsBatch, atoms_to_batch
 from allscaip.data.dataset import StructureDataset
 from allscaip.data.readers import (

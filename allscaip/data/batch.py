@@ -1,4 +1,5 @@
 """A batch of atomic systems as flat tensors (the model's input format)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace

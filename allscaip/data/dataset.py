@@ -1,4 +1,5 @@
 """Map-style dataset of labelled structures over one or more files (in memory or streaming)."""
+
 from __future__ import annotations
 
 import hashlib

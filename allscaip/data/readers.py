@@ -6,6 +6,7 @@ spin multiplicity in ``atoms.info['charge']`` / ``['spin']`` and its origin in
 ``atoms.info['source'] = "<file>:<frame index>"`` (0-based frame index within the file). A
 ``source`` key already present in the file (OMol25 uses one) is kept as ``info['data_source']``.
 """
+
 from __future__ import annotations
 
 import io

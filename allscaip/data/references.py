@@ -14,6 +14,7 @@ the fitted energies ``A ε`` (hence the referenced targets) are the least-square
 Elements of the model that never occur in the data get ``ε_Z = 0``. The solve goes through a
 chunked QR of ``[A | E]`` (stable, memory ``O(chunk × elements)``), then an SVD.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -89,7 +90,9 @@ def fit_element_references(
     return {int(zz): float(e) for zz, e in zip(elements, eps)}
 
 
-def referenced_energies_per_atom(data: Data, refs: dict[int, float], max_frames: Optional[int] = None, seed: int = 0) -> np.ndarray:
+def referenced_energies_per_atom(
+    data: Data, refs: dict[int, float], max_frames: Optional[int] = None, seed: int = 0
+) -> np.ndarray:
     """``(E_i - Σ_Z n_iZ ε_Z) / N_i`` for each frame (eV/atom)."""
     elements = list(refs)
     counts, energies = counts_and_energies(data, elements, max_frames, seed)
@@ -97,7 +100,9 @@ def referenced_energies_per_atom(data: Data, refs: dict[int, float], max_frames:
     return (energies - counts @ eps) / counts.sum(axis=1)
 
 
-def energy_rms_after_references(data: Data, refs: dict[int, float], max_frames: Optional[int] = None, seed: int = 0) -> float:
+def energy_rms_after_references(
+    data: Data, refs: dict[int, float], max_frames: Optional[int] = None, seed: int = 0
+) -> float:
     """RMS over frames of the per-atom referenced energy (eV/atom): the energy target scale."""
     return float(np.sqrt(np.mean(referenced_energies_per_atom(data, refs, max_frames, seed) ** 2)))
 

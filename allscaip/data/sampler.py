@@ -16,6 +16,7 @@ Contract of :class:`MaxAtomsBatchSampler`:
    Hence one process (``num_replicas=1``) accumulating gradients over ``R`` consecutive
    batches sees exactly the data of one ``R``-rank step (apart from the dropped remainder).
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """The AllScAIP model and its energy/forces/stress evaluation."""
+
 from allscaip.model.allscaip import AllScAIP
 from allscaip.model.evaluate import UnknownElementError, compute_properties
 

@@ -17,6 +17,7 @@ Layer (pre-norm residual blocks with learned per-channel scales initialised to 1
 Direction enters only through the Legendre-modulated attention logits and Steinhardt bond
 order parameters, so the energy is exactly rotation invariant.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ from allscaip.model.core_repulsion import core_repulsion_energy
 from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
 from allscaip.model.spherical import spherical_harmonics
 
-NeighborGeometry = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+NeighborGeometry = Tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]
 
 
 class AllScAIPLayer(nn.Module):
@@ -63,7 +66,12 @@ class AllScAIPLayer(nn.Module):
         self.scale_node_ffn = nn.Parameter(torch.full((h,), init))
 
     def local(
-        self, h_all: torch.Tensor, edges: torch.Tensor, index: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor
+        self,
+        h_all: torch.Tensor,
+        edges: torch.Tensor,
+        index: torch.Tensor,
+        legendre_p: torch.Tensor,
+        bias: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Neighbour stage. h_all [Na, H] (centres first), edges [E, H] (real edges of the
         padded layout, row-major) -> (h_c [Nc, H], edges [E, H])."""
@@ -228,7 +236,9 @@ class AllScAIP(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.jit.export
-    def core_energy(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, species_all: torch.Tensor) -> torch.Tensor:
+    def core_energy(
+        self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, species_all: torch.Tensor
+    ) -> torch.Tensor:
         """Core-repulsion energies [Nc] (eV) of the centres of a padded layout (zero beyond
         ``core_radius``, so zero wherever the training data has atoms)."""
         nc = index.shape[0]
@@ -325,13 +335,21 @@ class AllScAIP(nn.Module):
         cel = cell[system]  # [N, 3, 3]
         per = pbc[system].to(d.dtype)  # [N, 3]
         det = torch.linalg.det(cel)
-        safe = torch.where((per.sum(-1) > 0).unsqueeze(-1).unsqueeze(-1) & (det.abs() > 1e-12).unsqueeze(-1).unsqueeze(-1), cel, torch.eye(3, dtype=cel.dtype, device=cel.device).expand_as(cel))
+        safe = torch.where(
+            (per.sum(-1) > 0).unsqueeze(-1).unsqueeze(-1) & (det.abs() > 1e-12).unsqueeze(-1).unsqueeze(-1),
+            cel,
+            torch.eye(3, dtype=cel.dtype, device=cel.device).expand_as(cel),
+        )
         frac = torch.einsum("ijx,ixy->ijy", d, torch.linalg.inv(safe))
         frac = frac - torch.round(frac) * per.unsqueeze(1)
         d = torch.einsum("ijx,ixy->ijy", frac, safe)
         r = torch.sqrt((d * d).sum(-1) + 1e-12)
         arg = r.unsqueeze(-1) * self.bias_freqs  # [N, N, F]
-        sinc = torch.where(arg.abs() < 1e-8, torch.ones_like(arg), torch.sin(arg) / torch.where(arg.abs() < 1e-8, torch.ones_like(arg), arg))
+        sinc = torch.where(
+            arg.abs() < 1e-8,
+            torch.ones_like(arg),
+            torch.sin(arg) / torch.where(arg.abs() < 1e-8, torch.ones_like(arg), arg),
+        )
         w = F.softplus(torch.einsum("ijf,hf->hij", sinc, self.bias_weights[layer])) + 1e-6
         logw = torch.log(w)
         same = system.unsqueeze(0) == system.unsqueeze(1)

@@ -15,6 +15,7 @@ derivatives (smoothstep of degree 5). ``r_c`` is set below the shortest distance
 pair in the training data, so the prior is exactly zero on every training configuration and
 the trained model is unchanged there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,12 @@ def zbl_energy(r: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.T
     screening_ang = 0.46850  # 0.8854 x Bohr radius
     a = screening_ang / (z_i.pow(0.23) + z_j.pow(0.23))
     x = r / a
-    phi = (0.18175 * torch.exp(-3.19980 * x) + 0.50986 * torch.exp(-0.94229 * x)
-           + 0.28022 * torch.exp(-0.40290 * x) + 0.02817 * torch.exp(-0.20162 * x))
+    phi = (
+        0.18175 * torch.exp(-3.19980 * x)
+        + 0.50986 * torch.exp(-0.94229 * x)
+        + 0.28022 * torch.exp(-0.40290 * x)
+        + 0.02817 * torch.exp(-0.20162 * x)
+    )
     return coulomb_ev_ang * z_i * z_j / r * phi
 
 
@@ -38,8 +43,12 @@ def core_switch(r: torch.Tensor, r_c: torch.Tensor) -> torch.Tensor:
 
 
 def core_repulsion_energy(
-    vec: torch.Tensor, mask: torch.Tensor, species_c: torch.Tensor, species_n: torch.Tensor,
-    core_radius: torch.Tensor, species_z: torch.Tensor,
+    vec: torch.Tensor,
+    mask: torch.Tensor,
+    species_c: torch.Tensor,
+    species_n: torch.Tensor,
+    core_radius: torch.Tensor,
+    species_z: torch.Tensor,
 ) -> torch.Tensor:
     """Per-centre repulsion energies [Nc] (eV) of a padded full neighbour layout.
 

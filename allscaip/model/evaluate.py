@@ -1,4 +1,5 @@
 """Energy, conservative forces, stress and per-atom energies of a batch."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -17,7 +18,9 @@ class UnknownElementError(ValueError):
 def species_or_raise(model: AllScAIP, numbers: torch.Tensor) -> torch.Tensor:
     """Model species indices; a clear error naming unknown elements and the model's ones."""
     if int(numbers.min()) < 1 or int(numbers.max()) > 118:
-        raise UnknownElementError(f"atomic numbers must be in 1..118, got range {int(numbers.min())}..{int(numbers.max())}")
+        raise UnknownElementError(
+            f"atomic numbers must be in 1..118, got range {int(numbers.min())}..{int(numbers.max())}"
+        )
     species = model.species_of(numbers)
     if bool((species < 0).any()):
         from ase.data import chemical_symbols

@@ -1,5 +1,6 @@
 """Building blocks: RMSNorm, feed-forward, neighbour attention with the Legendre angular
 encoding, and all-to-all node attention. All TorchScript-compatible."""
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,12 @@ class NeighborAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def forward(
-        self, x: torch.Tensor, tok_index: torch.Tensor, pad_pos: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor
+        self,
+        x: torch.Tensor,
+        tok_index: torch.Tensor,
+        pad_pos: torch.Tensor,
+        legendre_p: torch.Tensor,
+        bias: torch.Tensor,
     ) -> torch.Tensor:
         """x [M, H] normalised tokens in flat layout (see :func:`token_layout`); projections
         run on real tokens only, attention on the padded per-centre layout [Nc, T].
@@ -148,9 +154,7 @@ class NodeAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
-    ) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """q [h, Nq, d], k/v [h, Nk, d]; mask None, bool [Nq, Nk] or float [h, Nq, Nk]."""
         o = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask)
         nq = q.shape[1]

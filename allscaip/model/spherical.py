@@ -6,6 +6,7 @@ over ``m`` is a function of the angle between the vectors only (exactly rotation
 Everything is a polynomial in the Cartesian components: smooth, autograd- and
 TorchScript-friendly, no ``atan2``.
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ density, takes frames along the way, labels each with the teacher's energy, forc
 
 The frames append to a training set as they are (``config_type='student_md'``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,16 +71,33 @@ def label(pos_ang: np.ndarray, box_ang: np.ndarray, info: dict, stress: bool = T
     if stress:  # (strains the teacher's box: after the forces)
         results["stress"] = teacher_stress(atoms, labeller=teacher)
     atoms.calc = SinglePointCalculator(atoms, **results)
-    atoms.info.update({"charge": 0, "spin": 1, "teacher": TEACHER_NAME, "n_molecules": len(atoms) // 3,
-                       "density_g_cm3": round(density_g_cm3(len(atoms) // 3, atoms.get_volume()), 4),
-                       "config_type": "student_md"})
+    atoms.info.update(
+        {
+            "charge": 0,
+            "spin": 1,
+            "teacher": TEACHER_NAME,
+            "n_molecules": len(atoms) // 3,
+            "density_g_cm3": round(density_g_cm3(len(atoms) // 3, atoms.get_volume()), 4),
+            "config_type": "student_md",
+        }
+    )
     atoms.info.update(info)
     return atoms
 
 
-def sample(model: Optional[str], start: Path, ensemble: str, ps: float, every_fs: float, temperature: float,
-           density: Optional[float], skip_ps: float, seed: int, threads: int,
-           minimise_iterations: int = 200) -> list[tuple[np.ndarray, np.ndarray]]:
+def sample(
+    model: Optional[str],
+    start: Path,
+    ensemble: str,
+    ps: float,
+    every_fs: float,
+    temperature: float,
+    density: Optional[float],
+    skip_ps: float,
+    seed: int,
+    threads: int,
+    minimise_iterations: int = 200,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Student MD in OpenMM (1.5 fs, H 3 amu); (positions Å, box Å) every ``every_fs`` after
     ``skip_ps``. Molecules are wrapped whole, as the teacher's non-periodic bonds need.
     ``model=None`` runs the teacher itself (its own ensemble, e.g. for :mod:`allscaip.teacher.reweight`)."""
@@ -90,8 +108,17 @@ def sample(model: Optional[str], start: Path, ensemble: str, ps: float, every_fs
     pos, box = read_state(start)
     if density is not None:
         pos, box = scale_to_density(pos, box, density)
-    s = Settings(molecule="water", model=model, potential="model" if model else "teacher", n_molecules=len(pos) // 3,
-                 temperature_K=temperature, timestep_fs=1.5, hydrogen_mass_amu=3.0, seed=seed, threads=threads)
+    s = Settings(
+        molecule="water",
+        model=model,
+        potential="model" if model else "teacher",
+        n_molecules=len(pos) // 3,
+        temperature_K=temperature,
+        timestep_fs=1.5,
+        hydrogen_mass_amu=3.0,
+        seed=seed,
+        threads=threads,
+    )
     eng = OpenMMEngine("liquid", load_molecule("water").water_ordered(), s.n_molecules, s, box_ang=float(box[0, 0]))
     if ensemble == "nvt":
         for k in reversed(range(eng.system.getNumForces())):
@@ -109,7 +136,12 @@ def sample(model: Optional[str], start: Path, ensemble: str, ps: float, every_fs
     stride = max(1, int(round(every_fs / step_fs)))
     n_frames = int(round((ps - skip_ps) * 1000 / step_fs)) // stride
     out = []
-    with tqdm(total=n_skip + n_frames * stride, unit="step", desc=f"{'student' if model else 'teacher'} {ensemble}", mininterval=5) as bar:
+    with tqdm(
+        total=n_skip + n_frames * stride,
+        unit="step",
+        desc=f"{'student' if model else 'teacher'} {ensemble}",
+        mininterval=5,
+    ) as bar:
         integ.step(n_skip)
         bar.update(n_skip)
         for _ in range(n_frames):
@@ -137,11 +169,15 @@ def error_report(frames: Sequence[Atoms], model: str) -> list[str]:
     def mean_sem(x):
         return f"{x.mean():+.3f} ± {x.std(ddof=1) / np.sqrt(len(x)):.3f}" if len(x) > 1 else f"{x.mean():+.3f}"
 
-    lines = [f"{len(frames)} frames, density {rho.mean():.4f} (min {rho.min():.4f}, max {rho.max():.4f}) g/cm³",
-             f"energy error {mean_sem(de)} kJ/mol per molecule (std {de.std():.3f})"]
+    lines = [
+        f"{len(frames)} frames, density {rho.mean():.4f} (min {rho.min():.4f}, max {rho.max():.4f}) g/cm³",
+        f"energy error {mean_sem(de)} kJ/mol per molecule (std {de.std():.3f})",
+    ]
     if len(dp):
-        lines.append(f"pressure error {dp.mean():+.0f} ± {dp.std(ddof=1) / np.sqrt(max(len(dp), 2)):.0f} bar "
-                     f"(std {dp.std():.0f})")
+        lines.append(
+            f"pressure error {dp.mean():+.0f} ± {dp.std(ddof=1) / np.sqrt(max(len(dp), 2)):.0f} bar "
+            f"(std {dp.std():.0f})"
+        )
     return lines
 
 
@@ -149,8 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="exported student (.pt or .pt2) for the MD")
-    who.add_argument("--teacher", action="store_true",
-                     help="sample the teacher's own ensemble instead (config_type 'teacher_md')")
+    who.add_argument(
+        "--teacher", action="store_true", help="sample the teacher's own ensemble instead (config_type 'teacher_md')"
+    )
     ap.add_argument("--check-model", default=None, help="model for the error report (default: --model)")
     ap.add_argument("--start", required=True, type=Path, help="OpenMM State XML of a water box (O, H, H order)")
     ap.add_argument("--ensemble", choices=("npt", "nvt"), default="npt")
@@ -168,14 +205,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    snaps = sample(None if args.teacher else args.model, args.start, args.ensemble, args.ps, args.every_fs,
-                   args.temperature, args.density, args.skip_ps, args.seed, args.threads)
+    snaps = sample(
+        None if args.teacher else args.model,
+        args.start,
+        args.ensemble,
+        args.ps,
+        args.every_fs,
+        args.temperature,
+        args.density,
+        args.skip_ps,
+        args.seed,
+        args.threads,
+    )
     t1 = time.perf_counter()
     who = "teacher" if args.teacher else "student"
     tag = f"{who}_{args.ensemble}_T{args.temperature:g}" + (f"_rho{args.density:g}" if args.density else "")
-    frames = [label(p, b, {"temperature_K": args.temperature, "traj": f"{tag}_s{args.seed}", "frame": i,
-                           "config_type": f"{who}_md"}, stress=not args.no_stress)
-              for i, (p, b) in enumerate(tqdm(snaps, desc="teacher labels", mininterval=5))]
+    frames = [
+        label(
+            p,
+            b,
+            {"temperature_K": args.temperature, "traj": f"{tag}_s{args.seed}", "frame": i, "config_type": f"{who}_md"},
+            stress=not args.no_stress,
+        )
+        for i, (p, b) in enumerate(tqdm(snaps, desc="teacher labels", mininterval=5))
+    ]
     t2 = time.perf_counter()
     write(str(args.out), frames, format="extxyz")
     print(f"{args.out}: MD {t1 - t0:.0f} s, labels {t2 - t1:.0f} s")

@@ -19,6 +19,7 @@ before the acceptance run (``allscaip liquid``), which stays the verdict::
 
     python -m allscaip.teacher.reweight --frames teacher_npt.extxyz --model a.ckpt b.pt2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,9 @@ def block_bootstrap(stat, arrays: Sequence[np.ndarray], block: int, n_boot: int 
     return float(np.std(values, ddof=1))
 
 
-def predict(density: np.ndarray, du_kj_mol: np.ndarray, temperature_K: float, n_molecules: int, model: str = "",
-            block: int = 20) -> DensityPrediction:
+def predict(
+    density: np.ndarray, du_kj_mol: np.ndarray, temperature_K: float, n_molecules: int, model: str = "", block: int = 20
+) -> DensityPrediction:
     """The student's density from the teacher frames' densities and ΔU (kJ/mol per box)."""
     rho = np.asarray(density, dtype=float)
     du = np.asarray(du_kj_mol, dtype=float) / (KB_KJMOL * temperature_K)
@@ -127,7 +129,7 @@ def model_energies_ev(model: str, frames: Sequence[Atoms], batch_size: int = 1, 
         dt = {"float64": torch.float64, "float32": torch.float32}[dtype]
         net = load_model(model, dtype=dt, device="cpu").eval()
         for k in tqdm(range(0, len(frames), batch_size), desc=Path(model).name, mininterval=5):
-            batch = atoms_to_batch(list(frames[k:k + batch_size]), dtype=dt)
+            batch = atoms_to_batch(list(frames[k : k + batch_size]), dtype=dt)
             with torch.no_grad():
                 out.append(compute_properties(net, batch, forces=False)["energy"].double().numpy())
         return np.concatenate(out)
@@ -163,8 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", required=True, nargs="+", help="teacher NPT frames (extxyz, time order, labelled)")
     ap.add_argument("--model", required=True, nargs="+", help="student models (.ckpt, .pt or .pt2)")
-    ap.add_argument("--temperature", type=float, default=None,
-                    help="K (default: the frames' temperature_K)")
+    ap.add_argument("--temperature", type=float, default=None, help="K (default: the frames' temperature_K)")
     ap.add_argument("--block", type=int, default=20, help="bootstrap block length in frames (default 20)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the predictions here")
@@ -194,9 +195,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(line)
         print(f"  ({time.perf_counter() - t0:.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps([asdict(p) | {"cumulant_shift_percent": p.cumulant_shift_percent,
-                                                     "reweighted_shift_percent": p.reweighted_shift_percent}
-                                         for p in results], indent=2))
+        args.json.write_text(
+            json.dumps(
+                [
+                    asdict(p)
+                    | {
+                        "cumulant_shift_percent": p.cumulant_shift_percent,
+                        "reweighted_shift_percent": p.reweighted_shift_percent,
+                    }
+                    for p in results
+                ],
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ its double-precision energy under the six strain components (ASE convention:
 labels every periodic frame of each file in place (atomic rewrite) and prints the mean
 configurational pressure per (molecules, density) state.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,10 @@ def _summary(frames: Sequence[Atoms]) -> list[str]:
         if a.pbc.all():
             key = (a.info.get("n_molecules"), a.info.get("density_g_cm3"))
             groups.setdefault(key, []).append(pressure_bar(a.calc.results["stress"]))
-    return [f"  {n} molecules, {rho} g/cm³: configurational pressure {np.mean(p):8.0f} bar (mean of {len(p)})"
-            for (n, rho), p in sorted(groups.items())]
+    return [
+        f"  {n} molecules, {rho} g/cm³: configurational pressure {np.mean(p):8.0f} bar (mean of {len(p)})"
+        for (n, rho), p in sorted(groups.items())
+    ]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -56,6 +56,7 @@ Command line (see ``--help``)::
         --densities 0.90,1.00,1.10 --frames-per-state 33,6 --seed 0 \\
         --train-out examples/water/data/train.extxyz --val-out examples/water/data/val.extxyz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,6 @@ import math
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -138,8 +138,9 @@ def _water_topology(n_molecules: int, box_nm: Optional[float]) -> app.Topology:
     return top
 
 
-def _create_system(top: app.Topology, periodic: bool, ewald_tolerance: float = EWALD_TOLERANCE,
-                   cutoff_nm: float = CUTOFF_NM) -> openmm.System:
+def _create_system(
+    top: app.Topology, periodic: bool, ewald_tolerance: float = EWALD_TOLERANCE, cutoff_nm: float = CUTOFF_NM
+) -> openmm.System:
     ff = _force_field()
     if periodic:
         system = ff.createSystem(
@@ -170,18 +171,22 @@ def _reference_water_geometry() -> np.ndarray:
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """Uniformly distributed rotation matrix (Shoemake's random unit quaternion)."""
     u1, u2, u3 = rng.random(3)
-    q = np.array([
-        math.sqrt(1 - u1) * math.sin(2 * math.pi * u2),
-        math.sqrt(1 - u1) * math.cos(2 * math.pi * u2),
-        math.sqrt(u1) * math.sin(2 * math.pi * u3),
-        math.sqrt(u1) * math.cos(2 * math.pi * u3),
-    ])
+    q = np.array(
+        [
+            math.sqrt(1 - u1) * math.sin(2 * math.pi * u2),
+            math.sqrt(1 - u1) * math.cos(2 * math.pi * u2),
+            math.sqrt(u1) * math.sin(2 * math.pi * u3),
+            math.sqrt(u1) * math.cos(2 * math.pi * u3),
+        ]
+    )
     x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _random_orient(geom_nm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -192,8 +197,7 @@ def _random_orient(geom_nm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # System construction
 # ---------------------------------------------------------------------------------------
-def build_water_system(n_molecules: int, density_g_cm3: float, seed: int, *,
-                       ewald_tolerance: float = EWALD_TOLERANCE):
+def build_water_system(n_molecules: int, density_g_cm3: float, seed: int, *, ewald_tolerance: float = EWALD_TOLERANCE):
     """A cubic periodic box of flexible TIP3P water (the teacher definition, module docstring).
 
     Molecules sit on a jittered simple-cubic grid (randomly chosen sites when the grid has
@@ -265,8 +269,14 @@ class TeacherLabeller:
         return e / KJMOL_PER_EV, f / (KJMOL_PER_EV * NM_TO_ANG)
 
 
-def _make_atoms(positions_nm: np.ndarray, n_molecules: int, energy_ev: float, forces_ev_ang: np.ndarray,
-                box_nm: Optional[np.ndarray], info: dict) -> Atoms:
+def _make_atoms(
+    positions_nm: np.ndarray,
+    n_molecules: int,
+    energy_ev: float,
+    forces_ev_ang: np.ndarray,
+    box_nm: Optional[np.ndarray],
+    info: dict,
+) -> Atoms:
     symbols = "OHH" * n_molecules
     pos = np.asarray(positions_nm, dtype=float) * NM_TO_ANG
     if box_nm is not None:
@@ -317,10 +327,20 @@ def _cpu_platform():
     return platform, props
 
 
-def sample_frames(n_molecules: int, temperature_K: float, density_g_cm3: float, n_frames: int, seed: int, *,
-                  equilibration_ps: float = 2.0, stride_fs: float = 200.0, timestep_fs: float = 0.5,
-                  friction_per_ps: float = 1.0, traj: str = "",
-                  callback: Optional[Callable[[Atoms], None]] = None) -> list[Atoms]:
+def sample_frames(
+    n_molecules: int,
+    temperature_K: float,
+    density_g_cm3: float,
+    n_frames: int,
+    seed: int,
+    *,
+    equilibration_ps: float = 2.0,
+    stride_fs: float = 200.0,
+    timestep_fs: float = 0.5,
+    friction_per_ps: float = 1.0,
+    traj: str = "",
+    callback: Optional[Callable[[Atoms], None]] = None,
+) -> list[Atoms]:
     """One NVT Langevin trajectory of a periodic water box, labelled by the teacher.
 
     Builds the box (:func:`build_water_system`), minimises, draws Maxwell-Boltzmann
@@ -335,8 +355,9 @@ def sample_frames(n_molecules: int, temperature_K: float, density_g_cm3: float, 
     labeller = TeacherLabeller(system_label, box)
 
     step_ps = timestep_fs * 1e-3
-    integ = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond,
-                                            step_ps * unit.picoseconds)
+    integ = openmm.LangevinMiddleIntegrator(
+        temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
+    )
     integ.setRandomNumberSeed(_seed_int("langevin", seed))
     platform, props = _cpu_platform()
     ctx = openmm.Context(system_md, integ, platform, props)
@@ -365,27 +386,43 @@ def sample_frames(n_molecules: int, temperature_K: float, density_g_cm3: float, 
         where = f"{traj or 'bulk'} frame {i}"
         _check_geometry(pos, n_molecules, box, where)
         e, f = labeller.ev_ang(pos)
-        atoms = _make_atoms(pos, n_molecules, e, f, box, {
-            "temperature_K": float(temperature_K),
-            "density_g_cm3": float(density_g_cm3),
-            "config_type": "bulk",
-            "traj": traj or f"bulk_n{n_molecules}_T{temperature_K:g}_rho{density_g_cm3:.2f}_s{seed}",
-            "frame": i,
-            "kinetic_temperature_K": round(2 * ke / (dof * KB_KJMOL), 2),
-        })
+        atoms = _make_atoms(
+            pos,
+            n_molecules,
+            e,
+            f,
+            box,
+            {
+                "temperature_K": float(temperature_K),
+                "density_g_cm3": float(density_g_cm3),
+                "config_type": "bulk",
+                "traj": traj or f"bulk_n{n_molecules}_T{temperature_K:g}_rho{density_g_cm3:.2f}_s{seed}",
+                "frame": i,
+                "kinetic_temperature_K": round(2 * ke / (dof * KB_KJMOL), 2),
+            },
+        )
         frames.append(atoms)
         if callback is not None:
             callback(atoms)
     return frames
 
 
-def _run_monomer_md(temperature_K: float, n_snapshots: int, stride_fs: float, seed: int, *,
-                    equilibration_ps: float = 1.0, timestep_fs: float = 0.5, friction_per_ps: float = 1.0):
+def _run_monomer_md(
+    temperature_K: float,
+    n_snapshots: int,
+    stride_fs: float,
+    seed: int,
+    *,
+    equilibration_ps: float = 1.0,
+    timestep_fs: float = 0.5,
+    friction_per_ps: float = 1.0,
+):
     """Positions [n_snapshots, 3, 3] nm of an isolated flexible water (Langevin MD)."""
     system, _ = build_gas_system(1)
     step_ps = timestep_fs * 1e-3
-    integ = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond,
-                                            step_ps * unit.picoseconds)
+    integ = openmm.LangevinMiddleIntegrator(
+        temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
+    )
     integ.setRandomNumberSeed(_seed_int("monomer-langevin", seed))
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
     rng = np.random.default_rng(_seed_int("monomer-orient", seed))
@@ -401,8 +438,15 @@ def _run_monomer_md(temperature_K: float, n_snapshots: int, stride_fs: float, se
     return np.stack(out)
 
 
-def sample_monomers(temperature_K: float, n_frames: int, seed: int, *, stride_fs: float = 1000.0,
-                    traj: str = "", callback: Optional[Callable[[Atoms], None]] = None) -> list[Atoms]:
+def sample_monomers(
+    temperature_K: float,
+    n_frames: int,
+    seed: int,
+    *,
+    stride_fs: float = 1000.0,
+    traj: str = "",
+    callback: Optional[Callable[[Atoms], None]] = None,
+) -> list[Atoms]:
     """Isolated flexible waters (pbc=False, zero cell) from gas-phase Langevin MD at ``temperature_K``."""
     system, _ = build_gas_system(1)
     labeller = TeacherLabeller(system)
@@ -411,17 +455,38 @@ def sample_monomers(temperature_K: float, n_frames: int, seed: int, *, stride_fs
     for i, pos in enumerate(_run_monomer_md(temperature_K, n_frames, stride_fs, seed)):
         _check_geometry(pos, 1, None, f"{traj} frame {i}")
         e, f = labeller.ev_ang(pos)
-        atoms = _make_atoms(pos, 1, e, f, None, {"temperature_K": float(temperature_K), "density_g_cm3": 0.0,
-                                                 "config_type": "monomer", "traj": traj, "frame": i})
+        atoms = _make_atoms(
+            pos,
+            1,
+            e,
+            f,
+            None,
+            {
+                "temperature_K": float(temperature_K),
+                "density_g_cm3": 0.0,
+                "config_type": "monomer",
+                "traj": traj,
+                "frame": i,
+            },
+        )
         frames.append(atoms)
         if callback is not None:
             callback(atoms)
     return frames
 
 
-def sample_dimers(temperatures: Sequence[float], n_frames: int, seed: int, *, r_min_ang: float = 2.5,
-                  r_max_ang: float = 8.0, min_h_o_ang: float = 1.4, max_tries: int = 5000, traj: str = "",
-                  callback: Optional[Callable[[Atoms], None]] = None) -> list[Atoms]:
+def sample_dimers(
+    temperatures: Sequence[float],
+    n_frames: int,
+    seed: int,
+    *,
+    r_min_ang: float = 2.5,
+    r_max_ang: float = 8.0,
+    min_h_o_ang: float = 1.4,
+    max_tries: int = 5000,
+    traj: str = "",
+    callback: Optional[Callable[[Atoms], None]] = None,
+) -> list[Atoms]:
     """Gas-phase water dimers (pbc=False) with O-O separations drawn uniformly in [r_min, r_max] Å.
 
     For each dimer: a temperature T is drawn from ``temperatures``; both molecules take
@@ -461,11 +526,22 @@ def sample_dimers(temperatures: Sequence[float], n_frames: int, seed: int, *, r_
         else:
             continue  # no acceptable orientation at this distance: draw a new distance
         e, f = dimer.ev_ang(pos)
-        atoms = _make_atoms(pos, 2, e, f, None, {
-            "temperature_K": T, "density_g_cm3": 0.0, "config_type": "dimer", "traj": traj,
-            "frame": len(frames), "r_OO_ang": round(r * NM_TO_ANG, 4),
-            "interaction_energy_eV": e_int / KJMOL_PER_EV,
-        })
+        atoms = _make_atoms(
+            pos,
+            2,
+            e,
+            f,
+            None,
+            {
+                "temperature_K": T,
+                "density_g_cm3": 0.0,
+                "config_type": "dimer",
+                "traj": traj,
+                "frame": len(frames),
+                "r_OO_ang": round(r * NM_TO_ANG, 4),
+                "interaction_energy_eV": e_int / KJMOL_PER_EV,
+            },
+        )
         frames.append(atoms)
         if callback is not None:
             callback(atoms)
@@ -485,8 +561,9 @@ def teacher_for_atoms(atoms: Atoms) -> TeacherLabeller:
     return TeacherLabeller(build_gas_system(n)[0])
 
 
-def finite_difference_check(atoms: Atoms, n_components: int = 24, n_directions: int = 4,
-                            h_ang: float = 1e-5, seed: int = 0) -> dict:
+def finite_difference_check(
+    atoms: Atoms, n_components: int = 24, n_directions: int = 4, h_ang: float = 1e-5, seed: int = 0
+) -> dict:
     """Central finite differences of the teacher energy vs its forces (double precision).
 
     Note: the Ewald real-space sum is truncated at the cutoff, so the energy jumps by
@@ -528,8 +605,8 @@ def finite_difference_check(atoms: Atoms, n_components: int = 24, n_directions: 
         "stored_energy_diff_eV": float(abs(e0 - atoms.get_potential_energy())),
         "stored_forces_max_diff_eV_ang": float(np.abs(stored - f0).max()),
         "component_max_abs_err_eV_ang": float(np.abs(comp_err).max()),
-        "component_rms_err_eV_ang": float(np.sqrt(np.mean(comp_err ** 2))),
-        "component_rms_force_eV_ang": float(np.sqrt(np.mean(comp_ref ** 2))),
+        "component_rms_err_eV_ang": float(np.sqrt(np.mean(comp_err**2))),
+        "component_rms_force_eV_ang": float(np.sqrt(np.mean(comp_ref**2))),
         "directional_max_rel_err": float(np.max(np.abs(dir_err) / np.maximum(np.abs(dir_ref), 1e-12))),
         "directional_max_abs_err_eV_ang": float(np.abs(dir_err).max()),
     }
@@ -565,24 +642,38 @@ def _summary_rows(frames: Sequence[Atoms], split: str) -> list[dict]:
         f = np.concatenate([a.get_forces().ravel() for a in fr])
         tk = [a.info.get("kinetic_temperature_K") for a in fr]
         tk = [x for x in tk if x is not None]
-        rows.append({
-            "split": split, "kind": kind, "n_mol": n, "T_K": T, "rho": rho, "frames": len(fr),
-            "atoms": sum(len(a) for a in fr), "E_mol_mean_eV": float(e.mean()),
-            "E_mol_std_meV": float(e.std() * 1e3), "F_rms_eV_A": float(np.sqrt(np.mean(f ** 2))),
-            "T_kin_K": float(np.mean(tk)) if tk else float("nan"),
-        })
+        rows.append(
+            {
+                "split": split,
+                "kind": kind,
+                "n_mol": n,
+                "T_K": T,
+                "rho": rho,
+                "frames": len(fr),
+                "atoms": sum(len(a) for a in fr),
+                "E_mol_mean_eV": float(e.mean()),
+                "E_mol_std_meV": float(e.std() * 1e3),
+                "F_rms_eV_A": float(np.sqrt(np.mean(f**2))),
+                "T_kin_K": float(np.mean(tk)) if tk else float("nan"),
+            }
+        )
     return rows
 
 
 def _print_table(rows: list[dict], file=sys.stdout) -> None:
-    hdr = f"{'split':5} {'kind':7} {'n_mol':>5} {'T/K':>5} {'rho':>5} {'frames':>6} {'atoms':>7} " \
-          f"{'<E>/mol eV':>11} {'sd meV/mol':>10} {'F_rms eV/A':>10} {'T_kin/K':>8}"
+    hdr = (
+        f"{'split':5} {'kind':7} {'n_mol':>5} {'T/K':>5} {'rho':>5} {'frames':>6} {'atoms':>7} "
+        f"{'<E>/mol eV':>11} {'sd meV/mol':>10} {'F_rms eV/A':>10} {'T_kin/K':>8}"
+    )
     print(hdr, file=file)
     print("-" * len(hdr), file=file)
     for r in rows:
-        print(f"{r['split']:5} {r['kind']:7} {r['n_mol']:5d} {r['T_K']:5.0f} {r['rho']:5.2f} {r['frames']:6d} "
-              f"{r['atoms']:7d} {r['E_mol_mean_eV']:11.4f} {r['E_mol_std_meV']:10.2f} {r['F_rms_eV_A']:10.3f} "
-              f"{r['T_kin_K']:8.1f}", file=file)
+        print(
+            f"{r['split']:5} {r['kind']:7} {r['n_mol']:5d} {r['T_K']:5.0f} {r['rho']:5.2f} {r['frames']:6d} "
+            f"{r['atoms']:7d} {r['E_mol_mean_eV']:11.4f} {r['E_mol_std_meV']:10.2f} {r['F_rms_eV_A']:10.3f} "
+            f"{r['T_kin_K']:8.1f}",
+            file=file,
+        )
 
 
 def _write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
@@ -599,26 +690,41 @@ def _write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
         de = abs(a.get_potential_energy() - b.get_potential_energy())
         df = np.abs(a.get_forces() - b.get_forces()).max()
         dx = np.abs(a.get_positions() - b.get_positions()).max()
-        if de > 1e-9 * max(1.0, abs(a.get_potential_energy())) or df > 1e-7 or dx > 1e-7 \
-                or bool(a.pbc.any()) != bool(b.pbc.any()):
+        if (
+            de > 1e-9 * max(1.0, abs(a.get_potential_energy()))
+            or df > 1e-7
+            or dx > 1e-7
+            or bool(a.pbc.any()) != bool(b.pbc.any())
+        ):
             raise RuntimeError(f"{path}: extxyz round trip failed (dE={de}, dF={df}, dx={dx})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m allscaip.teacher.water", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m allscaip.teacher.water",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--out", default=None, help="extxyz with every frame (train + val)")
     p.add_argument("--train-out", default=None, help="extxyz for the training split")
     p.add_argument("--val-out", default=None, help="extxyz for the validation split")
     p.add_argument("--n-molecules", type=_ints, default=[32, 64], help="comma-separated box sizes")
     p.add_argument("--temperatures", type=_floats, default=[250.0, 300.0, 350.0, 400.0], help="K")
     p.add_argument("--densities", type=_floats, default=[0.90, 1.00, 1.10], help="g/cm^3")
-    p.add_argument("--frames-per-state", type=_ints, default=[33, 6],
-                   help="frames per (T, density) state, one value or one per --n-molecules entry; "
-                        "split into train/val trajectories by --val-fraction")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="per state, this fraction of the frames comes from a separate, independent "
-                        "validation trajectory (at least 1)")
+    p.add_argument(
+        "--frames-per-state",
+        type=_ints,
+        default=[33, 6],
+        help="frames per (T, density) state, one value or one per --n-molecules entry; "
+        "split into train/val trajectories by --val-fraction",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="per state, this fraction of the frames comes from a separate, independent "
+        "validation trajectory (at least 1)",
+    )
     p.add_argument("--n-monomers", type=int, default=100, help="gas-phase single molecules (over all T)")
     p.add_argument("--n-dimers", type=int, default=150, help="gas-phase dimers, O-O 2.5-8 Å")
     p.add_argument("--equilibration-ps", type=float, default=2.0)
@@ -675,8 +781,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if kind == "bulk":
             name = f"bulk_n{n}_T{T:g}_rho{rho:.2f}_{split}"
             bar.set_postfix_str(name)
-            fr = sample_frames(n, T, rho, nf, seed, equilibration_ps=args.equilibration_ps,
-                               stride_fs=args.stride_fs, traj=name, callback=cb)
+            fr = sample_frames(
+                n,
+                T,
+                rho,
+                nf,
+                seed,
+                equilibration_ps=args.equilibration_ps,
+                stride_fs=args.stride_fs,
+                traj=name,
+                callback=cb,
+            )
         elif kind == "monomer":
             name = f"monomer_T{T:g}_{split}"
             bar.set_postfix_str(name)
@@ -702,12 +817,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bulk = [a for a in allf if a.info["config_type"] == "bulk"]
     f_all = np.concatenate([a.get_forces().ravel() for a in allf])
     print(f"\nframes: {len(train)} train + {len(val)} val = {len(allf)}; atoms: {sum(len(a) for a in allf)}")
-    print(f"force RMS (all components, all frames): {np.sqrt(np.mean(f_all ** 2)):.4f} eV/Å; "
-          f"max |F|: {np.abs(f_all).max():.3f} eV/Å")
+    print(
+        f"force RMS (all components, all frames): {np.sqrt(np.mean(f_all**2)):.4f} eV/Å; "
+        f"max |F|: {np.abs(f_all).max():.3f} eV/Å"
+    )
     if bulk:
         e_mol = np.array([a.get_potential_energy() / a.info["n_molecules"] for a in bulk])
-        print(f"bulk energy per molecule: mean {e_mol.mean():.4f} eV, sd {e_mol.std():.4f} eV, "
-              f"range [{e_mol.min():.4f}, {e_mol.max():.4f}] eV")
+        print(
+            f"bulk energy per molecule: mean {e_mol.mean():.4f} eV, sd {e_mol.std():.4f} eV, "
+            f"range [{e_mol.min():.4f}, {e_mol.max():.4f}] eV"
+        )
     for path in (args.out, args.train_out, args.val_out):
         if path:
             import os
@@ -715,8 +834,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {path}: {os.path.getsize(path) / 1e6:.2f} MB")
     if not args.no_fd_check and bulk:
         res = finite_difference_check(bulk[0])
-        print(f"finite-difference check on {bulk[0].info['traj']} frame {bulk[0].info['frame']} "
-              f"({len(bulk[0])} atoms, h = {res['h_ang']} Å, double precision):")
+        print(
+            f"finite-difference check on {bulk[0].info['traj']} frame {bulk[0].info['frame']} "
+            f"({len(bulk[0])} atoms, h = {res['h_ang']} Å, double precision):"
+        )
         for k, v in res.items():
             print(f"  {k}: {v:.3e}" if isinstance(v, float) else f"  {k}: {v}")
     print(f"generation wall time: {t_gen:.1f} s; total {time.time() - t0:.1f} s")

@@ -1,4 +1,5 @@
 """Training: configuration schema, the training loop and the ``allscaip-train`` command."""
+
 from allscaip.train.config import (
     ConfigError,
     DataConfig,

@@ -4,6 +4,7 @@ Multi-process data-parallel training: ``torchrun --nproc_per_node=N -m allscaip.
 (gloo on CPU, NCCL on CUDA). Configuration, data and checkpoint errors print one line to
 stderr and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse

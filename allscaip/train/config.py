@@ -11,6 +11,7 @@ The ``model`` section takes the :class:`~allscaip.config.ModelConfig` keys plus 
 ``model.elements`` is omitted, the elements present in the training data are used (sorted by
 atomic number).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,16 @@ import yaml
 
 from allscaip.config import PRESETS, ConfigError, ModelConfig, from_dict, model_config
 
-__all__ = ["ConfigError", "DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "parse_overrides"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "config_from_dict",
+    "parse_overrides",
+]
 
 DTYPES = ("float32", "float64")
 
@@ -87,7 +97,16 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _coerce(self, "optim")
-        for k in ("lr", "weight_decay", "warmup_fraction", "min_lr_ratio", "grad_clip", "energy_coef", "force_coef", "stress_coef"):
+        for k in (
+            "lr",
+            "weight_decay",
+            "warmup_fraction",
+            "min_lr_ratio",
+            "grad_clip",
+            "energy_coef",
+            "force_coef",
+            "stress_coef",
+        ):
             if getattr(self, k) < 0:
                 raise ConfigError(f"optim.{k} must be >= 0, got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -283,7 +302,9 @@ def _to_z(z: Any) -> int:
 
 def _coerce(obj: Any, where: str) -> None:
     """Convert the fields of a config dataclass instance to their declared types in place."""
-    for name, value in _coerce_mapping(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where).items():
+    for name, value in _coerce_mapping(
+        type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where
+    ).items():
         setattr(obj, name, value)
 
 
@@ -309,7 +330,11 @@ def _coerce_value(v: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {v!r} ({'; '.join(errors)})")
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce_value(x, item, f"{where}[{i}]") for i, x in enumerate(_as_list(v))] if item is not Any else _as_list(v)
+        return (
+            [_coerce_value(x, item, f"{where}[{i}]") for i, x in enumerate(_as_list(v))]
+            if item is not Any
+            else _as_list(v)
+        )
     if tp is bool:
         if isinstance(v, bool):
             return v

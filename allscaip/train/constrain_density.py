@@ -5,6 +5,7 @@ shift ``-m`` on NPT frames of the labelling potential (:mod:`allscaip.train.ense
 writes a new checkpoint. Prints ``m`` before and after and, with ``--val``, the energy, force
 and stress errors before and after, so the price of the constraint is visible.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,24 +30,47 @@ independent frames with python -m allscaip.teacher.reweight, and in MD with alls
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="allscaip training checkpoint (.ckpt)")
     p.add_argument("--frames", nargs="+", required=True, help="extxyz file(s) with the labeller's NPT frames")
-    p.add_argument("--config-type", default="teacher_md",
-                   help="use the frames with this info['config_type'] (as optim.density_config_type)")
+    p.add_argument(
+        "--config-type",
+        default="teacher_md",
+        help="use the frames with this info['config_type'] (as optim.density_config_type)",
+    )
     p.add_argument("-o", "--output", required=True, help="checkpoint to write")
     p.add_argument("--val", nargs="*", default=[], help="labelled extxyz file(s): errors before and after")
     p.add_argument("--max-iter", type=int, default=4, help="Newton steps at most")
     p.add_argument("--tol", type=float, default=0.01, help="stop once |m| (percent) is below this")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision of the evaluation and of the step (the training precision)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="precision of the evaluation and of the step (the training precision)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--hold-offset", default=None, metavar="A:B",
-                   help="keep the energy error per atom of config_type A minus B where it was (e.g. monomer:bulk, "
-                        "which holds the heat of vaporization at fixed structure); frames from --hold-frames")
-    p.add_argument("--hold-frames", nargs="+", default=[], help="labelled extxyz file(s) for --hold-offset "
-                   "(training data, not --val)")
-    p.add_argument("--hold-tol", type=float, default=0.01,
-                   help="meV/atom: the held offset may move this much (the steps continue until it does not)")
-    p.add_argument("--hold-max-frames", type=int, default=32,
-                   help="at most this many frames of each kind for --hold-offset, evenly spaced")
+    p.add_argument(
+        "--hold-offset",
+        default=None,
+        metavar="A:B",
+        help="keep the energy error per atom of config_type A minus B where it was (e.g. monomer:bulk, "
+        "which holds the heat of vaporization at fixed structure); frames from --hold-frames",
+    )
+    p.add_argument(
+        "--hold-frames",
+        nargs="+",
+        default=[],
+        help="labelled extxyz file(s) for --hold-offset (training data, not --val)",
+    )
+    p.add_argument(
+        "--hold-tol",
+        type=float,
+        default=0.01,
+        help="meV/atom: the held offset may move this much (the steps continue until it does not)",
+    )
+    p.add_argument(
+        "--hold-max-frames",
+        type=int,
+        default=32,
+        help="at most this many frames of each kind for --hold-offset, evenly spaced",
+    )
 
 
 def errors(model: Any, frames: Sequence[Any], dtype: Any) -> Dict[str, float]:
@@ -75,8 +99,11 @@ def errors(model: Any, frames: Sequence[Any], dtype: Any) -> Dict[str, float]:
 
 
 def _format(err: Dict[str, float]) -> str:
-    names = {"energy_mae_meV_atom": "E {:.3f} meV/atom", "force_mae_meV_A": "F {:.2f} meV/Å",
-             "stress_mae_meV_A3": "S {:.4f} meV/Å³"}
+    names = {
+        "energy_mae_meV_atom": "E {:.3f} meV/atom",
+        "force_mae_meV_A": "F {:.2f} meV/Å",
+        "stress_mae_meV_A3": "S {:.4f} meV/Å³",
+    }
     return ", ".join(names[k].format(v) for k, v in err.items())
 
 
@@ -110,15 +137,28 @@ def run(args: argparse.Namespace) -> int:
         if not args.hold_frames:
             raise SystemExit("allscaip constrain-density: --hold-offset needs --hold-frames (labelled training frames)")
         try:
-            hold = [OffsetTerm.from_frames([a for path in args.hold_frames for a in ase.io.read(path, ":")],
-                                           args.hold_offset, max_frames=args.hold_max_frames)]
+            hold = [
+                OffsetTerm.from_frames(
+                    [a for path in args.hold_frames for a in ase.io.read(path, ":")],
+                    args.hold_offset,
+                    max_frames=args.hold_max_frames,
+                )
+            ]
         except ConfigError as err:
             raise SystemExit(f"allscaip constrain-density: {err}") from err
     print(f"{Path(args.checkpoint).name}: {len(term.frames)} ensemble frames from {', '.join(args.frames)}", flush=True)
     before = errors(model, val, dtype) if val else {}
     params = [p for p in model.parameters() if p.numel() > 0]
-    history = term.project(model, params, torch.device("cpu"), dtype, max_iter=args.max_iter, tol=args.tol,
-                           hold=hold, hold_tol=args.hold_tol)
+    history = term.project(
+        model,
+        params,
+        torch.device("cpu"),
+        dtype,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        hold=hold,
+        hold_tol=args.hold_tol,
+    )
     m_after = term.evaluate(model, torch.device("cpu"), dtype) if abs(history[-1]) > args.tol else history[-1]
     for i, m in enumerate(history):
         print(f"  step {i}: density shift {-m:+.3f} %", flush=True)
@@ -126,29 +166,48 @@ def run(args: argparse.Namespace) -> int:
     held_after = None
     if hold:
         held_after = hold[0].evaluate(model, torch.device("cpu"), dtype)
-        print(f"  offset {args.hold_offset}: {term.hold_history[0][0]:+.4f} meV/atom before, "
-              f"{held_after:+.4f} after ({len(hold[0].first)} + {len(hold[0].second)} frames)")
+        print(
+            f"  offset {args.hold_offset}: {term.hold_history[0][0]:+.4f} meV/atom before, "
+            f"{held_after:+.4f} after ({len(hold[0].first)} + {len(hold[0].second)} frames)"
+        )
         if not abs(held_after - term.hold_history[0][0]) <= 10 * args.hold_tol:
-            raise SystemExit(f"allscaip constrain-density: the held offset moved by "
-                             f"{held_after - term.hold_history[0][0]:+.4f} meV/atom; raise --max-iter")
+            raise SystemExit(
+                f"allscaip constrain-density: the held offset moved by "
+                f"{held_after - term.hold_history[0][0]:+.4f} meV/atom; raise --max-iter"
+            )
     if not math.isfinite(m_after) or abs(m_after) > max(args.tol, 0.1 * abs(history[0])):
-        raise SystemExit(f"allscaip constrain-density: the shift did not converge ({-m_after:+.3f} %); "
-                         f"raise --max-iter or check the frames")
+        raise SystemExit(
+            f"allscaip constrain-density: the shift did not converge ({-m_after:+.3f} %); "
+            f"raise --max-iter or check the frames"
+        )
     after = errors(model, val, dtype) if val else {}
     if val:
         print(f"  {len(val)} validation frames, before: {_format(before)}")
         print(f"  {len(val)} validation frames, after:  {_format(after)}")
-    state = {k: v.detach().to(payload["ema_state"][k].dtype) if k in payload.get("ema_state", {}) else v
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to(payload["ema_state"][k].dtype) if k in payload.get("ema_state", {}) else v
+        for k, v in model.state_dict().items()
+    }
     new = dict(payload)
     new["ema_state"] = state
     new["model_state"] = {k: v.clone() for k, v in state.items()}
     new["density_constraint"] = {
-        "source": str(args.checkpoint), "frames": [str(p) for p in args.frames], "config_type": args.config_type,
-        "n_frames": len(term.frames), "shift_pct_before": -history[0], "shift_pct_after": -m_after,
-        "val_before": before, "val_after": after,
-        "hold_offset": None if not hold else {"spec": args.hold_offset, "frames": [str(p) for p in args.hold_frames],
-                                              "before_meV_atom": term.hold_history[0][0], "after_meV_atom": held_after},
+        "source": str(args.checkpoint),
+        "frames": [str(p) for p in args.frames],
+        "config_type": args.config_type,
+        "n_frames": len(term.frames),
+        "shift_pct_before": -history[0],
+        "shift_pct_after": -m_after,
+        "val_before": before,
+        "val_after": after,
+        "hold_offset": None
+        if not hold
+        else {
+            "spec": args.hold_offset,
+            "frames": [str(p) for p in args.hold_frames],
+            "before_meV_atom": term.hold_history[0][0],
+            "after_meV_atom": held_after,
+        },
     }
     save_checkpoint(out, new)
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")

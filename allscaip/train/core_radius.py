@@ -6,6 +6,7 @@ configuration and only acts where the network has never seen atoms. The trainer 
 the start of a run (``model.core_repulsion``); this command adds the wall to a checkpoint trained
 before it existed, without changing its predictions on the data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,16 +75,22 @@ def describe(radius: np.ndarray, shortest: np.ndarray, elements: Sequence[int]) 
             za, zb = (torch.tensor(float(elements[k]), dtype=torch.float64) for k in (a, b))
             e = [float(zbl_energy(r, za, zb) * core_switch(r, rc)) for r in (0.5 * rc, 0.75 * rc)]
             seen = f"{shortest[a, b]:.3f} Å" if np.isfinite(shortest[a, b]) else "(none)"
-            lines.append(f"{chemical_symbols[elements[a]] + '-' + chemical_symbols[elements[b]]:<6} "
-                         f"{seen:>16} {float(rc):>9.3f} Å {e[0]:>7.2f} eV {e[1]:>7.2f} eV")
+            lines.append(
+                f"{chemical_symbols[elements[a]] + '-' + chemical_symbols[elements[b]]:<6} "
+                f"{seen:>16} {float(rc):>9.3f} Å {e[0]:>7.2f} eV {e[1]:>7.2f} eV"
+            )
     return lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="allscaip training checkpoint (.ckpt)")
     p.add_argument("--data", nargs="+", required=True, help="the training data files (extxyz, ASE db, ...)")
-    p.add_argument("--margin", type=float, default=None,
-                   help="wall radius / shortest distance in the data (default: the checkpoint's model.core_margin)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="wall radius / shortest distance in the data (default: the checkpoint's model.core_margin)",
+    )
     p.add_argument("-o", "--output", required=True, help="new checkpoint (must differ from the input)")
 
 

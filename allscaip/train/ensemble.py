@@ -22,6 +22,7 @@ The per-frame weight
 trajectory (``info['traj']``). This is the first-order (cumulant) form of differentiable
 trajectory reweighting, with the reference trajectory standing in for the model's.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -53,9 +54,14 @@ def density_scores(frames: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def weighted_energy_error(model: torch.nn.Module, params: Sequence[torch.Tensor], pairs: Sequence[tuple],
-                          device: torch.device, dtype: torch.dtype,
-                          grad: bool = True) -> tuple[float, Optional[list[torch.Tensor]]]:
+def weighted_energy_error(
+    model: torch.nn.Module,
+    params: Sequence[torch.Tensor],
+    pairs: Sequence[tuple],
+    device: torch.device,
+    dtype: torch.dtype,
+    grad: bool = True,
+) -> tuple[float, Optional[list[torch.Tensor]]]:
     """``Σ w_i (E_model − E_ref)_i`` (eV) over ``(frame, w_i)`` pairs and, with ``grad``, its
     gradient with respect to ``params`` (float64). Frozen ``params`` (an EMA copy) are made
     differentiable for the call."""
@@ -156,12 +162,14 @@ class DensityTerm:
         acc = self._reduce(acc)
         return float(acc[0] / acc[1])
 
-    def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
-                dtype: torch.dtype) -> float:
+    def refresh(
+        self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype
+    ) -> float:
         """``m`` and its gradient ``∇m`` with respect to ``params`` on every ensemble frame."""
         n = len(self.frames)
-        value, grad = weighted_energy_error(model, params, [(a, float(sc) / n) for a, sc in self._shard()],
-                                            device, dtype)
+        value, grad = weighted_energy_error(
+            model, params, [(a, float(sc) / n) for a, sc in self._shard()], device, dtype
+        )
         self.m = float(self._reduce(torch.tensor([value], dtype=torch.float64, device=device))[0])
         if self.world > 1:
             flat = self._reduce(torch.cat([g.reshape(-1) for g in grad]))
@@ -169,9 +177,17 @@ class DensityTerm:
         self.grad = grad
         return self.m
 
-    def project(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
-                dtype: torch.dtype, max_iter: int = 1, tol: float = 0.0, hold: Sequence["OffsetTerm"] = (),
-                hold_tol: float = 1e-3) -> list[float]:
+    def project(
+        self,
+        model: torch.nn.Module,
+        params: Sequence[torch.Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+        max_iter: int = 1,
+        tol: float = 0.0,
+        hold: Sequence["OffsetTerm"] = (),
+        hold_tol: float = 1e-3,
+    ) -> list[float]:
         """Move ``params`` towards ``m = 0`` by Newton steps ``θ ← θ − m ∇m / |∇m|²``, the smallest
         change of the weights that zeroes ``m`` to first order. Each step re-evaluates ``m`` and
         ``∇m`` first; stops after ``max_iter`` steps or once ``|m| <= tol``. Returns the ``m``
@@ -201,13 +217,15 @@ class DensityTerm:
             try:
                 lam = torch.linalg.solve(jac @ jac.T, torch.tensor(residual, dtype=jac.dtype, device=jac.device))
             except RuntimeError as err:  # (a held quantity parallel to the density shift)
-                raise ConfigError("the held quantities' gradients are parallel to the density shift's: the "
-                                  "constraints cannot all be met; hold fewer") from err
+                raise ConfigError(
+                    "the held quantities' gradients are parallel to the density shift's: the "
+                    "constraints cannot all be met; hold fewer"
+                ) from err
             step = jac.T @ lam
             with torch.no_grad():
                 offset = 0
                 for p in params:
-                    p.sub_(step[offset: offset + p.numel()].view_as(p).to(p.dtype))
+                    p.sub_(step[offset : offset + p.numel()].view_as(p).to(p.dtype))
                     offset += p.numel()
         return history
 
@@ -221,8 +239,10 @@ class OffsetTerm:
 
     def __init__(self, first: Sequence[Any], second: Sequence[Any], label: str = "") -> None:
         if not first or not second:
-            raise ConfigError(f"the offset {label or '(first - second)'} needs frames of both kinds; got "
-                              f"{len(first)} and {len(second)}")
+            raise ConfigError(
+                f"the offset {label or '(first - second)'} needs frames of both kinds; got "
+                f"{len(first)} and {len(second)}"
+            )
         self.first, self.second, self.label = list(first), list(second), label
 
     @classmethod
@@ -233,7 +253,9 @@ class OffsetTerm:
         if len(kinds) != 2 or not all(kinds):
             raise ConfigError(f"an offset is two config_types as 'A:B' (e.g. 'monomer:bulk'), got {spec!r}")
         if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"an offset needs at least one frame of each kind; max_frames (--hold-max-frames) is {max_frames}")
+            raise ConfigError(
+                f"an offset needs at least one frame of each kind; max_frames (--hold-max-frames) is {max_frames}"
+            )
         found = sorted({str(a.info.get("config_type")) for a in frames})
         groups = [[a for a in frames if a.info.get("config_type") == k] for k in kinds]
         for k, g in zip(kinds, groups):
@@ -244,15 +266,19 @@ class OffsetTerm:
         return cls(groups[0], groups[1], spec)
 
     def _pairs(self) -> list[tuple]:
-        return [(a, sign * 1000.0 / len(a) / len(frames))
-                for frames, sign in ((self.first, 1.0), (self.second, -1.0)) for a in frames]
+        return [
+            (a, sign * 1000.0 / len(a) / len(frames))
+            for frames, sign in ((self.first, 1.0), (self.second, -1.0))
+            for a in frames
+        ]
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
         """The offset (meV/atom)."""
         return weighted_energy_error(model, [], self._pairs(), device, dtype, grad=False)[0]
 
-    def refresh(self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device,
-                dtype: torch.dtype) -> tuple[float, list[torch.Tensor]]:
+    def refresh(
+        self, model: torch.nn.Module, params: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype
+    ) -> tuple[float, list[torch.Tensor]]:
         """The offset (meV/atom) and its gradient with respect to ``params``."""
         value, grad = weighted_energy_error(model, params, self._pairs(), device, dtype)
         return value, grad or []

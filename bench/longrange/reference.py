@@ -4,6 +4,7 @@ Coulomb + Lorentz-Berthelot Lennard-Jones between two molecules by a direct doub
 plain Ewald sum (real space over images + reciprocal space + self term) with the switched
 Born-Mayer repulsion for the point-charge boxes. Nothing here calls OpenMM.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,9 @@ COULOMB_EV_A = E_CHARGE / (4.0 * math.pi * EPS0) / 1e-10  # e^2/(4 pi eps0) in e
 KJMOL_PER_EV = E_CHARGE * 6.02214076e23 / 1000.0
 
 
-def dimer_energy_forces(pos: np.ndarray, na: int, q: np.ndarray, sigma: np.ndarray, eps_kjmol: np.ndarray) -> Tuple[float, np.ndarray]:
+def dimer_energy_forces(
+    pos: np.ndarray, na: int, q: np.ndarray, sigma: np.ndarray, eps_kjmol: np.ndarray
+) -> Tuple[float, np.ndarray]:
     """Intermolecular Coulomb + LJ (eV, eV/Å) between atoms [:na] and [na:] (Å, e, Å, kJ/mol)."""
     a, b = slice(0, na), slice(na, None)
     dv = pos[a, None, :] - pos[None, b, :]  # [na, nb, 3], from j (in B) to i (in A)
@@ -67,7 +70,9 @@ def repulsion_force_pair(r: np.ndarray, a: float | None = None, rho: float | Non
     return _repulsion(r, a, rho, window)[1]
 
 
-def ewald_energy_forces(pos: np.ndarray, q: np.ndarray, box: float, alpha: float = 0.35, tol: float = 1e-12) -> Tuple[float, np.ndarray]:
+def ewald_energy_forces(
+    pos: np.ndarray, q: np.ndarray, box: float, alpha: float = 0.35, tol: float = 1e-12
+) -> Tuple[float, np.ndarray]:
     """Coulomb energy (eV) and forces (eV/Å) of point charges ``q`` in a cubic periodic box (Å)
     by an Ewald sum with splitting ``alpha`` (1/Å), converged to about ``tol``."""
     from scipy.special import erfc
@@ -87,7 +92,11 @@ def ewald_energy_forces(pos: np.ndarray, q: np.ndarray, box: float, alpha: float
         rr = np.where(ok, r, 1.0)
         qq = q[i] * q[None, :]
         e_real += 0.5 * np.sum(np.where(ok, qq * erfc(alpha * rr) / rr, 0.0))
-        fm = np.where(ok, qq * (erfc(alpha * rr) / rr**2 + 2.0 * alpha / math.sqrt(math.pi) * np.exp(-((alpha * rr) ** 2)) / rr), 0.0)
+        fm = np.where(
+            ok,
+            qq * (erfc(alpha * rr) / rr**2 + 2.0 * alpha / math.sqrt(math.pi) * np.exp(-((alpha * rr) ** 2)) / rr),
+            0.0,
+        )
         f[i] += np.sum((fm / rr)[..., None] * dv, axis=(0, 1))
     # reciprocal space
     k_max = 2.0 * alpha * math.sqrt(-math.log(tol))

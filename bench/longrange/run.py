@@ -15,6 +15,7 @@
 4. Prints the tables, writes ``bench/results/longrange.json`` (``--json``) and the plots
    ``docs/img/longrange_*.png`` (``--img-dir``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,24 @@ SETS = ("dimers", "boxes")
 
 
 # --------------------------------------------------------------------------- training
-def train(set_name: str, variant: str, data: Path, out: Path, epochs: int, seed: int, extra: Sequence[str] = (), threads: int = 1) -> dict:
+def train(
+    set_name: str,
+    variant: str,
+    data: Path,
+    out: Path,
+    epochs: int,
+    seed: int,
+    extra: Sequence[str] = (),
+    threads: int = 1,
+) -> dict:
     """Run ``allscaip-train`` in a subprocess (one thread); returns the command and wall time."""
     run_dir = out / set_name / variant
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "allscaip.train.cli", str(CONFIGS / f"{set_name}.yaml"),
+        sys.executable,
+        "-m",
+        "allscaip.train.cli",
+        str(CONFIGS / f"{set_name}.yaml"),
         f"data.train=[{data / set_name / 'train.extxyz'}]",
         f"data.val=[{data / set_name / 'val.extxyz'}]",
         f"model.node_attention={VARIANTS[variant]}",
@@ -129,7 +142,9 @@ def evaluate_dimers(models: Dict[str, object], data: Path, train_dmax: float) ->
                 if m.sum() == 0:
                     continue
                 idx = np.flatnonzero(m)
-                r["mae"][f"{sub}/{kind}"] = _mae([test[i] for i in idx], e[idx], [f[i] for i in idx], e_ref[idx], [f_ref[i] for i in idx])
+                r["mae"][f"{sub}/{kind}"] = _mae(
+                    [test[i] for i in idx], e[idx], [f[i] for i in idx], e_ref[idx], [f_ref[i] for i in idx]
+                )
         r["test_energy"] = e.tolist()
         # error beyond the receptive field as a fraction of the exact tail (|E_exact|, which is the
         # whole interaction energy there), separately inside and beyond the trained separations
@@ -145,7 +160,12 @@ def evaluate_dimers(models: Dict[str, object], data: Path, train_dmax: float) ->
                     continue
                 err = np.abs(e[m] - e_ref[m])
                 tail = np.abs(e_ref[m])
-                entry = dict(frames=int(m.sum()), mean_abs_error_meV=1000 * float(err.mean()), mean_abs_tail_meV=1000 * float(tail.mean()), fraction=float(err.mean() / tail.mean()))
+                entry = dict(
+                    frames=int(m.sum()),
+                    mean_abs_error_meV=1000 * float(err.mean()),
+                    mean_abs_tail_meV=1000 * float(tail.mean()),
+                    fraction=float(err.mean() / tail.mean()),
+                )
                 (r["tail"] if region.startswith("rf") else r["beyond_cutoff"])[f"{region}/{kind}"] = entry
         # scans (curves)
         es, _ = predict(model, scans)
@@ -155,7 +175,12 @@ def evaluate_dimers(models: Dict[str, object], data: Path, train_dmax: float) ->
         r["charge_pairs"] = _charge_pairs(pairs, ep, fp, rc, rf, train_dmax)
         res["variants"][name] = r
     res["test"] = dict(kind=kinds.tolist(), d=d.tolist(), dmin=dmin.tolist(), exact=e_ref.tolist())
-    res["scan"] = dict(kind=[a.info["kind"] for a in scans], d=[a.info["d"] for a in scans], dmin=[a.info["dmin"] for a in scans], exact=[a.get_potential_energy() for a in scans])
+    res["scan"] = dict(
+        kind=[a.info["kind"] for a in scans],
+        d=[a.info["d"] for a in scans],
+        dmin=[a.info["dmin"] for a in scans],
+        exact=[a.get_potential_energy() for a in scans],
+    )
     # a model without the system charge sees identical inputs for the two members of a pair
     res["charge_pairs_no_charge_input"] = _charge_pairs(pairs, None, None, rc, rf, train_dmax)
     return res
@@ -170,7 +195,9 @@ def _charge_pairs(pairs: list, e_pred, f_pred, rc: float, rf: float, train_dmax:
     out = {}
     dmin = np.array([pairs[i].info["dmin"] for i in ion])
     d = np.array([pairs[i].info["d"] for i in ion])
-    de_ref = np.array([pairs[i].get_potential_energy() - pairs[neu[pairs[i].info["pair"]]].get_potential_energy() for i in ion])
+    de_ref = np.array(
+        [pairs[i].get_potential_energy() - pairs[neu[pairs[i].info["pair"]]].get_potential_energy() for i in ion]
+    )
     df_ref = [pairs[i].get_forces()[1:] - pairs[neu[pairs[i].info["pair"]]].get_forces()[1:] for i in ion]
     if e_pred is None:
         de, df = np.zeros_like(de_ref), [np.zeros_like(x) for x in df_ref]
@@ -205,13 +232,18 @@ def evaluate_boxes(models: Dict[str, object], data: Path) -> dict:
     e_ref, f_ref = _exact(test)
     boxes = np.array([a.info["box"] for a in test])
     sets = {b: test[int(np.flatnonzero(boxes == b)[0])].info["set"] for b in np.unique(boxes)}
-    res: dict = dict(sizes={f"{b:g}": dict(set=s, ions=len(test[int(np.flatnonzero(boxes == b)[0])])) for b, s in sets.items()}, variants={})
+    res: dict = dict(
+        sizes={f"{b:g}": dict(set=s, ions=len(test[int(np.flatnonzero(boxes == b)[0])])) for b, s in sets.items()},
+        variants={},
+    )
     for name, model in models.items():
         e, f = predict(model, test)
         per = {}
         for b in np.unique(boxes):
             idx = np.flatnonzero(boxes == b)
-            per[f"{b:g}"] = _mae([test[i] for i in idx], e[idx], [f[i] for i in idx], e_ref[idx], [f_ref[i] for i in idx])
+            per[f"{b:g}"] = _mae(
+                [test[i] for i in idx], e[idx], [f[i] for i in idx], e_ref[idx], [f_ref[i] for i in idx]
+            )
         for s in ("trained_size", "unseen_size"):
             idx = np.flatnonzero([a.info["set"] == s for a in test])
             if len(idx):
@@ -224,31 +256,56 @@ def evaluate_boxes(models: Dict[str, object], data: Path) -> dict:
 def print_tables(results: dict) -> None:
     dm = results.get("dimers")
     if dm:
-        print(f"\nDIMERS (cutoff {dm['cutoff']:g} Å, receptive field {dm['receptive_field']:g} Å, trained d <= {dm['train_dmax']:g} Å)")
-        print(f"  {'subset':44s} {'variant':10s} {'frames':>6s} {'E MAE meV':>10s} {'meV/atom':>9s} {'F MAE meV/Å':>12s} {'<|F|>':>7s}")
+        print(
+            f"\nDIMERS (cutoff {dm['cutoff']:g} Å, receptive field {dm['receptive_field']:g} Å, trained d <= {dm['train_dmax']:g} Å)"
+        )
+        print(
+            f"  {'subset':44s} {'variant':10s} {'frames':>6s} {'E MAE meV':>10s} {'meV/atom':>9s} {'F MAE meV/Å':>12s} {'<|F|>':>7s}"
+        )
         for key in dm["variants"]["attention"]["mae"]:
             for v in dm["variants"]:
                 m = dm["variants"][v]["mae"][key]
-                print(f"  {key:44s} {v:10s} {m['frames']:6d} {m['energy_mae_meV']:10.1f} {m['energy_mae_meV_atom']:9.1f} {m['force_mae_meV_A']:12.1f} {m['force_mean_abs_meV_A']:7.1f}")
-        print(f"\n  interaction energy beyond the receptive field (closest intermolecular pair > {dm['receptive_field']:g} Å): mean |error| / mean |exact tail|")
-        print(f"  {'region/kind':36s} {'frames':>6s} {'<|tail|> meV':>12s} " + " ".join(f"{v + ' err (frac)':>22s}" for v in dm["variants"]))
+                print(
+                    f"  {key:44s} {v:10s} {m['frames']:6d} {m['energy_mae_meV']:10.1f} {m['energy_mae_meV_atom']:9.1f} {m['force_mae_meV_A']:12.1f} {m['force_mean_abs_meV_A']:7.1f}"
+                )
+        print(
+            f"\n  interaction energy beyond the receptive field (closest intermolecular pair > {dm['receptive_field']:g} Å): mean |error| / mean |exact tail|"
+        )
+        print(
+            f"  {'region/kind':36s} {'frames':>6s} {'<|tail|> meV':>12s} "
+            + " ".join(f"{v + ' err (frac)':>22s}" for v in dm["variants"])
+        )
         for key in dm["variants"]["attention"]["tail"]:
             t = dm["variants"]["attention"]["tail"][key]
-            cells = " ".join(f"{dm['variants'][v]['tail'][key]['mean_abs_error_meV']:12.1f} ({dm['variants'][v]['tail'][key]['fraction']:5.2f})  " for v in dm["variants"])
+            cells = " ".join(
+                f"{dm['variants'][v]['tail'][key]['mean_abs_error_meV']:12.1f} ({dm['variants'][v]['tail'][key]['fraction']:5.2f})  "
+                for v in dm["variants"]
+            )
             print(f"  {key:36s} {t['frames']:6d} {t['mean_abs_tail_meV']:12.1f} {cells}")
         print("\n  charge pairs (same geometry, Na+ vs neutral Na + water): error of the predicted difference")
-        print(f"  {'region':18s} {'variant':15s} {'pairs':>5s} {'dE MAE':>8s} {'<|dE|>':>8s} {'dF(water) MAE':>14s} {'<|dF|>':>8s}")
+        print(
+            f"  {'region':18s} {'variant':15s} {'pairs':>5s} {'dE MAE':>8s} {'<|dE|>':>8s} {'dF(water) MAE':>14s} {'<|dF|>':>8s}"
+        )
         rows = dict(dm["variants"])
         for region in dm["charge_pairs_no_charge_input"]:
             for v in list(rows) + ["no charge input"]:
                 c = (rows[v]["charge_pairs"] if v in rows else dm["charge_pairs_no_charge_input"])[region]
-                print(f"  {region:18s} {v:15s} {c['pairs']:5d} {c['dE_mae_meV']:8.1f} {c['dE_mean_abs_meV']:8.1f} {c['dF_water_mae_meV_A']:14.1f} {c['dF_water_mean_abs_meV_A']:8.1f}")
+                print(
+                    f"  {region:18s} {v:15s} {c['pairs']:5d} {c['dE_mae_meV']:8.1f} {c['dE_mean_abs_meV']:8.1f} {c['dF_water_mae_meV_A']:14.1f} {c['dF_water_mean_abs_meV_A']:8.1f}"
+                )
     bx = results.get("boxes")
     if bx:
         print("\nBOXES (±1 point charges, PME labels)")
-        print(f"  {'box':>14s} {'ions':>5s} {'set':13s} " + " ".join(f"{v + ' E/F':>22s}" for v in bx["variants"]) + f" {'F ratio loc/att':>16s}")
+        print(
+            f"  {'box':>14s} {'ions':>5s} {'set':13s} "
+            + " ".join(f"{v + ' E/F':>22s}" for v in bx["variants"])
+            + f" {'F ratio loc/att':>16s}"
+        )
         for b, info in bx["sizes"].items():
-            cells = " ".join(f"{bx['variants'][v][b]['energy_mae_meV_atom']:8.1f} {bx['variants'][v][b]['force_mae_meV_A']:13.1f}" for v in bx["variants"])
+            cells = " ".join(
+                f"{bx['variants'][v][b]['energy_mae_meV_atom']:8.1f} {bx['variants'][v][b]['force_mae_meV_A']:13.1f}"
+                for v in bx["variants"]
+            )
             ratio = bx["variants"]["local"][b]["force_mae_meV_A"] / bx["variants"]["attention"][b]["force_mae_meV_A"]
             print(f"  {'L = ' + b + ' Å':>14s} {info['ions']:5d} {info['set']:13s} {cells} {ratio:16.2f}")
         print("  (E in meV/atom, F in meV/Å)")
@@ -276,17 +333,27 @@ def make_plots(results: dict, img_dir: Path) -> List[str]:
             m = kinds == kind
             ax.plot(d[m], np.array(sc["exact"])[m], "k-", lw=2, label="exact (OpenMM)")
             for v in dm["variants"]:
-                ax.plot(d[m], np.array(dm["variants"][v]["scan_energy"])[m], "--", color=colors[v], lw=1.6, label=labels[v])
-            for x, txt in ((_first_beyond(d[m], dmin[m], dm["cutoff"]), "no edge\nacross"), (_first_beyond(d[m], dmin[m], dm["receptive_field"]), "beyond\nL×cutoff")):
+                ax.plot(
+                    d[m], np.array(dm["variants"][v]["scan_energy"])[m], "--", color=colors[v], lw=1.6, label=labels[v]
+                )
+            for x, txt in (
+                (_first_beyond(d[m], dmin[m], dm["cutoff"]), "no edge\nacross"),
+                (_first_beyond(d[m], dmin[m], dm["receptive_field"]), "beyond\nL×cutoff"),
+            ):
                 if x is not None:
                     ax.axvline(x, color="gray", lw=0.8, ls=":")
                     ax.text(x, 0.02, txt, transform=ax.get_xaxis_transform(), fontsize=7, color="gray", ha="left")
             ax.axvspan(dm["train_dmax"], d[m].max(), color="0.92", zorder=0)
-            ax.text(dm["train_dmax"] + 0.2, 0.9, "not trained", transform=ax.get_xaxis_transform(), fontsize=8, color="0.4")
+            ax.text(
+                dm["train_dmax"] + 0.2, 0.9, "not trained", transform=ax.get_xaxis_transform(), fontsize=8, color="0.4"
+            )
             ax.set_title(titles[kind])
             ax.set_xlabel("separation d (Å)")
             ax.set_ylabel("interaction energy (eV)")
-            lo = min(np.array(sc["exact"])[m].min(), min(np.array(dm["variants"][v]["scan_energy"])[m].min() for v in dm["variants"]))
+            lo = min(
+                np.array(sc["exact"])[m].min(),
+                min(np.array(dm["variants"][v]["scan_energy"])[m].min() for v in dm["variants"]),
+            )
             ax.set_ylim(lo - 0.1 * abs(lo), max(0.25 * abs(lo), 0.2))
             ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
@@ -379,7 +446,9 @@ def _git_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return dict(commit=git("rev-parse", "HEAD"), modified=git("status", "--porcelain", "--untracked-files=no").splitlines())
+    return dict(
+        commit=git("rev-parse", "HEAD"), modified=git("status", "--porcelain", "--untracked-files=no").splitlines()
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,10 +475,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = out / "data"
     sizes = Sizes()
     if args.small:
-        sizes = Sizes(dimers_per_kind=40, tail_per_kind=4, box_train=[10.0], box_test=[12.0], box_frames_train=20, box_frames_test=4, charge_pairs=6, scan_step=1.0)
+        sizes = Sizes(
+            dimers_per_kind=40,
+            tail_per_kind=4,
+            box_train=[10.0],
+            box_test=[12.0],
+            box_frames_train=20,
+            box_frames_test=4,
+            charge_pairs=6,
+            scan_step=1.0,
+        )
         args.epochs_dimers = args.epochs_boxes = 1
     summary_file = data / "summary.json"
-    if summary_file.exists() and json.loads(summary_file.read_text()).get("sizes") == json.loads(json.dumps(sizes.__dict__)) and json.loads(summary_file.read_text()).get("seed") == args.seed:
+    if (
+        summary_file.exists()
+        and json.loads(summary_file.read_text()).get("sizes") == json.loads(json.dumps(sizes.__dict__))
+        and json.loads(summary_file.read_text()).get("seed") == args.seed
+    ):
         print(f"data: reusing {data}")
         data_summary = json.loads(summary_file.read_text())
     else:
@@ -420,7 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from allscaip.checkpoint import load_model
 
-    results: dict = dict(machine=machine_info(), command="python -m bench.longrange.run " + " ".join(argv if argv is not None else sys.argv[1:]), data=data_summary, training={})
+    results: dict = dict(
+        machine=machine_info(),
+        command="python -m bench.longrange.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        data=data_summary,
+        training={},
+    )
     epochs = {"dimers": args.epochs_dimers, "boxes": args.epochs_boxes}
     for set_name in args.sets:
         results["training"][set_name] = {}
@@ -433,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     note="--skip-train: trained by an earlier invocation, evaluated by this one",
                 )
             else:
-                results["training"][set_name][variant] = train(set_name, variant, data, out, epochs[set_name], args.seed, args.train_override, args.threads)
+                results["training"][set_name][variant] = train(
+                    set_name, variant, data, out, epochs[set_name], args.seed, args.train_override, args.threads
+                )
         models = {v: load_model(out / set_name / v / "last.ckpt", dtype=torch.float64) for v in VARIANTS}
         for v, model in models.items():
             results["training"][set_name][v]["model_config"] = dataclasses.asdict(model.cfg)
@@ -443,7 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["boxes"] = evaluate_boxes(models, data)
     print_tables(results)
     if args.img_dir:
-        results["plots"] = [str(Path(x).relative_to(REPO)) if Path(x).is_relative_to(REPO) else x for x in make_plots(results, Path(args.img_dir))]
+        results["plots"] = [
+            str(Path(x).relative_to(REPO)) if Path(x).is_relative_to(REPO) else x
+            for x in make_plots(results, Path(args.img_dir))
+        ]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))

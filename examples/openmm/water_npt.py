@@ -7,6 +7,7 @@ density at the end.
 
     python examples/openmm/water_npt.py --model examples/water/model.pt --steps 2000 --out runs/openmm_water
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ def density_g_cm3(system, volume_nm3: float) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(REPO / "examples" / "water" / "model.pt"),
-                    help="allscaip model: exported .pt or checkpoint .ckpt")
+    ap.add_argument(
+        "--model",
+        default=str(REPO / "examples" / "water" / "model.pt"),
+        help="allscaip model: exported .pt or checkpoint .ckpt",
+    )
     ap.add_argument("--pdb", default=str(HERE / "water_216.pdb"), help="starting structure with CRYST1 box")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--out", default="openmm_water_npt", help="output directory")
@@ -72,8 +76,9 @@ def main(argv=None) -> int:
     system = potential.createSystem(pdb.topology, charge=args.charge, spin=args.spin)  # + CMMotionRemover
     temperature = args.temperature * unit.kelvin
     system.addForce(openmm.MonteCarloBarostat(args.pressure * unit.bar, temperature, args.barostat_interval))
-    integrator = openmm.LangevinMiddleIntegrator(temperature, args.friction / unit.picosecond,
-                                                 args.dt_fs * unit.femtosecond)
+    integrator = openmm.LangevinMiddleIntegrator(
+        temperature, args.friction / unit.picosecond, args.dt_fs * unit.femtosecond
+    )
     integrator.setRandomNumberSeed(args.seed)
     simulation = app.Simulation(pdb.topology, system, integrator, openmm.Platform.getPlatformByName(args.platform))
     simulation.context.setPositions(pdb.positions)
@@ -82,12 +87,29 @@ def main(argv=None) -> int:
     simulation.context.setVelocitiesToTemperature(temperature, args.seed)
 
     simulation.reporters.append(app.DCDReporter(str(out / "trajectory.dcd"), args.report_interval))
-    log_fields = dict(step=True, time=True, potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
-                      temperature=True, volume=True, density=True, speed=True)
+    log_fields = dict(
+        step=True,
+        time=True,
+        potentialEnergy=True,
+        kineticEnergy=True,
+        totalEnergy=True,
+        temperature=True,
+        volume=True,
+        density=True,
+        speed=True,
+    )
     simulation.reporters.append(app.StateDataReporter(str(out / "log.csv"), args.report_interval, **log_fields))
-    simulation.reporters.append(app.StateDataReporter(sys.stdout, max(args.report_interval, args.steps // 10),
-                                                      step=True, potentialEnergy=True, temperature=True,
-                                                      density=True, speed=True))
+    simulation.reporters.append(
+        app.StateDataReporter(
+            sys.stdout,
+            max(args.report_interval, args.steps // 10),
+            step=True,
+            potentialEnergy=True,
+            temperature=True,
+            density=True,
+            speed=True,
+        )
+    )
     t0 = time.perf_counter()
     simulation.step(args.steps)
     elapsed = time.perf_counter() - t0

@@ -9,6 +9,7 @@ NPT density by about 4.5 %).
 
     python examples/water/check_energies.py [--model examples/water/model.ckpt] [--data examples/water/data/val.extxyz]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def main() -> None:
             s_err.append((student.get_stress() - frame.calc.results["stress"]) * 1e3)
             pressure.setdefault(float(frame.info.get("density_g_cm3", 0.0)), []).append((p_t, p_s))
     de, df = np.asarray(e_atom), np.concatenate(f_err)
-    line = (f"{len(de)} frames: energy MAE {np.abs(de).mean():.2f} RMSE {np.sqrt(np.mean(de ** 2)):.2f} meV/atom, "
-            f"force MAE {np.abs(df).mean():.1f} RMSE {np.sqrt(np.mean(df ** 2)):.1f} meV/Å")
+    line = (
+        f"{len(de)} frames: energy MAE {np.abs(de).mean():.2f} RMSE {np.sqrt(np.mean(de**2)):.2f} meV/atom, "
+        f"force MAE {np.abs(df).mean():.1f} RMSE {np.sqrt(np.mean(df**2)):.1f} meV/Å"
+    )
     if s_err:
         line += f", stress MAE {np.abs(np.concatenate(s_err)).mean():.3f} meV/Å³ (Voigt components)"
     print(line + "\n")
@@ -60,14 +63,19 @@ def main() -> None:
         sem = e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else float("nan")
         print(f"{kind:<10} {nmol:>9} {len(e):>4} {e.mean():>+11.3f} {sem:>10.3f}")
     if pressure:
-        print(f"\n{'density':<10} {'n':>4} {'teacher':>9} {'student':>9} {'mean error':>11} {'std error':>10}  "
-              "(configurational pressure, bar)")
+        print(
+            f"\n{'density':<10} {'n':>4} {'teacher':>9} {'student':>9} {'mean error':>11} {'std error':>10}  "
+            "(configurational pressure, bar)"
+        )
         rows = [(rho, np.asarray(v)) for rho, v in sorted(pressure.items())] + [
-            ("all", np.concatenate([np.asarray(v) for v in pressure.values()]))]
+            ("all", np.concatenate([np.asarray(v) for v in pressure.values()]))
+        ]
         for rho, v in rows:
             d = v[:, 1] - v[:, 0]
-            print(f"{rho!s:<10} {len(v):>4} {v[:, 0].mean():>9.0f} {v[:, 1].mean():>9.0f} {d.mean():>+11.0f} "
-                  f"{d.std(ddof=1) / np.sqrt(len(d)):>10.0f}")
+            print(
+                f"{rho!s:<10} {len(v):>4} {v[:, 0].mean():>9.0f} {v[:, 1].mean():>9.0f} {d.mean():>+11.0f} "
+                f"{d.std(ddof=1) / np.sqrt(len(d)):>10.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ equilibration, so discarding more than half of it would be a symptom, not a cure
 ΔHvap = <U_gas> - <U_liq>/N_mol + RT  (ideal gas; the kinetic energies cancel)
 with standard error sqrt(se(U_gas)^2 + se(U_liq/N_mol)^2) (independent simulations).
 """
+
 from __future__ import annotations
 
 import logging
@@ -134,8 +135,9 @@ def analyse_series(x, detect: bool = True, sample_interval_ps: Optional[float] =
     g = statistical_inefficiency(y)
     std = float(y.std(ddof=1)) if n > 1 else 0.0
     stderr = std * math.sqrt(g / n) if n > 1 else float("nan")
-    return SeriesStats(float(y.mean()), float(stderr), std, float(g), int(t0), int(n), int(n_total),
-                       float(n / g), sample_interval_ps)
+    return SeriesStats(
+        float(y.mean()), float(stderr), std, float(g), int(t0), int(n), int(n_total), float(n / g), sample_interval_ps
+    )
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Result:
 def heat_of_vaporization(u_gas: SeriesStats, u_liq_per_molecule: SeriesStats, temperature_K: float) -> Result:
     """ΔHvap (kJ/mol) = <U_gas> - <U_liq>/N + RT, errors added in quadrature."""
     value = u_gas.mean - u_liq_per_molecule.mean + R_KJ_MOL_K * temperature_K
-    err = math.sqrt(u_gas.stderr ** 2 + u_liq_per_molecule.stderr ** 2)
+    err = math.sqrt(u_gas.stderr**2 + u_liq_per_molecule.stderr**2)
     return Result(float(value), float(err))
 
 

@@ -15,6 +15,7 @@ importable, otherwise with a random-insertion packer with overlap rejection
 (:func:`random_insertion`). The box is cubic with edge ``(N m / (rho N_A))^(1/3)``, so the
 packed mass density is the requested one to rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,10 @@ class Molecule:
                     m[h] += dm
                     m[x] -= dm
         if np.any(m <= 0.0):
-            raise InputError(f"hydrogen mass {hydrogen_mass} amu leaves a heavy atom of {self.formula} with mass "
-                             f"{m.min():.3f} amu; use a smaller --hydrogen-mass (e.g. 3)")
+            raise InputError(
+                f"hydrogen mass {hydrogen_mass} amu leaves a heavy atom of {self.formula} with mass "
+                f"{m.min():.3f} amu; use a smaller --hydrogen-mass (e.g. 3)"
+            )
         return m
 
     def is_water(self) -> bool:
@@ -91,7 +94,9 @@ class Molecule:
         """Water with its atoms in O, H, H order (the teacher's topology)."""
         if not self.is_water():
             raise InputError(f"{self.spec!r} ({self.formula}) is not water")
-        order = [int(np.flatnonzero(self.atoms.numbers == 8)[0])] + [int(i) for i in np.flatnonzero(self.atoms.numbers == 1)]
+        order = [int(np.flatnonzero(self.atoms.numbers == 8)[0])] + [
+            int(i) for i in np.flatnonzero(self.atoms.numbers == 1)
+        ]
         atoms = self.atoms[order]
         return Molecule(atoms, self.spec, self.source, [(0, 1), (0, 2)], self.name)
 
@@ -227,8 +232,9 @@ def model_info(model_path: str) -> ModelInfo:
         calc = AllScAIPCalculator(model_path)
     except Exception as err:
         raise InputError(f"could not load model {model_path}: {type(err).__name__}: {err}") from err
-    return ModelInfo(str(Path(model_path).resolve()), float(calc.cutoff), [int(z) for z in calc.elements],
-                     dict(calc.metadata))
+    return ModelInfo(
+        str(Path(model_path).resolve()), float(calc.cutoff), [int(z) for z in calc.elements], dict(calc.metadata)
+    )
 
 
 def check_elements(mol: Molecule, allowed: Sequence[int], what: str) -> None:
@@ -277,8 +283,9 @@ def _min_image_min_dist(new: np.ndarray, old: np.ndarray, edge: float) -> float:
     return float(np.sqrt((d * d).sum(-1)).min())
 
 
-def random_insertion(mol: Molecule, n_molecules: int, edge: float, seed: int = 0, tolerance: float = 2.0,
-                     max_tries: int = 2000) -> np.ndarray:
+def random_insertion(
+    mol: Molecule, n_molecules: int, edge: float, seed: int = 0, tolerance: float = 2.0, max_tries: int = 2000
+) -> np.ndarray:
     """Positions [n_molecules * natoms, 3] Å: random centres and orientations, each new molecule
     at least ``tolerance`` Å (minimum image) from every atom placed so far; after ``max_tries``
     failed attempts for one molecule the tolerance shrinks by 10 %."""
@@ -296,7 +303,9 @@ def random_insertion(mol: Molecule, n_molecules: int, edge: float, seed: int = 0
             else:
                 tol *= 0.9
                 if tol < 0.5:
-                    raise RuntimeError(f"random insertion could not place {n_molecules} molecules in a {edge:.2f} Å box")
+                    raise RuntimeError(
+                        f"random insertion could not place {n_molecules} molecules in a {edge:.2f} Å box"
+                    )
                 continue
             break
         out.append(trial)
@@ -313,8 +322,9 @@ def _packmol_binary() -> Optional[str]:
         return shutil.which("packmol")
 
 
-def packmol_pack(mol: Molecule, n_molecules: int, edge: float, seed: int = 0, tolerance: float = 2.0,
-                 timeout: float = 600.0) -> np.ndarray:
+def packmol_pack(
+    mol: Molecule, n_molecules: int, edge: float, seed: int = 0, tolerance: float = 2.0, timeout: float = 600.0
+) -> np.ndarray:
     """Positions [n_molecules * natoms, 3] Å from Packmol in periodic (``pbc``) mode."""
     exe = _packmol_binary()
     if exe is None:
@@ -356,8 +366,9 @@ def min_intermolecular_distance(positions: np.ndarray, natoms: int, edge: float)
     return best
 
 
-def pack_box(mol: Molecule, n_molecules: int, density_g_cm3: float, seed: int = 0, tolerance: float = 2.0,
-             method: str = "auto") -> Atoms:
+def pack_box(
+    mol: Molecule, n_molecules: int, density_g_cm3: float, seed: int = 0, tolerance: float = 2.0, method: str = "auto"
+) -> Atoms:
     """A cubic periodic box of ``n_molecules`` copies of ``mol`` at ``density_g_cm3``.
 
     ``method``: ``packmol``, ``random`` or ``auto`` (Packmol when installed). Atoms are ordered
@@ -380,8 +391,7 @@ def pack_box(mol: Molecule, n_molecules: int, density_g_cm3: float, seed: int = 
         raise ValueError(f"unknown packing method {method!r}")
     atoms = Atoms(numbers=np.tile(mol.atoms.numbers, n_molecules), positions=pos, cell=np.eye(3) * edge, pbc=True)
     atoms.set_masses(np.tile(mol.atoms.get_masses(), n_molecules))
-    atoms.info.update(n_molecules=int(n_molecules), density_g_cm3=float(density_g_cm3), packer=packer,
-                      charge=0, spin=1)
+    atoms.info.update(n_molecules=int(n_molecules), density_g_cm3=float(density_g_cm3), packer=packer, charge=0, spin=1)
     return atoms
 
 

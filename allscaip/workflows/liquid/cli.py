@@ -1,4 +1,5 @@
 """``allscaip liquid``: command-line options and entry point (``add_arguments`` / ``run``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,18 +26,29 @@ timeseries.png, histograms.png, per-segment CSV samples and checkpoints; OUT/sum
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="allscaip model: exported .pt (TorchScript), .pt2 or .ckpt")
     p.add_argument("--molecule", required=True, help="file (.pdb, .xyz, ...), liquid name, or SMILES")
-    p.add_argument("--teacher", action="store_true",
-                   help="also (or, without --model, only) run the flexible TIP3P water teacher in OpenMM with "
-                        "the same protocol and analysis (water only)")
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="also (or, without --model, only) run the flexible TIP3P water teacher in OpenMM with "
+        "the same protocol and analysis (water only)",
+    )
     p.add_argument("--n-molecules", type=int, default=216, help="molecules in the liquid box")
     p.add_argument("--temperature", type=float, default=298.15, help="K")
     p.add_argument("--pressure", type=float, default=1.0, help="atm")
-    p.add_argument("--engine", choices=("openmm", "lammps"), default="openmm",
-                   help="MD engine for the model (the teacher always runs in OpenMM)")
+    p.add_argument(
+        "--engine",
+        choices=("openmm", "lammps"),
+        default="openmm",
+        help="MD engine for the model (the teacher always runs in OpenMM)",
+    )
     p.add_argument("--timestep-fs", type=float, default=0.5, help="MD time step (flexible X-H bonds: 0.5-1 fs)")
-    p.add_argument("--hydrogen-mass", type=float, default=None,
-                   help="hydrogen mass repartitioning, amu (e.g. 3 with --timestep-fs 1): H bonded to a heavy atom "
-                        "gets this mass, taken from that atom; density and energies are unaffected")
+    p.add_argument(
+        "--hydrogen-mass",
+        type=float,
+        default=None,
+        help="hydrogen mass repartitioning, amu (e.g. 3 with --timestep-fs 1): H bonded to a heavy atom "
+        "gets this mass, taken from that atom; density and energies are unaffected",
+    )
     p.add_argument("--equilibrate-ps", type=float, default=100.0, help="liquid NPT equilibration")
     p.add_argument("--production-ps", type=float, default=200.0, help="liquid NPT production")
     p.add_argument("--segment-ps", type=float, default=10.0, help="checkpoint interval (segment length)")
@@ -45,19 +57,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every-fs", type=float, default=100.0, help="sampling interval of energies/volume")
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
     p.add_argument("--barostat-interval", type=int, default=25, help="OpenMM Monte Carlo barostat interval, steps")
-    p.add_argument("--pack-density", type=float, default=None,
-                   help="g/cm^3 of the packed box (default 0.95 x experiment when known, else 0.95)")
-    p.add_argument("--packer", choices=("auto", "packmol", "random"), default="auto",
-                   help="box packing: Packmol, random insertion, or Packmol when installed")
-    p.add_argument("--minimise-iterations", type=int, default=1000,
-                   help="maximum energy-minimisation iterations (0: no minimisation)")
-    p.add_argument("--minimise-tolerance", type=float, default=10.0,
-                   help="stop minimising at this RMS force component, kJ/mol/nm (OpenMM's rule; both engines)")
+    p.add_argument(
+        "--pack-density",
+        type=float,
+        default=None,
+        help="g/cm^3 of the packed box (default 0.95 x experiment when known, else 0.95)",
+    )
+    p.add_argument(
+        "--packer",
+        choices=("auto", "packmol", "random"),
+        default="auto",
+        help="box packing: Packmol, random insertion, or Packmol when installed",
+    )
+    p.add_argument(
+        "--minimise-iterations",
+        type=int,
+        default=1000,
+        help="maximum energy-minimisation iterations (0: no minimisation)",
+    )
+    p.add_argument(
+        "--minimise-tolerance",
+        type=float,
+        default=10.0,
+        help="stop minimising at this RMS force component, kJ/mol/nm (OpenMM's rule; both engines)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (packing, velocities, thermostats)")
     p.add_argument("--out", default="liquid_run", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished segment")
-    p.add_argument("--max-segments", type=int, default=None,
-                   help="stop after this many MD segments in this invocation (continue later with --resume)")
+    p.add_argument(
+        "--max-segments",
+        type=int,
+        default=None,
+        help="stop after this many MD segments in this invocation (continue later with --resume)",
+    )
     p.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, CUDA, Reference, ...)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="torch / OpenMM CPU threads")
@@ -69,17 +101,32 @@ def settings_from_args(args, potential: str):
     from allscaip.workflows.liquid.settings import Settings
 
     return Settings(
-        molecule=args.molecule, potential=potential,
+        molecule=args.molecule,
+        potential=potential,
         model=None if potential == "teacher" else str(Path(args.model).expanduser().resolve()),
-        n_molecules=args.n_molecules, temperature_K=args.temperature, pressure_atm=args.pressure,
-        engine="openmm" if potential == "teacher" else args.engine, timestep_fs=args.timestep_fs,
+        n_molecules=args.n_molecules,
+        temperature_K=args.temperature,
+        pressure_atm=args.pressure,
+        engine="openmm" if potential == "teacher" else args.engine,
+        timestep_fs=args.timestep_fs,
         hydrogen_mass_amu=args.hydrogen_mass,
-        equilibrate_ps=args.equilibrate_ps, production_ps=args.production_ps, segment_ps=args.segment_ps,
-        gas_equilibrate_ps=args.gas_equilibrate_ps, gas_production_ps=args.gas_production_ps,
-        sample_every_fs=args.sample_every_fs, friction_per_ps=args.friction, barostat_interval=args.barostat_interval,
-        pack_density_g_cm3=args.pack_density, minimise_max_iterations=args.minimise_iterations,
-        minimise_tolerance_kj_mol_nm=args.minimise_tolerance, packer=args.packer, seed=args.seed, platform=args.platform,
-        device=args.device, threads=args.threads, lmp=args.lmp,
+        equilibrate_ps=args.equilibrate_ps,
+        production_ps=args.production_ps,
+        segment_ps=args.segment_ps,
+        gas_equilibrate_ps=args.gas_equilibrate_ps,
+        gas_production_ps=args.gas_production_ps,
+        sample_every_fs=args.sample_every_fs,
+        friction_per_ps=args.friction,
+        barostat_interval=args.barostat_interval,
+        pack_density_g_cm3=args.pack_density,
+        minimise_max_iterations=args.minimise_iterations,
+        minimise_tolerance_kj_mol_nm=args.minimise_tolerance,
+        packer=args.packer,
+        seed=args.seed,
+        platform=args.platform,
+        device=args.device,
+        threads=args.threads,
+        lmp=args.lmp,
     )
 
 
@@ -100,19 +147,27 @@ def run(args) -> int:
     potentials = (["model"] if args.model else []) + (["teacher"] if args.teacher else [])
     try:
         settings = {p: settings_from_args(args, p) for p in potentials}
-        for p, s in settings.items():  # every input check before any simulation starts
+        for s in settings.values():  # every input check before any simulation starts
             runner.prepare_molecule(s)
     except InputError as e:
         return err(str(e))
     reports = []
     t0 = time.time()
     for p, s in settings.items():
-        print(f"[{p}] {s.n_molecules} x {s.molecule} at {s.temperature_K} K, {s.pressure_atm} atm, "
-              f"engine {s.engine}, output {out / p}", file=sys.stderr)
+        print(
+            f"[{p}] {s.n_molecules} x {s.molecule} at {s.temperature_K} K, {s.pressure_atm} atm, "
+            f"engine {s.engine}, output {out / p}",
+            file=sys.stderr,
+        )
         try:
-            rep = runner.Runner(s, out / p, resume=args.resume, max_segments=args.max_segments,
-                                show_progress=not args.no_progress,
-                                log=lambda m: print(m, file=sys.stderr)).run()
+            rep = runner.Runner(
+                s,
+                out / p,
+                resume=args.resume,
+                max_segments=args.max_segments,
+                show_progress=not args.no_progress,
+                log=lambda m: print(m, file=sys.stderr),
+            ).run()
         except InputError as e:
             return err(str(e))
         rep["label"] = p

@@ -13,6 +13,7 @@ runs on one plot::
 
 The exit status is 0 when every criterion is met and 1 otherwise, so scripts can gate on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,10 @@ class Criterion:
     """One acceptance question and its answer."""
 
     name: str
-    difference: float           # a - b, in the quantity's units
-    stderr: float               # of the difference
+    difference: float  # a - b, in the quantity's units
+    stderr: float  # of the difference
     relative_percent: Optional[float]
-    limit: str                  # the rule, in words
+    limit: str  # the rule, in words
     met: bool
 
     @property
@@ -68,12 +69,15 @@ def load_report(path: Path) -> dict:
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"{file}: no report.json; give the output directory of a finished "
-                                "`allscaip liquid` run (e.g. OUT/model)")
+        raise FileNotFoundError(
+            f"{file}: no report.json; give the output directory of a finished `allscaip liquid` run (e.g. OUT/model)"
+        )
     rep = json.loads(file.read_text())
     if rep.get("status") != "complete" or "results" not in rep:
-        raise ValueError(f"{file}: the run is not complete (status {rep.get('status')!r}); "
-                         "finish it with `allscaip liquid ... --resume`")
+        raise ValueError(
+            f"{file}: the run is not complete (status {rep.get('status')!r}); "
+            "finish it with `allscaip liquid ... --resume`"
+        )
     rep["_file"] = str(file)
     return rep
 
@@ -95,8 +99,14 @@ def against_reference(v: Value, ref: Value, tolerance_percent: float, name: str)
     """|v - ref| <= tolerance of ref (the error bars are reported, not used to widen the limit)."""
     diff = v.mean - ref.mean
     rel = 100.0 * diff / ref.mean
-    return Criterion(name, diff, math.hypot(v.stderr, ref.stderr), rel, f"|Δ| ≤ {tolerance_percent:g} %",
-                     abs(rel) <= tolerance_percent)
+    return Criterion(
+        name,
+        diff,
+        math.hypot(v.stderr, ref.stderr),
+        rel,
+        f"|Δ| ≤ {tolerance_percent:g} %",
+        abs(rel) <= tolerance_percent,
+    )
 
 
 def between_runs(a: Value, b: Value, n_sigma: float, name: str) -> Criterion:
@@ -144,9 +154,16 @@ def _row(run: str, c: Criterion) -> dict:
     return {"run": run, **asdict(c), "sigma": c.sigma}
 
 
-def compare(runs: List[dict], series: List[Dict[str, np.ndarray]], reference: Optional[dict],
-            ref_density: Optional[Value], ref_hvap: Optional[Value],
-            density_tol: float, hvap_tol: float, n_sigma: float) -> dict:
+def compare(
+    runs: List[dict],
+    series: List[Dict[str, np.ndarray]],
+    reference: Optional[dict],
+    ref_density: Optional[Value],
+    ref_hvap: Optional[Value],
+    density_tol: float,
+    hvap_tol: float,
+    n_sigma: float,
+) -> dict:
     """Every criterion for ``runs`` (``series``: their :func:`production_series`): each against the
     reference (when given), each pair against each other."""
     if reference is not None:
@@ -156,25 +173,42 @@ def compare(runs: List[dict], series: List[Dict[str, np.ndarray]], reference: Op
     for rep in runs:
         lab = label_of(rep)
         if ref_density is not None:
-            rows.append(_row(lab, against_reference(value_of(rep, DENSITY), ref_density, density_tol,
-                                                    "density vs reference")))
+            rows.append(
+                _row(lab, against_reference(value_of(rep, DENSITY), ref_density, density_tol, "density vs reference"))
+            )
         if ref_hvap is not None:
             rows.append(_row(lab, against_reference(value_of(rep, HVAP), ref_hvap, hvap_tol, "ΔHvap vs reference")))
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             lab = f"{label_of(runs[i])} − {label_of(runs[j])}"
-            rows.append(_row(lab, between_runs(value_of(runs[i], DENSITY), value_of(runs[j], DENSITY), n_sigma,
-                                               "density, run vs run")))
+            rows.append(
+                _row(
+                    lab,
+                    between_runs(
+                        value_of(runs[i], DENSITY), value_of(runs[j], DENSITY), n_sigma, "density, run vs run"
+                    ),
+                )
+            )
     return {
-        "reference": {"density_g_cm3": asdict(ref_density) if ref_density else None,
-                      "hvap_kJ_mol": asdict(ref_hvap) if ref_hvap else None,
-                      "report": reference["_file"] if reference else None},
+        "reference": {
+            "density_g_cm3": asdict(ref_density) if ref_density else None,
+            "hvap_kJ_mol": asdict(ref_hvap) if ref_hvap else None,
+            "report": reference["_file"] if reference else None,
+        },
         "tolerances": {"density_percent": density_tol, "hvap_percent": hvap_tol, "between_runs_sigma": n_sigma},
-        "runs": [{"label": label_of(r), "report": r["_file"],
-                  "density_g_cm3": asdict(value_of(r, DENSITY)), "hvap_kJ_mol": asdict(value_of(r, HVAP)),
-                  "production_ps": _production_ps(r), "liquid_wall_s": r.get("timing", {}).get("liquid", {}).get("md_wall_s"),
-                  "block_check": block_check(r, s), "warnings": r.get("warnings", [])}
-                 for r, s in zip(runs, series)],
+        "runs": [
+            {
+                "label": label_of(r),
+                "report": r["_file"],
+                "density_g_cm3": asdict(value_of(r, DENSITY)),
+                "hvap_kJ_mol": asdict(value_of(r, HVAP)),
+                "production_ps": _production_ps(r),
+                "liquid_wall_s": r.get("timing", {}).get("liquid", {}).get("md_wall_s"),
+                "block_check": block_check(r, s),
+                "warnings": r.get("warnings", []),
+            }
+            for r, s in zip(runs, series)
+        ],
         "criteria": rows,
         "all_met": all(r["met"] for r in rows),
     }
@@ -191,15 +225,25 @@ def format_result(res: dict) -> str:
     ref = res["reference"]
     if ref["density_g_cm3"] or ref["hvap_kJ_mol"]:
         d, h = ref["density_g_cm3"], ref["hvap_kJ_mol"]
-        lines.append("reference: " + ", ".join(
-            s for s in (f"ρ {d['mean']:.4f} ± {d['stderr']:.4f} g/cm³" if d else "",
-                        f"ΔHvap {h['mean']:.2f} ± {h['stderr']:.2f} kJ/mol" if h else "") if s)
-            + (f"  ({ref['report']})" if ref["report"] else ""))
+        lines.append(
+            "reference: "
+            + ", ".join(
+                s
+                for s in (
+                    f"ρ {d['mean']:.4f} ± {d['stderr']:.4f} g/cm³" if d else "",
+                    f"ΔHvap {h['mean']:.2f} ± {h['stderr']:.2f} kJ/mol" if h else "",
+                )
+                if s
+            )
+            + (f"  ({ref['report']})" if ref["report"] else "")
+        )
     for r in res["runs"]:
         d, h = r["density_g_cm3"], r["hvap_kJ_mol"]
         prod = f"{r['production_ps']:g} ps" if r["production_ps"] else "?"
-        lines.append(f"{r['label']}: ρ {d['mean']:.4f} ± {d['stderr']:.4f} g/cm³, ΔHvap {h['mean']:.2f} ± "
-                     f"{h['stderr']:.2f} kJ/mol ({prod} production)")
+        lines.append(
+            f"{r['label']}: ρ {d['mean']:.4f} ± {d['stderr']:.4f} g/cm³, ΔHvap {h['mean']:.2f} ± "
+            f"{h['stderr']:.2f} kJ/mol ({prod} production)"
+        )
         for key, b in r["block_check"].items():
             ratio = b["block_stderr"] / b["stderr"] if b["stderr"] > 0 else float("nan")
             flag = "  <- the error bar may be understated" if ratio > 1.5 else ""
@@ -210,9 +254,18 @@ def format_result(res: dict) -> str:
     head = ("criterion", "run", "Δ", "σ(Δ)", "Δ %", "|Δ|/σ", "rule", "")
     table = [head]
     for c in res["criteria"]:
-        table.append((c["name"], c["run"], f"{c['difference']:+.4g}", f"{c['stderr']:.2g}",
-                      f"{c['relative_percent']:+.2f}" if c["relative_percent"] is not None else "",
-                      f"{c['sigma']:.1f}", c["limit"], "met" if c["met"] else "NOT MET"))
+        table.append(
+            (
+                c["name"],
+                c["run"],
+                f"{c['difference']:+.4g}",
+                f"{c['stderr']:.2g}",
+                f"{c['relative_percent']:+.2f}" if c["relative_percent"] is not None else "",
+                f"{c['sigma']:.1f}",
+                c["limit"],
+                "met" if c["met"] else "NOT MET",
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for k, row in enumerate(table):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -243,23 +296,39 @@ def plot(runs: List[dict], series: List[Dict[str, np.ndarray]], res: dict, path:
             t0 = int(rep["results"][key]["t0"])
             ax.plot(s["time_ps"], s[key], color=f"C{k}", lw=0.5, alpha=0.35)
             st = rep["results"][key]
-            ax.plot(s["time_ps"][t0:], running_mean(s[key][t0:]), color=f"C{k}", lw=1.8,
-                    label=f"{label_of(rep)}: {st['mean']:.4g} ± {st['stderr']:.2g}")
+            ax.plot(
+                s["time_ps"][t0:],
+                running_mean(s[key][t0:]),
+                color=f"C{k}",
+                lw=1.8,
+                label=f"{label_of(rep)}: {st['mean']:.4g} ± {st['stderr']:.2g}",
+            )
     ref = res["reference"]["density_g_cm3"]
     if ref:
         tol = res["tolerances"]["density_percent"] / 100.0 * ref["mean"]
-        axes[0].axhspan(ref["mean"] - ref["stderr"], ref["mean"] + ref["stderr"], color="0.6", alpha=0.4,
-                        label=f"reference {ref['mean']:.4f} ± {ref['stderr']:.4f}")
+        axes[0].axhspan(
+            ref["mean"] - ref["stderr"],
+            ref["mean"] + ref["stderr"],
+            color="0.6",
+            alpha=0.4,
+            label=f"reference {ref['mean']:.4f} ± {ref['stderr']:.4f}",
+        )
         for sgn in (-1, 1):
-            axes[0].axhline(ref["mean"] + sgn * tol, color="0.3", ls="--", lw=0.8,
-                            label=f"± {res['tolerances']['density_percent']:g} %" if sgn > 0 else None)
+            axes[0].axhline(
+                ref["mean"] + sgn * tol,
+                color="0.3",
+                ls="--",
+                lw=0.8,
+                label=f"± {res['tolerances']['density_percent']:g} %" if sgn > 0 else None,
+            )
     axes[0].set_ylabel("density (g/cm$^3$)")
     axes[1].set_ylabel("U$_{liq}$/N (kJ/mol)")
     axes[1].set_xlabel("time (ps)")
     for ax in axes:
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("liquid runs compared: " + ("all criteria met" if res["all_met"] else "NOT all criteria met"),
-                 fontsize=10)
+    fig.suptitle(
+        "liquid runs compared: " + ("all criteria met" if res["all_met"] else "NOT all criteria met"), fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -267,14 +336,21 @@ def plot(runs: List[dict], series: List[Dict[str, np.ndarray]], res: dict, path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="output directory (or report.json) of a finished run")
-    p.add_argument("--reference", metavar="RUN", help="a finished run (e.g. the teacher's) whose density and "
-                                                         "ΔHvap are the reference")
+    p.add_argument(
+        "--reference",
+        metavar="RUN",
+        help="a finished run (e.g. the teacher's) whose density and ΔHvap are the reference",
+    )
     p.add_argument("--reference-density", type=float, metavar="G_CM3", help="reference density instead (or on top)")
     p.add_argument("--reference-hvap", type=float, metavar="KJ_MOL", help="reference ΔHvap instead (or on top)")
     p.add_argument("--density-tol", type=float, default=2.0, help="allowed |Δρ| from the reference, percent")
     p.add_argument("--hvap-tol", type=float, default=3.0, help="allowed |ΔΔHvap| from the reference, percent")
-    p.add_argument("--sigma", type=float, default=2.0,
-                   help="runs agree when their densities differ by at most this many combined standard errors")
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=2.0,
+        help="runs agree when their densities differ by at most this many combined standard errors",
+    )
     p.add_argument("--plot", metavar="PNG", help="write the density / energy comparison plot here")
     p.add_argument("--json", metavar="FILE", help="write the comparison here")
 
@@ -287,8 +363,10 @@ def run(args) -> int:
         print(f"liquid-compare: {err}")
         return 2
     if reference is None and args.reference_density is None and args.reference_hvap is None and len(runs) < 2:
-        print("liquid-compare: nothing to compare: give --reference RUN, --reference-density/--reference-hvap, "
-              "or at least two runs")
+        print(
+            "liquid-compare: nothing to compare: give --reference RUN, --reference-density/--reference-hvap, "
+            "or at least two runs"
+        )
         return 2
     ref_d = Value(args.reference_density, 0.0) if args.reference_density is not None else None
     ref_h = Value(args.reference_hvap, 0.0) if args.reference_hvap is not None else None
@@ -307,8 +385,9 @@ def run(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="allscaip liquid-compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="allscaip liquid-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap)
     return run(ap.parse_args(argv))
 

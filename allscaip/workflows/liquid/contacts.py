@@ -9,6 +9,7 @@ by default the model's core-repulsion radii (the region with no training data), 
 
     python -m allscaip.workflows.liquid.contacts runs/water/openmm [--pair H-H=1.0 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,11 +63,17 @@ def _lammps_positions(restart: Path) -> Tuple[np.ndarray, np.ndarray]:
     from allscaip.workflows.liquid.engine_lammps import find_lmp, lmp_environment
 
     with tempfile.TemporaryDirectory() as tmp:
-        script = (f"read_restart {restart.resolve()}\npair_style zero 1.0\npair_coeff * *\n"
-                  f"write_data frame.data nocoeff\n")
+        script = (
+            f"read_restart {restart.resolve()}\npair_style zero 1.0\npair_coeff * *\nwrite_data frame.data nocoeff\n"
+        )
         Path(tmp, "in.lmp").write_text(script)
-        r = subprocess.run([find_lmp(), "-in", "in.lmp", "-log", "none", "-screen", "none"], cwd=tmp,
-                           env=lmp_environment(), capture_output=True, text=True)
+        r = subprocess.run(
+            [find_lmp(), "-in", "in.lmp", "-log", "none", "-screen", "none"],
+            cwd=tmp,
+            env=lmp_environment(),
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"LAMMPS could not read {restart}: {(r.stdout + r.stderr)[-500:]}")
         a = read(Path(tmp, "frame.data"), format="lammps-data", atom_style="atomic", units="metal")
@@ -78,10 +85,15 @@ def segment_stems(run_dir: Path) -> List[str]:
     """Names of the liquid segments that left a structure, in run order."""
     liquid = run_dir / "liquid"
     if not liquid.is_dir():
-        raise FileNotFoundError(f"{run_dir} has no liquid/ directory: give the engine's output directory of "
-                                f"allscaip liquid (e.g. runs/water/openmm/model)")
-    stems = ("minimise", *sorted({p.stem for p in liquid.glob("equil_*.*")}),
-             *sorted({p.stem for p in liquid.glob("prod_*.*")}))
+        raise FileNotFoundError(
+            f"{run_dir} has no liquid/ directory: give the engine's output directory of "
+            f"allscaip liquid (e.g. runs/water/openmm/model)"
+        )
+    stems = (
+        "minimise",
+        *sorted({p.stem for p in liquid.glob("equil_*.*")}),
+        *sorted({p.stem for p in liquid.glob("prod_*.*")}),
+    )
     return [t for t in stems if (liquid / f"{t}.xml").is_file() or (liquid / f"{t}.restart").is_file()]
 
 
@@ -103,8 +115,9 @@ def _molecules(run_dir: Path) -> Tuple[dict, np.ndarray, np.ndarray]:
     return settings, numbers, molecule
 
 
-def count_contacts(positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray, molecule: np.ndarray,
-                   thresholds: Dict[Pair, float]) -> Dict[Pair, Tuple[int, float]]:
+def count_contacts(
+    positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray, molecule: np.ndarray, thresholds: Dict[Pair, float]
+) -> Dict[Pair, Tuple[int, float]]:
     """Per element pair: (number of intermolecular pairs closer than its threshold, shortest
     intermolecular distance), minimum image."""
     a = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
@@ -131,20 +144,27 @@ def final_contacts(run_dir: Path, model: str) -> Optional[dict]:
     pos, cell = segment_structure(run_dir, stem)
     c = count_contacts(pos, cell, numbers, molecule, thresholds)
     name = {p: f"{chemical_symbols[p[0]]}-{chemical_symbols[p[1]]}" for p in thresholds}
-    return {"segment": stem, "radius_ang": {name[p]: r for p, r in thresholds.items()},
-            "count": {name[p]: c[p][0] for p in thresholds}, "shortest_ang": {name[p]: c[p][1] for p in thresholds}}
+    return {
+        "segment": stem,
+        "radius_ang": {name[p]: r for p, r in thresholds.items()},
+        "count": {name[p]: c[p][0] for p in thresholds},
+        "shortest_ang": {name[p]: c[p][1] for p in thresholds},
+    }
 
 
 def contact_warnings(summary: Optional[dict]) -> List[str]:
     """A warning per element pair with intermolecular contacts inside the core radius."""
     if not summary or "count" not in summary:
         return []
-    return [f"{n} intermolecular {pair} pairs closer than {summary['radius_ang'][pair]:.2f} Å (shortest "
-            f"{summary['shortest_ang'][pair]:.2f} Å) at the end of {summary['segment']}: no training data reaches "
-            "this close, so the liquid has moved where the model was never trained and its density and energies "
-            "do not describe the training data's physics; label such structures and add them to the training "
-            "set (python -m allscaip.workflows.liquid.contacts lists them by segment)"
-            for pair, n in summary["count"].items() if n > 0]
+    return [
+        f"{n} intermolecular {pair} pairs closer than {summary['radius_ang'][pair]:.2f} Å (shortest "
+        f"{summary['shortest_ang'][pair]:.2f} Å) at the end of {summary['segment']}: no training data reaches "
+        "this close, so the liquid has moved where the model was never trained and its density and energies "
+        "do not describe the training data's physics; label such structures and add them to the training "
+        "set (python -m allscaip.workflows.liquid.contacts lists them by segment)"
+        for pair, n in summary["count"].items()
+        if n > 0
+    ]
 
 
 def check_run(run_dir: Path, thresholds: Optional[Dict[Pair, float]] = None) -> List[str]:
@@ -167,8 +187,13 @@ def check_run(run_dir: Path, thresholds: Optional[Dict[Pair, float]] = None) -> 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="an engine's output directory of allscaip liquid (holds settings.json, liquid/)")
-    ap.add_argument("--pair", action="append", default=[], metavar="A-B=R",
-                    help="count intermolecular A-B pairs closer than R Å (default: the model's core radii)")
+    ap.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="A-B=R",
+        help="count intermolecular A-B pairs closer than R Å (default: the model's core radii)",
+    )
     args = ap.parse_args(argv)
     try:
         print("\n".join(check_run(Path(args.run_dir), parse_pairs(args.pair))))

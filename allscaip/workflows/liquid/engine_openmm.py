@@ -11,6 +11,7 @@ teacher: ``NoCutoff``), Langevin NVT.
 Checkpoints are OpenMM ``State`` XML files (positions, velocities, box, parameters, time and
 step count), portable across platforms.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def _model_topology(mol: Molecule, n_molecules: int, box_ang: Optional[float]) -
         names.append(f"{s}{counts[s]}")
     for _ in range(n_molecules):
         res = top.addResidue("MOL", chain)
-        atoms = [top.addAtom(nm, app.element.Element.getByAtomicNumber(int(z)), res)
-                 for nm, z in zip(names, mol.atoms.numbers)]
+        atoms = [
+            top.addAtom(nm, app.element.Element.getByAtomicNumber(int(z)), res)
+            for nm, z in zip(names, mol.atoms.numbers)
+        ]
         for a, b in mol.bonds:
             top.addBond(atoms[a], atoms[b])
     if box_ang is not None:
@@ -57,7 +60,9 @@ class OpenMMEngine:
 
     name = "openmm"
 
-    def __init__(self, phase: str, mol: Molecule, n_molecules: int, settings: Settings, box_ang: Optional[float] = None):
+    def __init__(
+        self, phase: str, mol: Molecule, n_molecules: int, settings: Settings, box_ang: Optional[float] = None
+    ):
         if phase not in ("liquid", "gas"):
             raise ValueError(phase)
         self.phase = phase
@@ -69,8 +74,9 @@ class OpenMMEngine:
         self._context = None
         self._integrator = None
         self.system, self.topology = self._build_system()
-        self.total_mass = sum(self.system.getParticleMass(i).value_in_unit(unit.dalton)
-                              for i in range(self.system.getNumParticles()))
+        self.total_mass = sum(
+            self.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(self.system.getNumParticles())
+        )
         has_cmm = any(isinstance(f, openmm.CMMotionRemover) for f in self.system.getForces())
         self.dof = 3 * self.system.getNumParticles() - self.system.getNumConstraints() - (3 if has_cmm else 0)
 
@@ -111,15 +117,17 @@ class OpenMMEngine:
             for i, m in enumerate(masses):
                 system.setParticleMass(i, float(m) * unit.dalton)
         if self.periodic:
-            baro = openmm.MonteCarloBarostat(s.pressure_bar * unit.bar, s.temperature_K * unit.kelvin,
-                                             int(s.barostat_interval))
+            baro = openmm.MonteCarloBarostat(
+                s.pressure_bar * unit.bar, s.temperature_K * unit.kelvin, int(s.barostat_interval)
+            )
             system.addForce(baro)
         return system, top
 
     def _create_context(self, seed: int):
         s = self.settings
-        integ = openmm.LangevinMiddleIntegrator(s.temperature_K * unit.kelvin, s.friction_per_ps / unit.picosecond,
-                                                s.timestep_fs * 1e-3 * unit.picoseconds)
+        integ = openmm.LangevinMiddleIntegrator(
+            s.temperature_K * unit.kelvin, s.friction_per_ps / unit.picosecond, s.timestep_fs * 1e-3 * unit.picoseconds
+        )
         integ.setRandomNumberSeed(int(seed))
         for f in self.system.getForces():
             if isinstance(f, openmm.MonteCarloBarostat):
@@ -147,8 +155,9 @@ class OpenMMEngine:
         ctx.setPositions(atoms.positions / 10.0 * unit.nanometer)
         e0 = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         if s.minimise_max_iterations > 0:  # (OpenMM reads 0 as "until converged")
-            openmm.LocalEnergyMinimizer.minimize(ctx, float(s.minimise_tolerance_kj_mol_nm),
-                                                 int(s.minimise_max_iterations))
+            openmm.LocalEnergyMinimizer.minimize(
+                ctx, float(s.minimise_tolerance_kj_mol_nm), int(s.minimise_max_iterations)
+            )
         e1 = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         ctx.setVelocitiesToTemperature(s.temperature_K * unit.kelvin, int(seed))
         ctx.setTime(0.0)
@@ -157,8 +166,9 @@ class OpenMMEngine:
         return {"energy_before_kJ_mol": e0, "energy_after_kJ_mol": e1}
 
     def _save(self, path: Path) -> None:
-        st = self._context.getState(getPositions=True, getVelocities=True, getParameters=True,
-                                    getIntegratorParameters=True)
+        st = self._context.getState(
+            getPositions=True, getVelocities=True, getParameters=True, getIntegratorParameters=True
+        )
         tmp = Path(str(path) + ".tmp")
         with open(tmp, "w") as fh:
             fh.write(openmm.XmlSerializer.serialize(st))
@@ -170,8 +180,14 @@ class OpenMMEngine:
             st = openmm.XmlSerializer.deserialize(fh.read())
         ctx.setState(st)
 
-    def run(self, checkpoint_in: Path, checkpoint_out: Path, n_steps: int, seed: int,
-            progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    def run(
+        self,
+        checkpoint_in: Path,
+        checkpoint_out: Path,
+        n_steps: int,
+        seed: int,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> np.ndarray:
         """``n_steps`` of MD from ``checkpoint_in``; records (see ``settings.COLUMNS``) every
         ``sample_steps``; the final state goes to ``checkpoint_out``."""
         s = self.settings
@@ -190,12 +206,21 @@ class OpenMMEngine:
             if not np.isfinite(pe):
                 raise RuntimeError(f"{self.phase}: the potential energy became {pe} at step {st.getStepCount()}")
             if self.periodic:
-                vol = st.getPeriodicBoxVolume().value_in_unit(unit.nanometer ** 3)
+                vol = st.getPeriodicBoxVolume().value_in_unit(unit.nanometer**3)
                 rho = density_g_cm3(self.total_mass, vol)
             else:
                 vol = rho = float("nan")
-            rows.append((st.getStepCount(), st.getTime().value_in_unit(unit.picosecond), pe, ke,
-                         2.0 * ke / (self.dof * KB_KJ_MOL), vol, rho))
+            rows.append(
+                (
+                    st.getStepCount(),
+                    st.getTime().value_in_unit(unit.picosecond),
+                    pe,
+                    ke,
+                    2.0 * ke / (self.dof * KB_KJ_MOL),
+                    vol,
+                    rho,
+                )
+            )
             if progress is not None:
                 progress(k)
         self._save(checkpoint_out)

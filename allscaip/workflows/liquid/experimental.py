@@ -6,6 +6,7 @@ correlations (DIPPR/HEOS), ΔHvap from the CRC Handbook table in the ``chemicals
 molecules read from files, by its Hill formula; formula matches are flagged as such because
 isomers share a formula (ethanol and dimethyl ether are both C2H6O).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,7 @@ from typing import Optional
 
 REFERENCE_TEMPERATURE_K = 298.15
 REFERENCE_PRESSURE_ATM = 1.0
-SOURCE = ("density: thermo (DIPPR/HEOS correlations); ΔHvap: CRC Handbook via chemicals (Hvap298); "
-          "298.15 K, 1 atm")
+SOURCE = "density: thermo (DIPPR/HEOS correlations); ΔHvap: CRC Handbook via chemicals (Hvap298); 298.15 K, 1 atm"
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,15 @@ LIQUIDS = (
     Liquid("ethyl acetate", "CCOC(C)=O", "C4H8O2", 0.8937, 35.60),
 )
 
-ALIASES = {"hexane": "n-hexane", "thf": "tetrahydrofuran", "ccl4": "carbon tetrachloride",
-           "h2o": "water", "meoh": "methanol", "etoh": "ethanol", "mecn": "acetonitrile"}
+ALIASES = {
+    "hexane": "n-hexane",
+    "thf": "tetrahydrofuran",
+    "ccl4": "carbon tetrachloride",
+    "h2o": "water",
+    "meoh": "methanol",
+    "etoh": "ethanol",
+    "mecn": "acetonitrile",
+}
 
 
 def by_name(name: str) -> Optional[Liquid]:

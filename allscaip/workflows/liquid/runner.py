@@ -17,6 +17,7 @@ and never redoes one. ``settings.json`` holds the settings; a resumed run must a
 fields in ``Settings.IDENTITY`` (the run lengths may change: a longer ``production_ps``
 appends segments).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -107,8 +108,15 @@ def prepare_molecule(settings: Settings, log: Callable[[str], None] = print):
 class Runner:
     """Runs (or resumes) the protocol for one potential in ``run_dir``."""
 
-    def __init__(self, settings: Settings, run_dir: Path, resume: bool = False, max_segments: Optional[int] = None,
-                 show_progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        resume: bool = False,
+        max_segments: Optional[int] = None,
+        show_progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
         self.settings = settings
         self.dir = Path(run_dir)
         self.resume = resume
@@ -138,9 +146,7 @@ class Runner:
         if sp.exists():
             old = Settings.from_dict(json.loads(sp.read_text()))
             if not self.resume and self._load_progress()["completed"]:
-                raise InputError(
-                    f"{self.dir} already holds a run; continue it with --resume or choose another --out"
-                )
+                raise InputError(f"{self.dir} already holds a run; continue it with --resume or choose another --out")
             if self.resume:
                 bad = self.settings.mismatches(old)
                 if bad:
@@ -213,8 +219,14 @@ class Runner:
 
                 for b in bars.values():
                     b.close()
-                bars[phase] = tqdm(total=steps, unit="step", desc=f"{self.dir.name} {phase}", file=sys.stderr,
-                                   dynamic_ncols=True, smoothing=0.1)
+                bars[phase] = tqdm(
+                    total=steps,
+                    unit="step",
+                    desc=f"{self.dir.name} {phase}",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    smoothing=0.1,
+                )
             return bars[phase]
 
         try:
@@ -225,16 +237,23 @@ class Runner:
                     continue
                 if t.is_md and self.max_segments is not None and self.segments_run >= self.max_segments:
                     raise Incomplete()
-                self._do_task(t, prev_by_phase[t.phase], mol, density, edge, progress,
-                              bar_for(t.phase) if t.is_md else None)
+                self._do_task(
+                    t, prev_by_phase[t.phase], mol, density, edge, progress, bar_for(t.phase) if t.is_md else None
+                )
                 prev_by_phase[t.phase] = t
         except Incomplete:
             left = [t.name for t in tasks if t.name not in progress["completed"]]
-            msg = (f"[{self.dir.name}] stopped after {self.segments_run} segment(s) (--max-segments); "
-                   f"{len(left)} task(s) left; continue with --resume")
+            msg = (
+                f"[{self.dir.name}] stopped after {self.segments_run} segment(s) (--max-segments); "
+                f"{len(left)} task(s) left; continue with --resume"
+            )
             self.log(msg)
-            return {"status": "incomplete", "run_dir": str(self.dir), "remaining": left,
-                    "segments_run": self.segments_run}
+            return {
+                "status": "incomplete",
+                "run_dir": str(self.dir),
+                "remaining": left,
+                "segments_run": self.segments_run,
+            }
         finally:
             for b in bars.values():
                 b.close()
@@ -243,8 +262,9 @@ class Runner:
             self.engines.clear()
         return self.analyse(mol, info, density, cutoff, exp, tasks, progress)
 
-    def _do_task(self, t: Task, prev: Optional[Task], mol: Molecule, density: float, edge: float, progress: dict,
-                 bar) -> None:
+    def _do_task(
+        self, t: Task, prev: Optional[Task], mol: Molecule, density: float, edge: float, progress: dict, bar
+    ) -> None:
         s = self.settings
         phase_dir = self.dir / t.phase
         phase_dir.mkdir(parents=True, exist_ok=True)
@@ -253,14 +273,23 @@ class Runner:
         if t.stage == "build":
             import ase.io
 
-            atoms = build.pack_box(mol, s.n_molecules, density, seed=s.seed, tolerance=s.pack_tolerance_ang,
-                                   method=s.packer)
+            atoms = build.pack_box(
+                mol, s.n_molecules, density, seed=s.seed, tolerance=s.pack_tolerance_ang, method=s.packer
+            )
             ase.io.write(phase_dir / "initial.xyz", atoms, format="extxyz")
             ase.io.write(phase_dir / "initial.pdb", atoms, format="proteindatabank")
-            self._mark_done(progress, t, wall_s=time.time() - t0, packer=atoms.info["packer"],
-                            density_g_cm3=build.mass_density(atoms), box_edge_ang=float(atoms.cell[0, 0]))
-            self.log(f"[{self.dir.name}] packed {s.n_molecules} x {mol.formula} at {density:.4f} g/cm^3 "
-                     f"({atoms.info['packer']}), box edge {atoms.cell[0, 0]:.3f} Å")
+            self._mark_done(
+                progress,
+                t,
+                wall_s=time.time() - t0,
+                packer=atoms.info["packer"],
+                density_g_cm3=build.mass_density(atoms),
+                box_edge_ang=float(atoms.cell[0, 0]),
+            )
+            self.log(
+                f"[{self.dir.name}] packed {s.n_molecules} x {mol.formula} at {density:.4f} g/cm^3 "
+                f"({atoms.info['packer']}), box edge {atoms.cell[0, 0]:.3f} Å"
+            )
             return
         eng = self._engine(t.phase, mol, edge)
         ckpt = self._checkpoint(t)
@@ -296,14 +325,23 @@ class Runner:
             except Exception:  # a convenience file only
                 pass
         wall = time.time() - t0
-        self._mark_done(progress, t, wall_s=wall, checkpoint=ckpt.name, data=data.name,
-                        ns_per_day=t.steps * s.timestep_fs * 1e-6 / (wall / 86400.0))
+        self._mark_done(
+            progress,
+            t,
+            wall_s=wall,
+            checkpoint=ckpt.name,
+            data=data.name,
+            ns_per_day=t.steps * s.timestep_fs * 1e-6 / (wall / 86400.0),
+        )
         self.segments_run += 1
 
     # ------------------------------------------------------------------ analysis
     def _series(self, tasks: List[Task], phase: str, kind: str) -> np.ndarray:
-        parts = [read_records(self.dir / phase / f"{t.stage}.csv") for t in tasks
-                 if t.phase == phase and t.stage.startswith(kind)]
+        parts = [
+            read_records(self.dir / phase / f"{t.stage}.csv")
+            for t in tasks
+            if t.phase == phase and t.stage.startswith(kind)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, 7))
 
     def analyse(self, mol, info, density, cutoff, exp, tasks, progress) -> dict:
@@ -314,8 +352,10 @@ class Runner:
         gas_eq = self._series(tasks, "gas", "equil")
         gas = self._series(tasks, "gas", "prod")
         if len(liq) < 2 or len(gas) < 2:
-            raise InputError("production too short to analyse: need at least two samples per phase "
-                             "(increase --production-ps / --gas-production-ps or decrease --sample-every-fs)")
+            raise InputError(
+                "production too short to analyse: need at least two samples per phase "
+                "(increase --production-ps / --gas-production-ps or decrease --sample-every-fs)"
+            )
         dt = s.sample_steps * s.timestep_fs * 1e-3
         st = {
             "density_g_cm3": analysis.analyse_series(liq[:, 6], sample_interval_ps=dt),

@@ -1,4 +1,5 @@
 """Settings of a liquid run, the per-sample record layout and small shared helpers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,9 +59,24 @@ class Settings:
     model_sha256: str = ""
 
     #: fields that must match when a run is resumed
-    IDENTITY = ("molecule", "potential", "model_sha256", "n_molecules", "temperature_K", "pressure_atm", "engine",
-                "timestep_fs", "hydrogen_mass_amu", "segment_ps", "sample_every_fs", "friction_per_ps", "barostat_interval",
-                "thermostat_damp_ps", "barostat_damp_ps", "seed")
+    IDENTITY = (
+        "molecule",
+        "potential",
+        "model_sha256",
+        "n_molecules",
+        "temperature_K",
+        "pressure_atm",
+        "engine",
+        "timestep_fs",
+        "hydrogen_mass_amu",
+        "segment_ps",
+        "sample_every_fs",
+        "friction_per_ps",
+        "barostat_interval",
+        "thermostat_damp_ps",
+        "barostat_damp_ps",
+        "seed",
+    )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -138,8 +154,14 @@ def write_records(path, records: np.ndarray) -> None:
     """Per-sample records [n, len(COLUMNS)] to CSV (atomically)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    np.savetxt(tmp, np.asarray(records, dtype=float).reshape(-1, len(COLUMNS)), delimiter=",",
-               header=",".join(COLUMNS), comments="", fmt="%.12g")
+    np.savetxt(
+        tmp,
+        np.asarray(records, dtype=float).reshape(-1, len(COLUMNS)),
+        delimiter=",",
+        header=",".join(COLUMNS),
+        comments="",
+        fmt="%.12g",
+    )
     os.replace(tmp, path)
 
 
