@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict
 
 import allscaip
 from allscaip.model import AllScAIP
+from allscaip.reproducible import sha256_file
 
 # Bumped whenever the calling convention of exported modules changes; engines check it.
 INTERFACE_VERSION = 1
@@ -34,11 +34,7 @@ WHOLE_SYSTEM_OUTPUTS = [
 
 def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 of the source checkpoint file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def core_radius_table(model: AllScAIP) -> Dict[str, float]:

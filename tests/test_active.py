@@ -13,7 +13,7 @@ from ase.io import read
 from conftest import small_model
 from openmm import unit
 
-from allscaip.teacher import active
+from allscaip.workflows.teacher import active
 
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from allscaip.config import ConfigError
-from allscaip.teacher import reweight
 from allscaip.train.config import config_from_dict
 from allscaip.train.ensemble import DensityTerm, density_scores
 from allscaip.train.trainer import Trainer
+from allscaip.workflows.teacher import reweight
 
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 MODEL = dict(hidden=16, layers=1, heads=2, cutoff=3.5, num_rbf=8, bond_order_lmax=2, legendre_lmax=2, elements=[1, 8])
@@ -51,7 +51,7 @@ def _cfg(path: str, out: Path, constraint: bool = True, epochs: int = 6) -> dict
 
 
 def _shift_percent(ckpt: Path, path: str) -> float:
-    """The first-order density shift of a checkpoint on the ensemble frames, by allscaip.teacher.reweight."""
+    """The first-order density shift of a checkpoint on the ensemble frames, by allscaip.workflows.teacher.reweight."""
     frames = ase.io.read(path, ":")
     du = (
         reweight.model_energies_ev(str(ckpt), frames, dtype="float64")
@@ -79,7 +79,7 @@ def test_density_term_equals_the_reweighting_prediction(ensemble_file, tmp_path)
         m, rel=1e-10
     )
     trainer.save("init.ckpt")
-    # same frames, same model: the trainer's -m is allscaip.teacher.reweight's second-cumulant shift
+    # same frames, same model: the trainer's -m is allscaip.workflows.teacher.reweight's second-cumulant shift
     assert -m == pytest.approx(_shift_percent(tmp_path / "r" / "init.ckpt", ensemble_file), rel=1e-8, abs=1e-9)
     assert abs(m) > 0.1  # an untrained model does shift the density
 
@@ -197,7 +197,9 @@ def test_constrain_density_command(ensemble_file, tmp_path, capsys):
 
 
 def test_density_term_without_ensemble_frames_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="config_type='teacher_md'.*python -m allscaip.teacher.active --teacher"):
+    with pytest.raises(
+        ConfigError, match="config_type='teacher_md'.*python -m allscaip.workflows.teacher.active --teacher"
+    ):
         Trainer(config_from_dict(_cfg(str(VAL), tmp_path / "x")), log=lambda s: None)
 
 

@@ -1,4 +1,4 @@
-"""Long-range benchmark (bench/longrange): exact OpenMM labels and a very short training of both
+"""Long-range benchmark (allscaip/workflows/longrange): exact OpenMM labels and a very short training of both
 variants. The full runs are a benchmark (docs/longrange.md), not a test."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ if str(REPO) not in sys.path:
 pytest.importorskip("openmm")
 pytestmark = pytest.mark.openmm
 
-from bench.longrange import generate as gen  # noqa: E402
-from bench.longrange import reference as ref  # noqa: E402
+from allscaip.workflows.longrange import generate as gen  # noqa: E402
+from allscaip.workflows.longrange import reference as ref  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["na_water", "nh4_formate", "na0_water"])
@@ -188,8 +188,8 @@ def test_charge_pairs_differ_only_through_the_charge_input():
 
 @pytest.mark.slow
 def test_runner_trains_both_variants_briefly(tmp_path):
-    """bench/longrange/run.py --small: tiny data, 1 epoch of each variant, evaluation, JSON, plots."""
-    from bench.longrange import run
+    """allscaip/workflows/longrange/run.py --small: tiny data, 1 epoch of each variant, evaluation, JSON, plots."""
+    from allscaip.workflows.longrange import run
 
     out = tmp_path / "lr"
     assert (

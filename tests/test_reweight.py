@@ -1,4 +1,4 @@
-"""Predicting a student's density from the teacher's NPT ensemble (allscaip.teacher.reweight)."""
+"""Predicting a student's density from the teacher's NPT ensemble (allscaip.workflows.teacher.reweight)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allscaip.teacher import reweight
-from allscaip.teacher.water import KB_KJMOL
+from allscaip.workflows.teacher import reweight
+from allscaip.workflows.teacher.water import KB_KJMOL
 
 T = 298.15
 KT = KB_KJMOL * T

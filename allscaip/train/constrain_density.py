@@ -22,8 +22,8 @@ example:
       --val examples/water/data/val.extxyz -o model.ckpt
 
 The frames are NPT snapshots of the labelling potential with energies, info['temperature_K'] and
-info['traj'] (python -m allscaip.teacher.active --teacher writes them). Check the result on
-independent frames with python -m allscaip.teacher.reweight, and in MD with allscaip liquid.
+info['traj'] (python -m allscaip.workflows.teacher.active --teacher writes them). Check the result on
+independent frames with python -m allscaip.workflows.teacher.reweight, and in MD with allscaip liquid.
 """
 
 

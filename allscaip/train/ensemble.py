@@ -7,7 +7,7 @@ visits. Reweighted to the model, the mean density moves, to first order in the e
 
     δρ/ρ (%) = −m,    m = mean_i [ 100 (ρ_i/ρ̄ − 1) · ΔU_i / k_B T_i ]
 
-(:mod:`allscaip.teacher.reweight` checks this prediction against MD). Holding ``m = 0`` is a
+(:mod:`allscaip.workflows.teacher.reweight` checks this prediction against MD). Holding ``m = 0`` is a
 constraint on the weights: :meth:`DensityTerm.project` moves them onto it by Newton steps
 along ``∇m`` (the smallest weight change that zeroes ``m`` to first order), with ``m`` and
 ``∇m`` evaluated on all frames (energies only). The trainer does one such step every
@@ -106,7 +106,7 @@ def select_ensemble_frames(dataset: Any, config_type: str) -> list[int]:
         raise ConfigError(
             f"the density constraint needs NPT frames of the labelling potential in data.train, marked "
             f"config_type={config_type!r} (optim.density_config_type) with a temperature_K; found {len(idx)}. "
-            f"python -m allscaip.teacher.active --teacher ... writes such frames"
+            f"python -m allscaip.workflows.teacher.active --teacher ... writes such frames"
         )
     missing = [frames[i].info.get("traj", i) for i in idx if "temperature_K" not in frames[i].info]
     if missing:

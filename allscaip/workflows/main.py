@@ -150,7 +150,7 @@ def _lammps_density(log: Path) -> float:
 def openmm_md(out: Path, model: Path, md_ps: float, n_molecules: int) -> Dict[str, float]:
     from openmm import app, unit
 
-    from allscaip.teacher.water import build_water_system
+    from allscaip.workflows.teacher.water import build_water_system
 
     omm_dir = out / "openmm"
     omm_dir.mkdir(exist_ok=True)

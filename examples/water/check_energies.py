@@ -19,7 +19,7 @@ import numpy as np
 from ase.io import read
 
 from allscaip.calculator import AllScAIPCalculator
-from allscaip.teacher.stress import pressure_bar
+from allscaip.workflows.teacher.stress import pressure_bar
 
 HERE = Path(__file__).resolve().parent
 EV_TO_KJ_MOL = 96.48533212

@@ -128,7 +128,7 @@ def _n_fragments(n: int, bonds: Sequence[Tuple[int, int]]) -> int:
 
 
 def _water_atoms() -> Atoms:
-    from allscaip.teacher.water import R_OH_NM, THETA_HOH_RAD
+    from allscaip.workflows.teacher.water import R_OH_NM, THETA_HOH_RAD
 
     r = R_OH_NM * 10.0
     s, c = math.sin(THETA_HOH_RAD / 2), math.cos(THETA_HOH_RAD / 2)

@@ -99,7 +99,7 @@ def segment_stems(run_dir: Path) -> List[str]:
 
 def segment_structure(run_dir: Path, stem: str) -> Tuple[np.ndarray, np.ndarray]:
     """(positions, cell) at the end of liquid segment ``stem`` (OpenMM XML or LAMMPS restart)."""
-    from allscaip.teacher.active import read_state
+    from allscaip.workflows.teacher.active import read_state
 
     xml = run_dir / "liquid" / f"{stem}.xml"
     return read_state(xml) if xml.is_file() else _lammps_positions(run_dir / "liquid" / f"{stem}.restart")

@@ -1,5 +1,5 @@
 """OpenMM engine: an allscaip model (``allscaip_openmm.MLPotential``, a PythonForce) or the
-flexible TIP3P teacher (:mod:`allscaip.teacher.water`, LJPME) in OpenMM.
+flexible TIP3P teacher (:mod:`allscaip.workflows.teacher.water`, LJPME) in OpenMM.
 
 Liquid: ``LangevinMiddleIntegrator`` (friction ``friction_per_ps``) + ``MonteCarloBarostat``
 (isotropic, every ``barostat_interval`` steps), CMMotionRemover. For the model, a
@@ -84,7 +84,7 @@ class OpenMMEngine:
     def _build_system(self):
         s = self.settings
         if s.potential == "teacher":
-            from allscaip.teacher import water as teacher
+            from allscaip.workflows.teacher import water as teacher
 
             box_nm = self.box_ang / 10.0 if self.periodic else None
             top = teacher._water_topology(self.n_molecules, box_nm)

@@ -31,9 +31,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from allscaip.reproducible import seed_for, sha256_file
 from allscaip.workflows.liquid import analysis, build, report
 from allscaip.workflows.liquid.build import InputError, Molecule
-from allscaip.workflows.liquid.settings import Settings, read_records, seed_for, sha256_file, write_json, write_records
+from allscaip.workflows.liquid.settings import Settings, read_records, write_json, write_records
 
 PROGRESS_FILE = "progress.json"
 SETTINGS_FILE = "settings.json"
@@ -84,7 +85,7 @@ def prepare_molecule(settings: Settings, log: Callable[[str], None] = print):
                 f"{mol.formula}"
             )
         mol = mol.water_ordered()
-        from allscaip.teacher.water import CUTOFF_NM
+        from allscaip.workflows.teacher.water import CUTOFF_NM
 
         cutoff, what = CUTOFF_NM * 10.0, "teacher (flexible TIP3P, LJPME)"
     else:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -117,19 +115,6 @@ class Settings:
             if not same:
                 out.append(f"{k}: {b!r} (existing run) vs {a!r} (now)")
         return out
-
-
-def seed_for(*parts) -> int:
-    """A deterministic, non-zero 31-bit seed."""
-    return (zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF) or 1
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path, obj) -> None:

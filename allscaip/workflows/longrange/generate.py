@@ -23,7 +23,7 @@ Three data sets, written as extxyz (energy in eV and forces in eV/Å as single-p
             ``charge_pairs.extxyz``: the same geometries twice, as Na+ + water (charge +1) and
             neutral Na + water (charge 0): the systems differ only by the charge of a distant atom.
 
-Command line: ``python -m bench.longrange.generate --out DIR [--seed N] [sizes]``; prints a
+Command line: ``python -m allscaip.workflows.longrange.generate --out DIR [--seed N] [sizes]``; prints a
 summary (frames, label ranges, the share of the box forces that comes from beyond the model
 cutoff).
 """
@@ -322,7 +322,7 @@ def local_force_share(frames: list, cutoff: float, dielectric: float = 1.0) -> f
     """Mean |F - F_local| / mean |F| where F_local is the force from pairs closer than ``cutoff``
     (bare Coulomb + the repulsion, minimum image): how much of the exact force comes from beyond
     the model's cutoff."""
-    from bench.longrange.reference import COULOMB_EV_A, repulsion_force_pair
+    from allscaip.workflows.longrange.reference import COULOMB_EV_A, repulsion_force_pair
 
     num = den = 0.0
     for a in frames:

@@ -1,8 +1,8 @@
 """Long-range benchmark: generate -> train node attention and local-only -> evaluate -> report.
 
-    python -m bench.longrange.run [--out runs/longrange] [--epochs-dimers N] [--epochs-boxes N]
+    python -m allscaip.workflows.longrange.run [--out runs/longrange] [--epochs-dimers N] [--epochs-boxes N]
 
-1. ``bench.longrange.generate`` writes the OpenMM-labelled data to ``OUT/data`` (skipped when
+1. ``allscaip.workflows.longrange.generate`` writes the OpenMM-labelled data to ``OUT/data`` (skipped when
    ``OUT/data/summary.json`` exists with the same seed and sizes).
 2. For each data set (``dimers``, ``boxes``) the same config (``train_configs/SET.yaml``), seed
    and number of epochs is trained twice with ``allscaip-train``: ``model.node_attention=true``
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench.longrange.generate import Sizes, generate
+    from allscaip.workflows.longrange.generate import Sizes, generate
 
     out = Path(args.out).resolve()
     data = out / "data"
@@ -504,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict = dict(
         machine=machine_info(),
-        command="python -m bench.longrange.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command="python -m allscaip.workflows.longrange.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         data=data_summary,
         training={},
     )

@@ -3,7 +3,7 @@
 In the isothermal-isobaric ensemble a configuration ``x`` with volume ``V`` has weight
 ``exp(-β (U(x) + P V))``. The student's ensemble is therefore the teacher's, reweighted by
 ``exp(-β ΔU)`` with ``ΔU = U_student − U_teacher`` on the same frame (the ``P V`` term is
-common). Given teacher NPT frames (``python -m allscaip.teacher.active --teacher ...``) and a
+common). Given teacher NPT frames (``python -m allscaip.workflows.teacher.active --teacher ...``) and a
 student model, this module evaluates ΔU on every frame and estimates the student's mean
 density two ways:
 
@@ -17,7 +17,7 @@ The error bars come from a moving-block bootstrap over the (time-ordered, correl
 A student MD run costs hours on a CPU; this takes minutes, so it screens candidate models
 before the acceptance run (``allscaip liquid``), which stays the verdict::
 
-    python -m allscaip.teacher.reweight --frames teacher_npt.extxyz --model a.ckpt b.pt2
+    python -m allscaip.workflows.teacher.reweight --frames teacher_npt.extxyz --model a.ckpt b.pt2
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from ase import Atoms
 from tqdm import tqdm
 
-from allscaip.teacher.water import KB_KJMOL, KJMOL_PER_EV
+from allscaip.workflows.teacher.water import KB_KJMOL, KJMOL_PER_EV
 
 
 @dataclass

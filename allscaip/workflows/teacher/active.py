@@ -8,7 +8,7 @@ error), and the liquid density follows (docs/validation.md). This module runs th
 density, takes frames along the way, labels each with the teacher's energy, forces and stress
 (double precision) and reports the student-minus-teacher errors on exactly those frames::
 
-    python -m allscaip.teacher.active --model water_f32.pt2 --start liquid/prod_002.xml \\
+    python -m allscaip.workflows.teacher.active --model water_f32.pt2 --start liquid/prod_002.xml \\
         --ensemble npt --ps 15 --out al_npt.extxyz
 
 The frames append to a training set as they are (``config_type='student_md'``).
@@ -30,9 +30,9 @@ from ase.io import write
 from openmm import unit
 from tqdm import tqdm
 
-from allscaip.teacher.stress import pressure_bar, teacher_stress
-from allscaip.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TEACHER_NAME, teacher_for_atoms, water_molar_mass
 from allscaip.workflows.liquid import settings as liquid_settings
+from allscaip.workflows.teacher.stress import pressure_bar, teacher_stress
+from allscaip.workflows.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TEACHER_NAME, teacher_for_atoms, water_molar_mass
 
 
 def density_g_cm3(n_molecules: int, volume_ang3: float) -> float:
@@ -100,7 +100,7 @@ def sample(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Student MD in OpenMM (1.5 fs, H 3 amu); (positions Å, box Å) every ``every_fs`` after
     ``skip_ps``. Molecules are wrapped whole, as the teacher's non-periodic bonds need.
-    ``model=None`` runs the teacher itself (its own ensemble, e.g. for :mod:`allscaip.teacher.reweight`)."""
+    ``model=None`` runs the teacher itself (its own ensemble, e.g. for :mod:`allscaip.workflows.teacher.reweight`)."""
     from allscaip.workflows.liquid.build import load_molecule
     from allscaip.workflows.liquid.engine_openmm import OpenMMEngine
     from allscaip.workflows.liquid.settings import Settings

@@ -7,7 +7,7 @@ docs/validation.md). The teacher's stress is computed here by central finite dif
 its double-precision energy under the six strain components (ASE convention:
 ``stress = (1/V) dE/dε``, positive = tensile, eV/Å³)::
 
-    python -m allscaip.teacher.stress examples/water/data/train.extxyz examples/water/data/val.extxyz
+    python -m allscaip.workflows.teacher.stress examples/water/data/train.extxyz examples/water/data/val.extxyz
 
 labels every periodic frame of each file in place (atomic rewrite) and prints the mean
 configurational pressure per (molecules, density) state.
@@ -27,7 +27,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm
 
-from allscaip.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TeacherLabeller, teacher_for_atoms
+from allscaip.workflows.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TeacherLabeller, teacher_for_atoms
 
 EV_PER_A3_TO_BAR = 1.602176634e6
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
@@ -108,7 +108,9 @@ def _summary(frames: Sequence[Atoms]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="+", help="extxyz files written by allscaip.teacher.water (rewritten in place)")
+    p.add_argument(
+        "files", nargs="+", help="extxyz files written by allscaip.workflows.teacher.water (rewritten in place)"
+    )
     args = p.parse_args(argv)
     for f in args.files:
         frames = label_file(f)

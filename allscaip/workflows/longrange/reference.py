@@ -49,7 +49,7 @@ def switch(r: np.ndarray, r_on: float, r_off: float) -> Tuple[np.ndarray, np.nda
 
 def _repulsion(r: np.ndarray, a: float | None, rho: float | None, window) -> Tuple[np.ndarray, np.ndarray]:
     """Switched Born-Mayer energy A exp(-r/rho) S(r) and its -d/dr (eV, eV/Å); 0 beyond the cutoff."""
-    from bench.longrange.generate import REP_A, REP_RHO, REP_SWITCH
+    from allscaip.workflows.longrange.generate import REP_A, REP_RHO, REP_SWITCH
 
     a = REP_A if a is None else a
     rho = REP_RHO if rho is None else rho

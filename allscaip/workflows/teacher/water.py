@@ -52,7 +52,7 @@ gas-phase frames) and ``info`` keys ``charge=0``, ``spin=1``, ``temperature_K``,
 
 Command line (see ``--help``)::
 
-    python -m allscaip.teacher.water --n-molecules 32,64 --temperatures 250,300,350,400 \\
+    python -m allscaip.workflows.teacher.water --n-molecules 32,64 --temperatures 250,300,350,400 \\
         --densities 0.90,1.00,1.10 --frames-per-state 33,6 --seed 0 \\
         --train-out examples/water/data/train.extxyz --val-out examples/water/data/val.extxyz
 """
@@ -63,7 +63,6 @@ import argparse
 import math
 import sys
 import time
-import zlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -73,10 +72,13 @@ try:  # OpenMM is an optional ("engines") dependency of allscaip.
     import openmm.app as app
     import openmm.unit as unit
 except ImportError as exc:  # pragma: no cover - exercised only without OpenMM
-    raise ImportError("allscaip.teacher.water needs OpenMM (pip install openmm==8.6.1)") from exc
+    raise ImportError("allscaip.workflows.teacher.water needs OpenMM (pip install openmm==8.6.1)") from exc
 
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+
+from allscaip.geometry import random_rotation
+from allscaip.reproducible import seed_for
 
 # ---------------------------------------------------------------------------------------
 # Constants and teacher definition
@@ -104,12 +106,6 @@ def _force_field() -> app.ForceField:
     if _FORCE_FIELD is None:
         _FORCE_FIELD = app.ForceField(FORCE_FIELD_FILE)
     return _FORCE_FIELD
-
-
-def _seed_int(*parts) -> int:
-    """A deterministic, non-zero 31-bit seed from arbitrary parts (OpenMM treats 0 as random)."""
-    s = zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
-    return s or 1
 
 
 def water_molar_mass() -> float:
@@ -168,30 +164,9 @@ def _reference_water_geometry() -> np.ndarray:
     return np.array([[0.0, 0.0, 0.0], [R_OH_NM * s, R_OH_NM * c, 0.0], [-R_OH_NM * s, R_OH_NM * c, 0.0]])
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly distributed rotation matrix (Shoemake's random unit quaternion)."""
-    u1, u2, u3 = rng.random(3)
-    q = np.array(
-        [
-            math.sqrt(1 - u1) * math.sin(2 * math.pi * u2),
-            math.sqrt(1 - u1) * math.cos(2 * math.pi * u2),
-            math.sqrt(u1) * math.sin(2 * math.pi * u3),
-            math.sqrt(u1) * math.cos(2 * math.pi * u3),
-        ]
-    )
-    x, y, z, w = q
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def _random_orient(geom_nm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rotate a water geometry ([3,3], O first) about its O atom."""
-    return (geom_nm - geom_nm[0]) @ _random_rotation(rng).T
+    return (geom_nm - geom_nm[0]) @ random_rotation(rng).T
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +188,7 @@ def build_water_system(n_molecules: int, density_g_cm3: float, seed: int, *, ewa
             f"box edge {L:.3f} nm ({n_molecules} molecules at {density_g_cm3} g/cm^3) is too small "
             f"for the teacher's {CUTOFF_NM} nm cutoff (needs > {2 * CUTOFF_NM} nm)"
         )
-    rng = np.random.default_rng(_seed_int("build", n_molecules, float(density_g_cm3), seed))
+    rng = np.random.default_rng(seed_for("build", n_molecules, float(density_g_cm3), seed))
     g = int(math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9))
     spacing = L / g
     sites = np.array([(i, j, k) for i in range(g) for j in range(g) for k in range(g)], dtype=float)
@@ -223,7 +198,7 @@ def build_water_system(n_molecules: int, density_g_cm3: float, seed: int, *, ewa
     pos = []
     for site in chosen:
         centre = (site + 0.5) * spacing + rng.uniform(-0.1, 0.1, size=3) * spacing
-        pos.append(centre + ref @ _random_rotation(rng).T)
+        pos.append(centre + ref @ random_rotation(rng).T)
     positions = np.concatenate(pos)
     top = _water_topology(n_molecules, L)
     system = _create_system(top, periodic=True, ewald_tolerance=ewald_tolerance)
@@ -358,13 +333,13 @@ def sample_frames(
     integ = openmm.LangevinMiddleIntegrator(
         temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
     )
-    integ.setRandomNumberSeed(_seed_int("langevin", seed))
+    integ.setRandomNumberSeed(seed_for("langevin", seed))
     platform, props = _cpu_platform()
     ctx = openmm.Context(system_md, integ, platform, props)
     ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
     ctx.setPositions(pos0 * unit.nanometer)
     openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 0)
-    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, _seed_int("velocities", seed))
+    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed_for("velocities", seed))
     n_eq = int(round(equilibration_ps / step_ps))
     n_stride = max(1, int(round(stride_fs * 1e-3 / step_ps)))
     # Thermalise quickly first: the first quarter of the equilibration (at most 0.5 ps) uses a
@@ -423,11 +398,11 @@ def _run_monomer_md(
     integ = openmm.LangevinMiddleIntegrator(
         temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
     )
-    integ.setRandomNumberSeed(_seed_int("monomer-langevin", seed))
+    integ.setRandomNumberSeed(seed_for("monomer-langevin", seed))
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
-    rng = np.random.default_rng(_seed_int("monomer-orient", seed))
+    rng = np.random.default_rng(seed_for("monomer-orient", seed))
     ctx.setPositions(_random_orient(_reference_water_geometry(), rng) * unit.nanometer)
-    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, _seed_int("monomer-velocities", seed))
+    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed_for("monomer-velocities", seed))
     integ.step(int(round(equilibration_ps / step_ps)))
     n_stride = max(1, int(round(stride_fs * 1e-3 / step_ps)))
     out = []
@@ -498,10 +473,10 @@ def sample_dimers(
     range while keeping every attractive one. ``info['r_OO_ang']`` and
     ``info['interaction_energy_eV']`` are stored.
     """
-    rng = np.random.default_rng(_seed_int("dimers", seed))
+    rng = np.random.default_rng(seed_for("dimers", seed))
     traj = traj or f"dimer_s{seed}"
     temps = [float(t) for t in temperatures]
-    pools = {t: _run_monomer_md(t, max(50, 2 * n_frames), 100.0, _seed_int("dimer-pool", seed, t)) for t in temps}
+    pools = {t: _run_monomer_md(t, max(50, 2 * n_frames), 100.0, seed_for("dimer-pool", seed, t)) for t in temps}
     mono_system, _ = build_gas_system(1)
     dimer_system, _ = build_gas_system(2)
     mono = TeacherLabeller(mono_system)
@@ -701,7 +676,7 @@ def _write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m allscaip.teacher.water",
+        prog="python -m allscaip.workflows.teacher.water",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -777,7 +752,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for kind, n, T, rho, split, nf in jobs:
         if nf == 0:
             continue
-        seed = _seed_int(args.seed, kind, n, T, rho, split)
+        seed = seed_for(args.seed, kind, n, T, rho, split)
         if kind == "bulk":
             name = f"bulk_n{n}_T{T:g}_rho{rho:.2f}_{split}"
             bar.set_postfix_str(name)
