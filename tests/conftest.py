@@ -6,32 +6,14 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
 
+from allscaip import structures
 from allscaip.geometry import random_rotation as _random_rotation  # noqa: F401 (tests import it from here)
 
 
 def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: bool = False) -> Atoms:
-    """Water molecules on a jittered grid in a (optionally triclinic) periodic cell."""
-    rng = np.random.default_rng(seed)
-    w = molecule("H2O")
-    pos, nums = [], []
-    for ix in range(n_side):
-        for iy in range(n_side):
-            for iz in range(n_side):
-                R = _random_rotation(rng)
-                c = np.array([ix, iy, iz]) * spacing + rng.normal(0, 0.1, 3)
-                pos.append(w.positions @ R.T + c)
-                nums.append(w.numbers)
-    cell = np.eye(3) * n_side * spacing
-    if cell_skew:
-        cell[1, 0] = 0.9
-        cell[2, 0] = -0.6
-        cell[2, 1] = 0.7
-    atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell, pbc=True)
-    atoms.wrap()
-    atoms.info.update(charge=0, spin=1)
-    return atoms
+    """``n_side**3`` waters on a jittered grid in a (optionally triclinic) periodic cell."""
+    return structures.water_box(n_side**3, spacing=spacing, seed=seed, cell_skew=cell_skew)
 
 
 @pytest.fixture
