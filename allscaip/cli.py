@@ -2,23 +2,27 @@
 
 Each subcommand is a module with ``HELP`` (one line), optionally ``EPILOG``,
 ``add_arguments(parser)`` and ``run(args) -> int``; register it in :data:`SUBCOMMANDS`.
-Subcommand modules are imported when the parser is built, so keep their top level light
-(import torch, OpenMM, ... inside ``run``).
+This module sits at the top of the layers (docs/architecture.md): it may import every workflow.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Optional, Sequence
+from types import ModuleType
+from typing import Dict, Optional, Sequence
 
-#: subcommand -> module path
-SUBCOMMANDS = {
-    "liquid": "allscaip.workflows.liquid.cli",
-    "liquid-compare": "allscaip.workflows.liquid.compare",
-    "constrain-density": "allscaip.train.constrain_density",
-    "core-repulsion": "allscaip.train.core_radius",
+from allscaip import __version__
+from allscaip.train import constrain_density, core_radius
+from allscaip.workflows.liquid import cli as liquid_cli
+from allscaip.workflows.liquid import compare as liquid_compare
+
+#: subcommand -> module
+SUBCOMMANDS: Dict[str, ModuleType] = {
+    "liquid": liquid_cli,
+    "liquid-compare": liquid_compare,
+    "constrain-density": constrain_density,
+    "core-repulsion": core_radius,
 }
 
 
@@ -27,13 +31,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from allscaip import __version__
-
     parser = argparse.ArgumentParser(prog="allscaip", description="AllScAIP machine-learning interatomic potentials")
     parser.add_argument("--version", action="version", version=f"allscaip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_path in SUBCOMMANDS.items():
-        module = importlib.import_module(module_path)
+    for name, module in SUBCOMMANDS.items():
         p = sub.add_parser(
             name,
             help=getattr(module, "HELP", None),
