@@ -27,6 +27,7 @@ import torch
 
 import allscaip
 from allscaip.config import ModelConfig, from_dict
+from allscaip.model import AllScAIP
 
 CHECKPOINT_FORMAT = "allscaip-checkpoint"
 CHECKPOINT_VERSION = 1  # bump on incompatible payload changes
@@ -110,8 +111,6 @@ def model_from_payload(
     device: str | torch.device = "cpu",
 ):
     """Rebuild the :class:`AllScAIP` model of a loaded payload (EMA weights by default), in eval mode."""
-    from allscaip.model import AllScAIP
-
     model = AllScAIP(model_config_of(payload)).to(device=device, dtype=dtype)
     state = payload.get("ema_state") if use_ema else None
     model.load_state_dict(state if state is not None else payload["model_state"])

@@ -1,42 +1,18 @@
 """Declared configuration schemas (one place): model hyper-parameters and presets.
 
-Every configuration object is a dataclass; :func:`from_dict` builds one from a mapping and
-rejects unknown keys with a message that lists the valid ones.
+Every configuration object is a dataclass read with the machinery of
+:mod:`allscaip.config_schema` (:func:`from_dict` rejects unknown keys with a message that lists
+the valid ones; presets resolve through :func:`~allscaip.config_schema.preset_values`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Type, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from allscaip.config_schema import ConfigError, from_dict, preset_values
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid."""
-
-
-def from_dict(cls: Type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error listing valid keys."""
-    data = dict(data or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        prefix = f"{where}: " if where else ""
-        raise ConfigError(f"{prefix}unknown key(s) {unknown} for {cls.__name__}; valid keys are: {sorted(names)}")
-    kwargs = {}
-    for k, v in data.items():
-        ftype = names[k].type
-        sub = _nested_dataclass(ftype)
-        kwargs[k] = from_dict(sub, v, f"{where}.{k}" if where else k) if sub and isinstance(v, Mapping) else v
-    return cls(**kwargs)
-
-
-def _nested_dataclass(ftype: Any):
-    if isinstance(ftype, str):
-        ftype = globals().get(ftype)
-    return ftype if dataclasses.is_dataclass(ftype) else None
+__all__ = ["ConfigError", "ModelConfig", "PRESETS", "from_dict", "model_config"]
 
 
 @dataclass
@@ -105,10 +81,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
     """A :class:`ModelConfig` from a named preset (``tiny``, ``small``, ``sm``, ``md``) plus overrides."""
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-        base.update(PRESETS[preset])
-    base.update(overrides)
-    return from_dict(ModelConfig, base, "model")
+    return from_dict(ModelConfig, {**preset_values(PRESETS, preset, "model.preset"), **overrides}, "model")

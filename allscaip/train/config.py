@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import yaml
+from ase.data import atomic_numbers
 
-from allscaip.config import PRESETS, ConfigError, ModelConfig, from_dict, model_config
+from allscaip.config import PRESETS, ModelConfig
+from allscaip.config_schema import (
+    ConfigError,
+    as_list,
+    check_keys,
+    coerce_fields,
+    coerce_mapping,
+    from_dict,
+    preset_values,
+)
+from allscaip.dtypes import DTYPES
 
 __all__ = [
     "ConfigError",
@@ -36,8 +45,6 @@ __all__ = [
     "config_from_dict",
     "parse_overrides",
 ]
-
-DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -53,7 +60,7 @@ class DataConfig:
     shuffle: bool = True
 
     def __post_init__(self) -> None:
-        _coerce(self, "data")
+        coerce_fields(self, "data")
         if not self.train:
             raise ConfigError("data.train: give at least one training data file or directory")
         if self.max_atoms < 1:
@@ -96,7 +103,7 @@ class OptimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _coerce(self, "optim")
+        coerce_fields(self, "optim")
         for k in (
             "lr",
             "weight_decay",
@@ -140,7 +147,7 @@ class RunConfig:
     threads: int | None = None  # torch.set_num_threads during training (None: unchanged)
 
     def __post_init__(self) -> None:
-        _coerce(self, "run")
+        coerce_fields(self, "run")
         if self.dtype not in DTYPES:
             raise ConfigError(f"run.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.checkpoint_every_steps < 0 or self.log_every < 1 or self.eval_every_epochs < 1:
@@ -223,7 +230,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         if isinstance(data, dict):
             for key in ("train", "val"):
                 if key in data and data[key] is not None:
-                    data[key] = [_relative_to(p, base_dir) for p in _as_list(data[key])]
+                    data[key] = [_relative_to(p, base_dir) for p in as_list(data[key])]
     for section, name, value in parse_overrides(overrides):
         sec = raw.setdefault(section, {})
         if sec is None:
@@ -242,20 +249,15 @@ def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
             raise ConfigError(f"section {name!r} must be a mapping of keys, got {sec!r}")
         sections[name] = from_dict(SECTIONS[name], sec, name)
     model_raw = dict(raw.get("model") or {})
-    valid = sorted([f.name for f in dataclasses.fields(ModelConfig)] + ["preset"])
-    unknown = sorted(set(model_raw) - set(valid))
-    if unknown:
-        raise ConfigError(f"model: unknown key(s) {unknown}; valid keys are: {valid}")
+    check_keys(model_raw, [f.name for f in dataclasses.fields(ModelConfig)] + ["preset"], "model")
     preset = model_raw.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    preset_base = preset_values(PRESETS, preset, "model.preset")
     from_data = model_raw.get("elements") is None
     if from_data:
         model_raw["elements"] = [1]  # placeholder until the training data are read
     else:
-        model_raw["elements"] = [_to_z(z) for z in _as_list(model_raw["elements"])]
-    model_raw = _coerce_mapping(ModelConfig, {**PRESETS.get(preset, {}), **model_raw}, "model")
-    model = model_config(None, **model_raw)
+        model_raw["elements"] = [_to_z(z) for z in as_list(model_raw["elements"])]
+    model = from_dict(ModelConfig, coerce_mapping(ModelConfig, {**preset_base, **model_raw}, "model"), "model")
     return TrainConfig(model=model, model_preset=preset, elements_from_data=from_data, **sections)
 
 
@@ -277,10 +279,6 @@ def _check_sections(raw: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections are {sorted(SECTIONS)}")
 
 
-def _as_list(v: Any) -> list:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
 def _relative_to(p: Any, base: Path) -> str:
     p = os.path.expanduser(str(p))
     return p if os.path.isabs(p) else os.path.normpath(str(base / p))
@@ -289,8 +287,6 @@ def _relative_to(p: Any, base: Path) -> str:
 def _to_z(z: Any) -> int:
     """Atomic number from an int or a chemical symbol."""
     if isinstance(z, str) and not z.strip().isdigit():
-        from ase.data import atomic_numbers
-
         if z.strip() not in atomic_numbers:
             raise ConfigError(f"model.elements: unknown chemical symbol {z!r}")
         return int(atomic_numbers[z.strip()])
@@ -298,71 +294,3 @@ def _to_z(z: Any) -> int:
         return int(z)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.elements: {z!r} is neither an atomic number nor a chemical symbol") from err
-
-
-def _coerce(obj: Any, where: str) -> None:
-    """Convert the fields of a config dataclass instance to their declared types in place."""
-    for name, value in _coerce_mapping(
-        type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where
-    ).items():
-        setattr(obj, name, value)
-
-
-def _coerce_mapping(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {k: (_coerce_value(v, hints[k], f"{where}.{k}") if k in hints else v) for k, v in data.items()}
-
-
-def _coerce_value(v: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if v is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce_value(v, a, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {v!r} ({'; '.join(errors)})")
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return (
-            [_coerce_value(x, item, f"{where}[{i}]") for i, x in enumerate(_as_list(v))]
-            if item is not Any
-            else _as_list(v)
-        )
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        raise ConfigError(f"{where}: expected true or false, got {v!r}")
-    if tp is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str):
-            try:
-                return int(v)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {v!r}")
-    if tp is float:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):  # YAML 1.1 reads "2e-3" as a string
-            try:
-                return float(v)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {v!r}")
-    if tp is str:
-        if isinstance(v, str):
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(v)
-        raise ConfigError(f"{where}: expected a string, got {v!r}")
-    return v
