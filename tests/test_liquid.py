@@ -305,7 +305,7 @@ def test_lammps_minimise_tolerance_matches_openmm_rule():
     """LAMMPS stops on the 2-norm of the global force vector (eV/Å), OpenMM on the RMS force
     component (kJ/mol/nm): the converted tolerance must accept exactly the same force vectors."""
     from allscaip.workflows.liquid.engine_lammps import minimise_ftol
-    from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV
+    from allscaip.units import EV_TO_KJ_PER_MOL as KJ_MOL_PER_EV
 
     rng = np.random.default_rng(3)
     n, tol = 192, 10.0

@@ -1,19 +1,24 @@
-"""Settings of a liquid run, the per-sample record layout and small shared helpers."""
+"""Settings of a liquid run, the per-sample record layout and small shared helpers.
+
+:class:`Settings` is declared once: each field that is also an ``allscaip liquid`` option
+carries its flag, help and unit (:func:`allscaip.config_schema.setting`), and the command line
+is built from it (:func:`allscaip.config_schema.add_arguments`).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-KJ_MOL_PER_EV = 96.48533212331002  # CODATA 2018 e N_A / 1000
+from allscaip.config_schema import from_dict, setting
+
 BAR_PER_ATM = 1.01325
-AVOGADRO = 6.02214076e23
 
 #: columns of every per-sample record (CSV files ``<phase>/<segment>.csv``)
 COLUMNS = ("step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature_K", "volume_nm3", "density_g_cm3")
@@ -21,39 +26,78 @@ COLUMNS = ("step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature
 
 @dataclass
 class Settings:
-    """Everything that defines a run (``settings.json`` in the run directory)."""
+    """Everything that defines a run (``settings.json`` in the run directory).
 
-    molecule: str
-    model: Optional[str] = None  # model file; None for the teacher
+    Fields with a ``flag`` are ``allscaip liquid`` options (:mod:`allscaip.workflows.liquid.cli`).
+    """
+
+    molecule: str = setting(flag="--molecule", required=True, help="file (.pdb, .xyz, ...), liquid name, or SMILES")
+    #: model file; None for the teacher (the CLI stores the resolved path of --model)
+    model: Optional[str] = setting(
+        None, flag="--model", help="allscaip model: exported .pt (TorchScript), .pt2 or .ckpt"
+    )
     potential: str = "model"  # "model" or "teacher"
-    n_molecules: int = 216
-    temperature_K: float = 298.15
-    pressure_atm: float = 1.0
-    engine: str = "openmm"  # "openmm" or "lammps"
-    timestep_fs: float = 0.5
-    hydrogen_mass_amu: Optional[float] = None  # None: physical masses; else hydrogen mass repartitioning
-    equilibrate_ps: float = 100.0
-    production_ps: float = 200.0
-    segment_ps: float = 10.0
-    gas_equilibrate_ps: float = 10.0
-    gas_production_ps: float = 100.0
-    sample_every_fs: float = 100.0
-    friction_per_ps: float = 1.0  # Langevin (OpenMM; LAMMPS gas phase)
-    barostat_interval: int = 25  # OpenMM MonteCarloBarostat attempts (steps)
+    n_molecules: int = setting(216, flag="--n-molecules", help="molecules in the liquid box")
+    temperature_K: float = setting(298.15, flag="--temperature", unit="K")
+    pressure_atm: float = setting(1.0, flag="--pressure", unit="atm")
+    engine: str = setting(
+        "openmm",
+        flag="--engine",
+        choices=("openmm", "lammps"),
+        help="MD engine for the model (the teacher always runs in OpenMM)",
+    )
+    timestep_fs: float = setting(0.5, flag="--timestep-fs", help="MD time step (flexible X-H bonds: 0.5-1 fs)")
+    #: None: physical masses; else hydrogen mass repartitioning
+    hydrogen_mass_amu: Optional[float] = setting(
+        None,
+        flag="--hydrogen-mass",
+        help="hydrogen mass repartitioning (e.g. 3 with --timestep-fs 1): H bonded to a heavy atom gets this "
+        "mass, taken from that atom; density and energies are unaffected",
+        unit="amu",
+    )
+    equilibrate_ps: float = setting(100.0, flag="--equilibrate-ps", help="liquid NPT equilibration")
+    production_ps: float = setting(200.0, flag="--production-ps", help="liquid NPT production")
+    segment_ps: float = setting(10.0, flag="--segment-ps", help="checkpoint interval (segment length)")
+    gas_equilibrate_ps: float = setting(10.0, flag="--gas-equilibrate-ps", help="gas-phase NVT equilibration")
+    gas_production_ps: float = setting(100.0, flag="--gas-production-ps", help="gas-phase NVT production")
+    sample_every_fs: float = setting(100.0, flag="--sample-every-fs", help="sampling interval of energies/volume")
+    #: Langevin (OpenMM; LAMMPS gas phase)
+    friction_per_ps: float = setting(1.0, flag="--friction", help="Langevin friction", unit="1/ps")
+    barostat_interval: int = setting(
+        25, flag="--barostat-interval", help="OpenMM Monte Carlo barostat interval", unit="steps"
+    )
     thermostat_damp_ps: float = 0.1  # LAMMPS fix npt Tdamp
     barostat_damp_ps: float = 1.0  # LAMMPS fix npt Pdamp
-    pack_density_g_cm3: Optional[float] = None  # None: 0.95 x experiment when known, else 0.95
+    #: None: 0.95 x experiment when known, else 0.95
+    pack_density_g_cm3: Optional[float] = setting(
+        None,
+        flag="--pack-density",
+        help="density of the packed box (default 0.95 x experiment when known, else 0.95)",
+        unit="g/cm^3",
+    )
     pack_tolerance_ang: float = 2.0
-    packer: str = "auto"
-    minimise_max_iterations: int = 1000
+    packer: str = setting(
+        "auto",
+        flag="--packer",
+        choices=("auto", "packmol", "random"),
+        help="box packing: Packmol, random insertion, or Packmol when installed",
+    )
+    minimise_max_iterations: int = setting(
+        1000, flag="--minimise-iterations", help="maximum energy-minimisation iterations (0: no minimisation)"
+    )
     #: stop minimising once the RMS force component is below this (OpenMM's convention; LAMMPS gets the
     #: equivalent 2-norm of the global force vector), kJ/mol/nm
-    minimise_tolerance_kj_mol_nm: float = 10.0
-    seed: int = 0
-    platform: str = "CPU"  # OpenMM platform
-    device: str = "cpu"  # torch device of the model
-    threads: Optional[int] = None
-    lmp: Optional[str] = None  # LAMMPS executable
+    minimise_tolerance_kj_mol_nm: float = setting(
+        10.0,
+        flag="--minimise-tolerance",
+        help="stop minimising at this RMS force component (OpenMM's rule; both engines)",
+        unit="kJ/mol/nm",
+    )
+    seed: int = setting(0, flag="--seed", help="random seed (packing, velocities, thermostats)")
+    platform: str = setting("CPU", flag="--platform", help="OpenMM platform (CPU, CUDA, Reference, ...)")
+    device: str = setting("cpu", flag="--device", help="torch device of the model (cpu, cuda)")
+    threads: Optional[int] = setting(None, flag="--threads", help="torch / OpenMM CPU threads")
+    lmp: Optional[str] = setting(None, flag="--lmp", help="LAMMPS executable (default: lmp on PATH)")
     model_sha256: str = ""
 
     #: fields that must match when a run is resumed
@@ -80,9 +124,10 @@ class Settings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict, where: str = "settings") -> "Settings":
+        """Settings from a mapping (``settings.json``); an unknown key is a
+        :class:`~allscaip.config_schema.ConfigError` that lists the valid ones."""
+        return from_dict(cls, d, where)
 
     @property
     def pressure_bar(self) -> float:
@@ -153,7 +198,3 @@ def write_records(path, records: np.ndarray) -> None:
 def read_records(path) -> np.ndarray:
     a = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     return a.reshape(-1, len(COLUMNS))
-
-
-def density_g_cm3(total_mass_g_mol: float, volume_nm3: float) -> float:
-    return total_mass_g_mol / AVOGADRO / (volume_nm3 * 1e-21)
