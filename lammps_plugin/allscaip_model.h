@@ -1,8 +1,8 @@
 /* -*- c++ -*- ----------------------------------------------------------
    AllScAIP exported model (TorchScript .pt or AOTInductor .pt2) for MD engines.
 
-   Loads an `allscaip-export` file, reads and validates the metadata.json
-   stored inside it, and wraps the staged (domain decomposition) methods
+   Loads an `allscaip-export` file, checks it against its metadata.json
+   (allscaip_model_info.h), and wraps the staged (domain decomposition) methods
    dd_prepare / dd_local / dd_global_project / dd_global_finish / dd_readout
    (TorchScript only) and the whole-system call (both formats).
 
@@ -14,12 +14,12 @@
 #ifndef ALLSCAIP_MODEL_H
 #define ALLSCAIP_MODEL_H
 
+#include "allscaip_model_info.h"
+
 #include <torch/script.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
-#include <map>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -27,48 +27,8 @@
 
 namespace allscaip {
 
-// calling convention of the exported modules this build understands
-// (must equal allscaip_export.metadata.INTERFACE_VERSION)
-constexpr int kInterfaceVersion = 1;
-
-class ModelError : public std::runtime_error {
- public:
-  explicit ModelError(const std::string &msg) : std::runtime_error(msg) {}
-};
-
-// the fields of metadata.json an engine needs, already validated
-struct ModelInfo {
-  std::string json;                       // metadata.json verbatim
-  std::string allscaip_version;
-  std::string format;                     // "torchscript" | "aoti"
-  int interface_version = 0;
-  std::vector<std::string> elements;      // chemical symbols, model order
-  std::vector<int64_t> atomic_numbers;    // same order
-  double cutoff = 0.0;                    // Angstrom
-  double ghost_cutoff = 0.0;              // Angstrom
-  int num_layers = 0;
-  int hidden = 0;
-  int heads = 0;
-  bool node_attention = true;
-  bool distance_bias = false;
-  bool charge_spin = true;
-  bool supports_domain_decomposition = false;
-  int max_charge = 0;                     // |charge| allowed (0: unknown)
-  int max_spin = 0;                       // spin multiplicity allowed (0: unknown)
-  std::string dtype;                      // "float32" | "float64"
-  std::string device;                     // device it was exported for
-};
-
 // "cpu", "cuda", "cuda:N" -> torch::Device; throws if CUDA is asked for but unavailable
 torch::Device parse_device(const std::string &name);
-
-// read only the metadata (validated) of a model file (.pt or .pt2) without loading the model
-ModelInfo read_model_info(const std::string &path);
-
-// the raw metadata.json record of an export (.pt: extra file; .pt2: archive record
-// extra/metadata.json); empty if the archive has none. Throws ModelError if the file is not
-// a readable archive.
-std::string read_metadata_record(const std::string &path);
 
 class Model {
  public:
@@ -133,9 +93,6 @@ class Model {
   void load_torchscript();
   void load_aoti();
 };
-
-// parse + validate a metadata.json string (exposed for tests and tools)
-ModelInfo parse_metadata(const std::string &json, const std::string &path);
 
 }    // namespace allscaip
 
