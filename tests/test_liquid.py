@@ -214,12 +214,13 @@ def test_hydrogen_mass_repartitioning_keeps_molecular_mass(tmp_path):
 
 @pytest.mark.lammps
 def test_lammps_engine_short_run(tiny_model, tmp_path):
+    from allscaip.engines import lammps
     from allscaip.workflows.liquid import engine_lammps
 
     try:
-        engine_lammps.find_lmp()
-        engine_lammps.find_plugin_dir()
-    except engine_lammps.LammpsError as err:
+        lammps.find_lmp()
+        lammps.find_plugin_dir()
+    except lammps.LammpsError as err:
         pytest.fail(f"LAMMPS is not set up (run scripts/setup.sh): {err}")
     out = tmp_path / "run"
     assert (
@@ -304,8 +305,8 @@ def test_contact_count_is_intermolecular_and_minimum_image():
 def test_lammps_minimise_tolerance_matches_openmm_rule():
     """LAMMPS stops on the 2-norm of the global force vector (eV/Å), OpenMM on the RMS force
     component (kJ/mol/nm): the converted tolerance must accept exactly the same force vectors."""
-    from allscaip.workflows.liquid.engine_lammps import minimise_ftol
     from allscaip.units import EV_TO_KJ_PER_MOL as KJ_MOL_PER_EV
+    from allscaip.workflows.liquid.engine_lammps import minimise_ftol
 
     rng = np.random.default_rng(3)
     n, tol = 192, 10.0

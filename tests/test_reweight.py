@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from allscaip.workflows.teacher import reweight
-from allscaip.workflows.teacher.water import KB_KJMOL
+from allscaip.workflows.teacher.system import KB_KJMOL
 
 T = 298.15
 KT = KB_KJMOL * T

@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from ase.io import read, write
+
+from allscaip.engines.lammps import LammpsError, lmp_environment
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 # small batches in the demonstration (the largest frame has 192 atoms): ~30 optimizer steps per
@@ -62,8 +66,6 @@ def _run(cmd: List[str], log: Path, env: Dict[str, str] | None = None, cwd: Path
 def train(out: Path, epochs: int, frames: int) -> Dict[str, float]:
     """A short demonstration training on a subset of the bundled data (the shipped model
     was trained with the full set and the same config)."""
-    from ase.io import read, write
-
     run_dir = out / "train"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -119,8 +121,6 @@ def lammps_md(out: Path, model: Path, md_ps: float, ranks: int) -> Dict[str, flo
         "-log",
         (lmp_dir / "log.lammps").resolve(),
     ]
-    from allscaip.workflows.liquid.engine_lammps import LammpsError, lmp_environment
-
     try:  # the plugin directory and MPICH's libraries, also when the venv was not activated
         env = {**lmp_environment(), "OMP_NUM_THREADS": "1"}
     except LammpsError as err:
@@ -148,9 +148,10 @@ def _lammps_density(log: Path) -> float:
 
 
 def openmm_md(out: Path, model: Path, md_ps: float, n_molecules: int) -> Dict[str, float]:
+    # OpenMM is an optional dependency (the engines extra), as is the teacher that builds the start box
     from openmm import app, unit
 
-    from allscaip.workflows.teacher.water import build_water_system
+    from allscaip.workflows.teacher.system import build_water_system
 
     omm_dir = out / "openmm"
     omm_dir.mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ def _pymbar_timeseries():
     log = logging.getLogger("pymbar")
     old = log.level
     log.setLevel(logging.ERROR)
-    try:
+    try:  # pymbar is optional at run time (without it, the estimator below); its import logs a banner
         from pymbar import timeseries
 
         return timeseries

@@ -27,13 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import ase.io
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
+from ase.neighborlist import natural_cutoffs, neighbor_list
 
+from allscaip.calculator import AllScAIPCalculator
 from allscaip.geometry import random_rotation
+from allscaip.units import AVOGADRO, mass_density_g_cm3
 from allscaip.workflows.liquid import experimental
 
-AVOGADRO = 6.02214076e23
 FILE_SUFFIXES = (".pdb", ".xyz", ".extxyz", ".sdf", ".mol", ".mol2", ".cif", ".traj", ".json", ".gro")
 
 
@@ -105,8 +109,6 @@ class Molecule:
 
 
 def _bonds(atoms: Atoms) -> List[Tuple[int, int]]:
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-
     if len(atoms) < 2:
         return []
     i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15), self_interaction=False)
@@ -128,15 +130,14 @@ def _n_fragments(n: int, bonds: Sequence[Tuple[int, int]]) -> int:
 
 
 def _water_atoms() -> Atoms:
-    from allscaip.workflows.teacher.water import R_OH_NM, THETA_HOH_RAD
+    # the teacher's module needs OpenMM, an optional dependency (the engines extra)
+    from allscaip.workflows.teacher.system import reference_water_atoms
 
-    r = R_OH_NM * 10.0
-    s, c = math.sin(THETA_HOH_RAD / 2), math.cos(THETA_HOH_RAD / 2)
-    return Atoms("OHH", positions=[[0, 0, 0], [r * s, r * c, 0], [-r * s, r * c, 0]])
+    return reference_water_atoms()
 
 
 def _from_smiles(smiles: str, seed: int) -> Atoms:
-    try:
+    try:  # RDKit is optional at run time: only SMILES input needs it, and the error says so
         from rdkit import Chem, RDLogger
         from rdkit.Chem import AllChem
     except ImportError as err:
@@ -173,8 +174,6 @@ def load_molecule(spec: str, seed: int = 0) -> Molecule:
         raise InputError("--molecule is empty")
     path = Path(spec).expanduser()
     if path.is_file():
-        import ase.io
-
         try:
             atoms = ase.io.read(str(path), index=0)
         except Exception as err:  # ASE raises many types for bad files
@@ -217,8 +216,6 @@ class ModelInfo:
 
     @property
     def symbols(self) -> List[str]:
-        from ase.data import chemical_symbols
-
         return [chemical_symbols[z] for z in self.atomic_numbers]
 
 
@@ -226,8 +223,6 @@ def model_info(model_path: str) -> ModelInfo:
     """Cutoff and elements of an allscaip model file (.pt, .pt2 or .ckpt)."""
     if not Path(model_path).is_file():
         raise InputError(f"model file {model_path} does not exist")
-    from allscaip.calculator import AllScAIPCalculator
-
     try:
         calc = AllScAIPCalculator(model_path)
     except Exception as err:
@@ -238,8 +233,6 @@ def model_info(model_path: str) -> ModelInfo:
 
 
 def check_elements(mol: Molecule, allowed: Sequence[int], what: str) -> None:
-    from ase.data import chemical_symbols
-
     unknown = sorted(set(int(z) for z in mol.atoms.numbers) - set(int(z) for z in allowed))
     if unknown:
         raise InputError(
@@ -314,7 +307,7 @@ def random_insertion(
 
 
 def _packmol_binary() -> Optional[str]:
-    try:
+    try:  # the packmol wheel is optional at run time: without it, packmol on PATH or random insertion
         from packmol.cli import get_binary_path
 
         return str(get_binary_path())
@@ -329,8 +322,6 @@ def packmol_pack(
     exe = _packmol_binary()
     if exe is None:
         raise FileNotFoundError("packmol not found (pip install packmol)")
-    import ase.io
-
     with tempfile.TemporaryDirectory(prefix="allscaip_packmol_") as tmp:
         ase.io.write(os.path.join(tmp, "molecule.xyz"), mol.atoms, format="xyz")
         inp = (
@@ -397,4 +388,4 @@ def pack_box(
 
 def mass_density(atoms: Atoms) -> float:
     """g/cm^3 of a periodic ``atoms``."""
-    return float(atoms.get_masses().sum() / AVOGADRO / (atoms.get_volume() * 1e-24))
+    return mass_density_g_cm3(atoms.get_masses().sum(), atoms.get_volume())

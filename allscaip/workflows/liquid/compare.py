@@ -25,6 +25,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from allscaip.workflows.liquid.analysis import running_mean
+from allscaip.workflows.liquid.settings import read_records
+
 HELP = "compare finished liquid runs with a reference and with each other (tolerances, σ, verdict, plot)"
 
 EPILOG = """\
@@ -128,8 +131,6 @@ def block_stderr(x: np.ndarray, n_blocks: int = 5) -> float:
 
 def production_series(rep: dict) -> Dict[str, np.ndarray]:
     """time (ps), density and U_liq/N of the liquid production samples, from the per-segment CSVs."""
-    from .settings import read_records
-
     run_dir = Path(rep["_file"]).parent
     files = sorted((run_dir / "liquid").glob("prod_*.csv"))
     if not files:
@@ -279,12 +280,11 @@ def format_result(res: dict) -> str:
 def plot(runs: List[dict], series: List[Dict[str, np.ndarray]], res: dict, path: Path) -> None:
     """Density and U_liq/N against production time for every run (running means bold), with the
     reference density as a band and the ± tolerance as dashed lines."""
+    # matplotlib's backend must be chosen before pyplot is imported; only a plot needs either
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .analysis import running_mean
 
     if not any(series):
         raise FileNotFoundError("no production samples (liquid/prod_*.csv) next to the reports: nothing to plot")

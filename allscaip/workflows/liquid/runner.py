@@ -29,11 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import ase.io
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from allscaip.reproducible import seed_for, sha256_file
 from allscaip.workflows.liquid import analysis, build, report
 from allscaip.workflows.liquid.build import InputError, Molecule
+from allscaip.workflows.liquid.engine_lammps import LammpsEngine
 from allscaip.workflows.liquid.settings import Settings, read_records, write_json, write_records
 
 PROGRESS_FILE = "progress.json"
@@ -85,7 +89,8 @@ def prepare_molecule(settings: Settings, log: Callable[[str], None] = print):
                 f"{mol.formula}"
             )
         mol = mol.water_ordered()
-        from allscaip.workflows.teacher.water import CUTOFF_NM
+        # the teacher needs OpenMM, an optional dependency (the engines extra)
+        from allscaip.workflows.teacher.system import CUTOFF_NM
 
         cutoff, what = CUTOFF_NM * 10.0, "teacher (flexible TIP3P, LJPME)"
     else:
@@ -163,10 +168,9 @@ class Runner:
         workdir = self.dir / phase
         workdir.mkdir(parents=True, exist_ok=True)
         if s.engine == "lammps" and s.potential == "model":
-            from allscaip.workflows.liquid.engine_lammps import LammpsEngine
-
             eng = LammpsEngine(phase, mol, s.n_molecules, s, workdir)
         elif s.engine in ("openmm", "lammps"):
+            # OpenMM is an optional dependency (the engines extra): imported when a run needs it
             from allscaip.workflows.liquid.engine_openmm import OpenMMEngine
 
             eng = OpenMMEngine(phase, mol, s.n_molecules, s, edge)
@@ -216,8 +220,6 @@ class Runner:
             if not self.show_progress or not steps:
                 return None
             if phase not in bars:
-                from tqdm import tqdm
-
                 for b in bars.values():
                     b.close()
                 bars[phase] = tqdm(
@@ -272,8 +274,6 @@ class Runner:
         seed = seed_for(s.seed, t.name)
         t0 = time.time()
         if t.stage == "build":
-            import ase.io
-
             atoms = build.pack_box(
                 mol, s.n_molecules, density, seed=s.seed, tolerance=s.pack_tolerance_ang, method=s.packer
             )
@@ -296,8 +296,6 @@ class Runner:
         ckpt = self._checkpoint(t)
         if t.stage == "minimise":
             if t.phase == "liquid":
-                import ase.io
-
                 atoms = ase.io.read(phase_dir / "initial.xyz", format="extxyz")
             else:
                 atoms = mol.atoms.copy()
@@ -380,8 +378,6 @@ def _configure_threads(s: Settings) -> Callable[[], None]:
     mode (as in the LAMMPS plugin: plain interpretation unless ALLSCAIP_JIT_OPTIMIZE=1, because
     the profiling executor re-specialises on every new neighbour count). Returns a function
     that restores the previous settings."""
-    import torch
-
     old_threads = torch.get_num_threads()
     old_omp = os.environ.get("OMP_NUM_THREADS")
     old_opt = torch._C._get_graph_executor_optimize()

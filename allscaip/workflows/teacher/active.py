@@ -24,32 +24,28 @@ from typing import Optional, Sequence
 
 import numpy as np
 import openmm
+import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from openmm import unit
 from tqdm import tqdm
 
-from allscaip.workflows.liquid import settings as liquid_settings
+from allscaip.calculator import AllScAIPCalculator
+from allscaip.units import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL, mass_density_g_cm3
+from allscaip.workflows.liquid.build import load_molecule
+from allscaip.workflows.liquid.engine_openmm import OpenMMEngine, read_state, state_arrays
+from allscaip.workflows.liquid.settings import Settings
+from allscaip.workflows.teacher.labelling import teacher_for_atoms
 from allscaip.workflows.teacher.stress import pressure_bar, teacher_stress
-from allscaip.workflows.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TEACHER_NAME, teacher_for_atoms, water_molar_mass
+from allscaip.workflows.teacher.system import TEACHER_NAME, water_molar_mass
+
+__all__ = ["density_g_cm3", "error_report", "label", "main", "read_state", "sample", "scale_to_density"]
 
 
 def density_g_cm3(n_molecules: int, volume_ang3: float) -> float:
     """Density of ``n_molecules`` waters in ``volume_ang3``."""
-    return liquid_settings.density_g_cm3(n_molecules * water_molar_mass(), volume_ang3 / 1000.0)
-
-
-def _state_arrays(st: openmm.State) -> tuple[np.ndarray, np.ndarray]:
-    """(positions Å [N,3], box Å [3,3]) of an OpenMM State."""
-    pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_TO_ANG
-    box = np.asarray([[v.x, v.y, v.z] for v in st.getPeriodicBoxVectors().value_in_unit(unit.nanometer)]) * NM_TO_ANG
-    return pos, box
-
-
-def read_state(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(positions Å [N,3], box Å [3,3]) of an OpenMM State XML (the liquid workflow's checkpoints)."""
-    return _state_arrays(openmm.XmlSerializer.deserialize(Path(path).read_text()))
+    return mass_density_g_cm3(n_molecules * water_molar_mass(), volume_ang3)
 
 
 def scale_to_density(pos: np.ndarray, box: np.ndarray, density: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +62,7 @@ def label(pos_ang: np.ndarray, box_ang: np.ndarray, info: dict, stress: bool = T
     (O, H, H order, whole molecules)."""
     atoms = Atoms("OHH" * (len(pos_ang) // 3), positions=pos_ang, cell=box_ang, pbc=True)
     teacher = teacher_for_atoms(atoms)
-    e, f = teacher.ev_ang(pos_ang / NM_TO_ANG)
+    e, f = teacher.ev_ang(pos_ang / ANGSTROM_PER_NM)
     results = {"energy": e, "forces": f}
     if stress:  # (strains the teacher's box: after the forces)
         results["stress"] = teacher_stress(atoms, labeller=teacher)
@@ -101,10 +97,6 @@ def sample(
     """Student MD in OpenMM (1.5 fs, H 3 amu); (positions Å, box Å) every ``every_fs`` after
     ``skip_ps``. Molecules are wrapped whole, as the teacher's non-periodic bonds need.
     ``model=None`` runs the teacher itself (its own ensemble, e.g. for :mod:`allscaip.workflows.teacher.reweight`)."""
-    from allscaip.workflows.liquid.build import load_molecule
-    from allscaip.workflows.liquid.engine_openmm import OpenMMEngine
-    from allscaip.workflows.liquid.settings import Settings
-
     pos, box = read_state(start)
     if density is not None:
         pos, box = scale_to_density(pos, box, density)
@@ -125,8 +117,8 @@ def sample(
             if isinstance(eng.system.getForce(k), openmm.MonteCarloBarostat):
                 eng.system.removeForce(k)
     ctx = eng.context(seed)
-    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box / NM_TO_ANG])
-    ctx.setPositions(pos / NM_TO_ANG * unit.nanometer)
+    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box / ANGSTROM_PER_NM])
+    ctx.setPositions(pos / ANGSTROM_PER_NM * unit.nanometer)
     if minimise_iterations > 0:  # (OpenMM reads 0 as "until converged")
         openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, minimise_iterations)
     ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
@@ -147,20 +139,18 @@ def sample(
         for _ in range(n_frames):
             integ.step(stride)
             bar.update(stride)
-            out.append(_state_arrays(ctx.getState(getPositions=True, enforcePeriodicBox=True)))
+            out.append(state_arrays(ctx.getState(getPositions=True, enforcePeriodicBox=True)))
     return out
 
 
 def error_report(frames: Sequence[Atoms], model: str) -> list[str]:
     """Mean student-minus-teacher energy per molecule and configurational pressure."""
-    from allscaip.calculator import AllScAIPCalculator
-
     calc = AllScAIPCalculator(model)
     de, dp, rho = [], [], []
     for a in frames:
         s = a.copy()
         s.calc = calc
-        de.append((s.get_potential_energy() - a.get_potential_energy()) / (len(a) // 3) * KJMOL_PER_EV)
+        de.append((s.get_potential_energy() - a.get_potential_energy()) / (len(a) // 3) * EV_TO_KJ_PER_MOL)
         if "stress" in a.calc.results:
             dp.append(pressure_bar(s.get_stress()) - pressure_bar(a.calc.results["stress"]))
         rho.append(a.info["density_g_cm3"])
@@ -201,8 +191,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    import torch
-
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     snaps = sample(

@@ -31,10 +31,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from ase import Atoms
+from ase.io import read
 from tqdm import tqdm
 
-from allscaip.workflows.teacher.water import KB_KJMOL, KJMOL_PER_EV
+from allscaip.calculator import AllScAIPCalculator
+from allscaip.checkpoint import load_model
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
+from allscaip.units import EV_TO_KJ_PER_MOL, mass_density_g_cm3
+from allscaip.workflows.teacher.system import KB_KJMOL
 
 
 @dataclass
@@ -118,14 +125,8 @@ def predict(
 def model_energies_ev(model: str, frames: Sequence[Atoms], batch_size: int = 1, dtype: str = "float32") -> np.ndarray:
     """Energies (eV) of ``frames`` under ``model``: a checkpoint (batched, energy only) or an
     exported ``.pt``/``.pt2`` (one frame per call, through the ASE calculator)."""
-    import torch
-
     out = []
     if Path(model).suffix.lower() == ".ckpt":
-        from allscaip.checkpoint import load_model
-        from allscaip.data import atoms_to_batch
-        from allscaip.model import compute_properties
-
         dt = {"float64": torch.float64, "float32": torch.float32}[dtype]
         net = load_model(model, dtype=dt, device="cpu").eval()
         for k in tqdm(range(0, len(frames), batch_size), desc=Path(model).name, mininterval=5):
@@ -133,8 +134,6 @@ def model_energies_ev(model: str, frames: Sequence[Atoms], batch_size: int = 1, 
             with torch.no_grad():
                 out.append(compute_properties(net, batch, forces=False)["energy"].double().numpy())
         return np.concatenate(out)
-    from allscaip.calculator import AllScAIPCalculator
-
     calc = AllScAIPCalculator(model)
     for a in tqdm(frames, desc=Path(model).name, mininterval=5):
         s = a.copy()
@@ -145,8 +144,7 @@ def model_energies_ev(model: str, frames: Sequence[Atoms], batch_size: int = 1, 
 
 def frame_densities(frames: Sequence[Atoms]) -> np.ndarray:
     """Density (g/cm³) of each frame from its atoms and cell."""
-    amu_g = 1.66053906660e-24
-    return np.array([a.get_masses().sum() * amu_g / (a.get_volume() * 1e-24) for a in frames])
+    return np.array([mass_density_g_cm3(a.get_masses().sum(), a.get_volume()) for a in frames])
 
 
 def report_lines(p: DensityPrediction) -> list[str]:
@@ -170,9 +168,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the predictions here")
     args = ap.parse_args(argv)
-    import torch
-    from ase.io import read
-
     torch.set_num_threads(args.threads)
     frames = [a for path in args.frames for a in read(path, ":")]
     temps = {a.info.get("temperature_K") for a in frames}
@@ -188,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     for model in args.model:
         t0 = time.perf_counter()
-        du = (model_energies_ev(model, frames) - e_teacher) * KJMOL_PER_EV
+        du = (model_energies_ev(model, frames) - e_teacher) * EV_TO_KJ_PER_MOL
         p = predict(rho, du, temperature, n_molecules, model, args.block)
         results.append(p)
         for line in report_lines(p):

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import openmm
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm
 
-from allscaip.workflows.teacher.water import KJMOL_PER_EV, NM_TO_ANG, TeacherLabeller, teacher_for_atoms
+from allscaip.units import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
+from allscaip.workflows.teacher.labelling import TeacherLabeller, teacher_for_atoms
 
 EV_PER_A3_TO_BAR = 1.602176634e6
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
@@ -38,8 +40,6 @@ def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[T
     """Voigt stress ``[xx, yy, zz, yz, xz, xy]`` (eV/Å³) of the teacher for a periodic frame.
     ``labeller``: the frame's teacher (:func:`teacher_for_atoms`) when the caller already has
     one; its box is left strained."""
-    import openmm
-
     if not atoms.pbc.all():
         raise ValueError("teacher_stress needs a periodic frame")
     if labeller is None:
@@ -56,8 +56,8 @@ def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[T
         q, r = np.linalg.qr(box.T)
         q = q * np.sign(np.diag(r))
         box, xyz = box @ q, xyz @ q
-        labeller.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.tril(box) / NM_TO_ANG])
-        return labeller.energy_kj(xyz / NM_TO_ANG) / KJMOL_PER_EV
+        labeller.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.tril(box) / ANGSTROM_PER_NM])
+        return labeller.energy_kj(xyz / ANGSTROM_PER_NM) / EV_TO_KJ_PER_MOL
 
     voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
     out = np.zeros(6)
@@ -109,7 +109,7 @@ def _summary(frames: Sequence[Atoms]) -> list[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "files", nargs="+", help="extxyz files written by allscaip.workflows.teacher.water (rewritten in place)"
+        "files", nargs="+", help="extxyz files written by allscaip.workflows.teacher.cli (rewritten in place)"
     )
     args = p.parse_args(argv)
     for f in args.files:

@@ -1,0 +1,159 @@
+"""Teacher labels: double-precision energies and forces of water configurations, as ``ase.Atoms``.
+
+Each labelled frame is an ``ase.Atoms`` with a ``SinglePointCalculator(energy, forces)``,
+``pbc=True`` and a cubic cell for bulk frames (``pbc=False`` and a zero cell for gas-phase
+frames) and ``info`` keys ``charge=0``, ``spin=1``, ``teacher`` and ``n_molecules``, plus what the
+sampler adds (:mod:`.sampling`). The teacher itself is defined in :mod:`.system`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
+from allscaip.workflows.teacher.system import TEACHER_NAME, build_gas_system, create_system, water_topology
+
+# Guards against the unphysical region of TIP3P (H has no LJ core)
+MIN_INTERMOLECULAR_H_O_NM = 0.12
+OH_BOND_RANGE_NM = (0.07, 0.13)
+
+
+class TeacherLabeller:
+    """Double-precision (Reference platform) energies/forces of one teacher system."""
+
+    def __init__(self, system: openmm.System, box_nm: Optional[np.ndarray] = None):
+        self.system = system
+        self.box_nm = None if box_nm is None else np.asarray(box_nm, dtype=float)
+        platform = openmm.Platform.getPlatformByName("Reference")  # always double precision
+        self.context = openmm.Context(system, openmm.VerletIntegrator(0.001), platform)
+        if self.box_nm is not None:
+            self.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in self.box_nm])
+
+    def kj_nm(self, positions_nm: np.ndarray):
+        """(energy kJ/mol, forces kJ/mol/nm [N,3]) in OpenMM units."""
+        self.context.setPositions(np.asarray(positions_nm, dtype=float) * unit.nanometer)
+        st = self.context.getState(getEnergy=True, getForces=True)
+        e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        f = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        return float(e), np.asarray(f, dtype=float)
+
+    def energy_kj(self, positions_nm: np.ndarray) -> float:
+        self.context.setPositions(np.asarray(positions_nm, dtype=float) * unit.nanometer)
+        return float(self.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+
+    def ev_ang(self, positions_nm: np.ndarray):
+        """(energy eV, forces eV/Å [N,3])."""
+        e, f = self.kj_nm(positions_nm)
+        return e / EV_TO_KJ_PER_MOL, f / EV_PER_A_TO_KJ_PER_MOL_NM
+
+
+def make_atoms(
+    positions_nm: np.ndarray,
+    n_molecules: int,
+    energy_ev: float,
+    forces_ev_ang: np.ndarray,
+    box_nm: Optional[np.ndarray],
+    info: dict,
+) -> Atoms:
+    """A labelled frame (module docstring); ``info`` is added to the standard keys."""
+    symbols = "OHH" * n_molecules
+    pos = np.asarray(positions_nm, dtype=float) * ANGSTROM_PER_NM
+    if box_nm is not None:
+        atoms = Atoms(symbols, positions=pos, cell=np.asarray(box_nm) * ANGSTROM_PER_NM, pbc=True)
+    else:
+        atoms = Atoms(symbols, positions=pos, cell=np.zeros((3, 3)), pbc=False)
+    if not (np.isfinite(energy_ev) and np.all(np.isfinite(forces_ev_ang))):
+        raise RuntimeError(f"non-finite teacher label for {info}")
+    atoms.calc = SinglePointCalculator(atoms, energy=float(energy_ev), forces=np.array(forces_ev_ang))
+    atoms.info.update({"charge": 0, "spin": 1, "teacher": TEACHER_NAME, "n_molecules": int(n_molecules)})
+    atoms.info.update(info)
+    return atoms
+
+
+def check_geometry(pos_nm: np.ndarray, n_molecules: int, box_nm: Optional[np.ndarray], where: str) -> None:
+    """Guard against the unphysical region of TIP3P (H has no LJ core): intermolecular H...O >= 0.12 nm,
+    intramolecular O-H within [0.07, 0.13] nm."""
+    p = pos_nm.reshape(n_molecules, 3, 3)
+    oh = np.linalg.norm(p[:, 1:] - p[:, :1], axis=-1)
+    if oh.min() < OH_BOND_RANGE_NM[0] or oh.max() > OH_BOND_RANGE_NM[1]:
+        raise RuntimeError(f"{where}: O-H bond length out of range ({oh.min():.4f}-{oh.max():.4f} nm)")
+    if n_molecules < 2:
+        return
+    o = p[:, 0]
+    h = p[:, 1:].reshape(-1, 3)
+    d = h[:, None, :] - o[None, :, :]
+    if box_nm is not None:
+        L = np.diag(box_nm)
+        d -= L * np.round(d / L)
+    r = np.linalg.norm(d, axis=-1)
+    own = np.repeat(np.arange(n_molecules), 2)
+    r[np.arange(len(h)), own] = np.inf
+    if r.min() < MIN_INTERMOLECULAR_H_O_NM:
+        raise RuntimeError(f"{where}: intermolecular H...O distance {r.min():.4f} nm < {MIN_INTERMOLECULAR_H_O_NM} nm")
+
+
+def teacher_for_atoms(atoms: Atoms) -> TeacherLabeller:
+    """The teacher (double precision) matching an ``Atoms`` written by this module."""
+    n = len(atoms) // 3
+    if atoms.pbc.any():
+        top = water_topology(n, float(atoms.cell[0, 0]) / ANGSTROM_PER_NM)
+        box = np.asarray(atoms.cell) / ANGSTROM_PER_NM
+        return TeacherLabeller(create_system(top, periodic=True), box)
+    return TeacherLabeller(build_gas_system(n)[0])
+
+
+def finite_difference_check(
+    atoms: Atoms, n_components: int = 24, n_directions: int = 4, h_ang: float = 1e-5, seed: int = 0
+) -> dict:
+    """Central finite differences of the teacher energy vs its forces (double precision).
+
+    Note: the Ewald real-space sum is truncated at the cutoff, so the energy jumps by
+    ~q_i q_j erfc(alpha r_c)/r_c (about 4e-4 kJ/mol for an O-H pair at tolerance 1e-5) when a
+    pair crosses 0.45 nm; a displacement that makes a pair cross shows up as an apparent
+    force error of that jump / 2h. With the default h = 1e-5 Å such crossings are rare.
+
+    Checks ``n_components`` random Cartesian components and ``n_directions`` random
+    directional derivatives of the whole configuration. Returns errors in eV/Å.
+    """
+    rng = np.random.default_rng(seed)
+    lab = teacher_for_atoms(atoms)
+    x0 = atoms.get_positions() / ANGSTROM_PER_NM
+    h = h_ang / ANGSTROM_PER_NM
+    e0, f0 = lab.ev_ang(x0)
+    comp_err, comp_ref = [], []
+    for flat in rng.choice(x0.size, size=min(n_components, x0.size), replace=False):
+        i, k = divmod(int(flat), 3)
+        xp, xm = x0.copy(), x0.copy()
+        xp[i, k] += h
+        xm[i, k] -= h
+        fd = -(lab.energy_kj(xp) - lab.energy_kj(xm)) / (2 * h) / EV_PER_A_TO_KJ_PER_MOL_NM
+        comp_err.append(fd - f0[i, k])
+        comp_ref.append(f0[i, k])
+    dir_err, dir_ref = [], []
+    for _ in range(n_directions):
+        d = rng.normal(size=x0.shape)
+        d /= np.linalg.norm(d)
+        fd = -(lab.energy_kj(x0 + h * d) - lab.energy_kj(x0 - h * d)) / (2 * h) / EV_PER_A_TO_KJ_PER_MOL_NM
+        an = float(np.sum(f0 * d))
+        dir_err.append(fd - an)
+        dir_ref.append(an)
+    comp_err, comp_ref = np.array(comp_err), np.array(comp_ref)
+    dir_err, dir_ref = np.array(dir_err), np.array(dir_ref)
+    stored = atoms.get_forces()
+    return {
+        "h_ang": h_ang,
+        "energy_eV": e0,
+        "stored_energy_diff_eV": float(abs(e0 - atoms.get_potential_energy())),
+        "stored_forces_max_diff_eV_ang": float(np.abs(stored - f0).max()),
+        "component_max_abs_err_eV_ang": float(np.abs(comp_err).max()),
+        "component_rms_err_eV_ang": float(np.sqrt(np.mean(comp_err**2))),
+        "component_rms_force_eV_ang": float(np.sqrt(np.mean(comp_ref**2))),
+        "directional_max_rel_err": float(np.max(np.abs(dir_err) / np.maximum(np.abs(dir_ref), 1e-12))),
+        "directional_max_abs_err_eV_ang": float(np.abs(dir_err).max()),
+    }
