@@ -35,60 +35,39 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
+import ase.io
 import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+try:  # OpenMM is an optional ("engines") dependency of allscaip.
+    import openmm as mm
+    import openmm.unit as u
+except ImportError as exc:  # pragma: no cover - exercised only without OpenMM
+    raise ImportError(
+        "the long-range data (allscaip.workflows.longrange) needs OpenMM (pip install openmm==8.6.1)"
+    ) from exc
 
 from allscaip.geometry import random_rotation
-
-# unit conversions (exact SI values)
-KJMOL_PER_EV = 1.602176634e-19 * 6.02214076e23 / 1000.0  # 96.485 kJ/mol per eV
-NM = 10.0  # Å per nm
-
-# --------------------------------------------------------------------------- parameters
-# point charges
-BOX_DENSITY = 0.012  # ions per Å^3 (mean spacing ~4.4 Å)
-BOX_DMIN = 2.3  # Å, minimum ion-ion distance of the random placements
-REP_A = 2870.0  # eV, Born-Mayer prefactor (force balances the +-1 Coulomb attraction near 2.5 Å)
-REP_RHO = 0.30  # Å
-REP_SWITCH = (2.6, 3.0)  # Å, OpenMM switching function on, cutoff
-EWALD_TOL = 1e-6
-
-# monomers: (element, charge e, LJ sigma Å, LJ epsilon kJ/mol, position Å); the first atom is the
-# centre the separation d is measured from
-R_OH, THETA_HOH = 0.9572, np.deg2rad(104.52)  # TIP3P
-WATER = [
-    ("O", -0.834, 3.15061, 0.6364, (0.0, 0.0, 0.0)),
-    ("H", 0.417, 1.0, 0.0, (R_OH * np.sin(THETA_HOH / 2), 0.0, R_OH * np.cos(THETA_HOH / 2))),
-    ("H", 0.417, 1.0, 0.0, (-R_OH * np.sin(THETA_HOH / 2), 0.0, R_OH * np.cos(THETA_HOH / 2))),
-]
-NA_ION = [("Na", 1.0, 2.439, 0.3658, (0.0, 0.0, 0.0))]
-NA_ATOM = [("Na", 0.0, 2.439, 0.3658, (0.0, 0.0, 0.0))]
-_T = 1.01 / np.sqrt(3.0)  # tetrahedral N-H 1.01 Å
-AMMONIUM = [
-    ("N", -0.40, 3.25, 0.7113, (0.0, 0.0, 0.0)),
-    ("H", 0.35, 1.07, 0.0657, (_T, _T, _T)),
-    ("H", 0.35, 1.07, 0.0657, (_T, -_T, -_T)),
-    ("H", 0.35, 1.07, 0.0657, (-_T, _T, -_T)),
-    ("H", 0.35, 1.07, 0.0657, (-_T, -_T, _T)),
-]
-_A = np.deg2rad(126.0 / 2)  # O-C-O 126°, C-O 1.25 Å, C-H 1.10 Å
-FORMATE = [
-    ("C", 0.60, 3.40, 0.3598, (0.0, 0.0, 0.0)),
-    ("O", -0.75, 2.96, 0.8786, (1.25 * np.sin(_A), 0.0, 1.25 * np.cos(_A))),
-    ("O", -0.75, 2.96, 0.8786, (-1.25 * np.sin(_A), 0.0, 1.25 * np.cos(_A))),
-    ("H", -0.10, 2.42, 0.1255, (0.0, 0.0, -1.10)),
-]
-DIMER_KINDS: Dict[str, Tuple[list, list]] = {
-    "na_water": (NA_ION, WATER),
-    "nh4_formate": (AMMONIUM, FORMATE),
-    "na0_water": (NA_ATOM, WATER),
-}
-CONTACT_H = 1.6  # Å, rejection: closest intermolecular distance involving an H
-CONTACT_HEAVY = 2.3  # Å, between heavy atoms
-MAX_INTERACTION = 1.0  # eV, rejection of strongly repulsive placements
-D_MIN, D_MAX = 2.0, 15.0  # Å, range of centre-centre separations sampled
-TAIL_DMIN = 6.0  # Å, lower end of the extra held-out tail frames
+from allscaip.units import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
+from allscaip.workflows.longrange.parameters import (
+    BOX_DENSITY,
+    BOX_DMIN,
+    CONTACT_H,
+    CONTACT_HEAVY,
+    D_MAX,
+    D_MIN,
+    DIMER_KINDS,
+    EWALD_TOL,
+    MAX_INTERACTION,
+    REP_A,
+    REP_RHO,
+    REP_SWITCH,
+    TAIL_DMIN,
+)
+from allscaip.workflows.longrange.reference import COULOMB_EV_A, repulsion_force_pair
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -111,12 +90,14 @@ def monomer_arrays(mono: list) -> Tuple[List[str], np.ndarray, np.ndarray, np.nd
 
 def openmm_label(context, pos: np.ndarray) -> Tuple[float, np.ndarray]:
     """(energy eV, forces eV/Å) of an OpenMM ``context`` at positions ``pos`` (Å)."""
-    import openmm.unit as u
-
-    context.setPositions(pos / NM)
+    context.setPositions(pos / ANGSTROM_PER_NM)
     st = context.getState(getEnergy=True, getForces=True)
-    e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / KJMOL_PER_EV
-    f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / KJMOL_PER_EV / NM
+    e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+    f = (
+        st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+        / EV_TO_KJ_PER_MOL
+        / ANGSTROM_PER_NM
+    )
     return float(e), np.asarray(f, dtype=float)
 
 
@@ -124,8 +105,6 @@ class DimerLabeller:
     """OpenMM (Reference platform) intermolecular Coulomb + LJ energy of a rigid dimer, no cutoff."""
 
     def __init__(self, kind: str, dielectric: float = 1.0) -> None:
-        import openmm as mm
-
         a, b = DIMER_KINDS[kind]
         self.kind = kind
         self.sym_a, qa, sa, ea, self.pos_a = monomer_arrays(a)
@@ -141,7 +120,7 @@ class DimerLabeller:
         nb.setNonbondedMethod(mm.NonbondedForce.NoCutoff)
         for q, s, e in zip(self.charges, self.sigma, self.epsilon):
             system.addParticle(1.0)
-            nb.addParticle(float(q), float(s) / NM, float(e))
+            nb.addParticle(float(q), float(s) / ANGSTROM_PER_NM, float(e))
         n = len(self.symbols)
         for group in (range(self.na), range(self.na, n)):
             g = list(group)
@@ -179,25 +158,27 @@ class BoxLabeller:
     cubic box of edge ``box`` Å."""
 
     def __init__(self, charges: Sequence[float], box: float, dielectric: float = 1.0) -> None:
-        import openmm as mm
-
         self.box = float(box)
         self.charges = np.asarray(charges, dtype=float)
         system = mm.System()
-        vecs = [mm.Vec3(box / NM, 0, 0), mm.Vec3(0, box / NM, 0), mm.Vec3(0, 0, box / NM)]
+        vecs = [
+            mm.Vec3(box / ANGSTROM_PER_NM, 0, 0),
+            mm.Vec3(0, box / ANGSTROM_PER_NM, 0),
+            mm.Vec3(0, 0, box / ANGSTROM_PER_NM),
+        ]
         system.setDefaultPeriodicBoxVectors(*vecs)
         nb = mm.NonbondedForce()
         nb.setNonbondedMethod(mm.NonbondedForce.PME)
-        nb.setCutoffDistance(min(0.49 * box, 9.0) / NM)
+        nb.setCutoffDistance(min(0.49 * box, 9.0) / ANGSTROM_PER_NM)
         nb.setEwaldErrorTolerance(EWALD_TOL)
         nb.setUseDispersionCorrection(False)
         rep = mm.CustomNonbondedForce("A*exp(-r/rho)")
-        rep.addGlobalParameter("A", REP_A * KJMOL_PER_EV)
-        rep.addGlobalParameter("rho", REP_RHO / NM)
+        rep.addGlobalParameter("A", REP_A * EV_TO_KJ_PER_MOL)
+        rep.addGlobalParameter("rho", REP_RHO / ANGSTROM_PER_NM)
         rep.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
-        rep.setCutoffDistance(REP_SWITCH[1] / NM)
+        rep.setCutoffDistance(REP_SWITCH[1] / ANGSTROM_PER_NM)
         rep.setUseSwitchingFunction(True)
-        rep.setSwitchingDistance(REP_SWITCH[0] / NM)
+        rep.setSwitchingDistance(REP_SWITCH[0] / ANGSTROM_PER_NM)
         for q in self.charges:
             system.addParticle(1.0)
             nb.addParticle(float(q) / np.sqrt(dielectric), 0.1, 0.0)
@@ -236,9 +217,6 @@ def random_ions(rng: np.random.Generator, n: int, box: float, dmin: float = BOX_
 
 # --------------------------------------------------------------------------- frames
 def _atoms(symbols, pos, energy, forces, info, cell=None):
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     a = Atoms(symbols=symbols, positions=pos, cell=cell if cell is not None else np.zeros((3, 3)), pbc=cell is not None)
     a.info.update(info)
     a.calc = SinglePointCalculator(a, energy=energy, forces=forces)
@@ -322,8 +300,6 @@ def local_force_share(frames: list, cutoff: float, dielectric: float = 1.0) -> f
     """Mean |F - F_local| / mean |F| where F_local is the force from pairs closer than ``cutoff``
     (bare Coulomb + the repulsion, minimum image): how much of the exact force comes from beyond
     the model's cutoff."""
-    from allscaip.workflows.longrange.reference import COULOMB_EV_A, repulsion_force_pair
-
     num = den = 0.0
     for a in frames:
         box = a.cell[0, 0]
@@ -368,8 +344,6 @@ def generate(
     out: str | Path, seed: int = 0, sizes: Sizes | None = None, dielectric: float = 1.0, verbose: bool = True
 ) -> dict:
     """Write every data set under ``out``; returns (and prints) a summary."""
-    import ase.io
-
     sizes = sizes or Sizes()
     out = Path(out)
     rng = np.random.default_rng(seed)

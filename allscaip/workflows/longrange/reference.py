@@ -11,11 +11,10 @@ import math
 from typing import Tuple
 
 import numpy as np
+from scipy.special import erfc
 
-E_CHARGE = 1.602176634e-19  # C
-EPS0 = 8.8541878128e-12  # F/m
-COULOMB_EV_A = E_CHARGE / (4.0 * math.pi * EPS0) / 1e-10  # e^2/(4 pi eps0) in eV Å (14.3996)
-KJMOL_PER_EV = E_CHARGE * 6.02214076e23 / 1000.0
+from allscaip.units import EV_TO_KJ_PER_MOL
+from allscaip.workflows.longrange.parameters import COULOMB_EV_A, REP_A, REP_RHO, REP_SWITCH
 
 
 def dimer_energy_forces(
@@ -27,7 +26,7 @@ def dimer_energy_forces(
     r = np.linalg.norm(dv, axis=-1)
     qq = q[a, None] * q[None, b]
     s = 0.5 * (sigma[a, None] + sigma[None, b])
-    e = np.sqrt(eps_kjmol[a, None] * eps_kjmol[None, b]) / KJMOL_PER_EV
+    e = np.sqrt(eps_kjmol[a, None] * eps_kjmol[None, b]) / EV_TO_KJ_PER_MOL
     sr6 = (s / r) ** 6
     energy = COULOMB_EV_A * qq / r + 4.0 * e * (sr6 * sr6 - sr6)
     # -dU/dr
@@ -49,8 +48,6 @@ def switch(r: np.ndarray, r_on: float, r_off: float) -> Tuple[np.ndarray, np.nda
 
 def _repulsion(r: np.ndarray, a: float | None, rho: float | None, window) -> Tuple[np.ndarray, np.ndarray]:
     """Switched Born-Mayer energy A exp(-r/rho) S(r) and its -d/dr (eV, eV/Å); 0 beyond the cutoff."""
-    from allscaip.workflows.longrange.generate import REP_A, REP_RHO, REP_SWITCH
-
     a = REP_A if a is None else a
     rho = REP_RHO if rho is None else rho
     r_on, r_off = window or REP_SWITCH
@@ -75,8 +72,6 @@ def ewald_energy_forces(
 ) -> Tuple[float, np.ndarray]:
     """Coulomb energy (eV) and forces (eV/Å) of point charges ``q`` in a cubic periodic box (Å)
     by an Ewald sum with splitting ``alpha`` (1/Å), converged to about ``tol``."""
-    from scipy.special import erfc
-
     n = len(q)
     # real space: all images within r_cut
     r_cut = math.sqrt(-math.log(tol)) / alpha

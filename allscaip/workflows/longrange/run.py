@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import datetime
 import json
@@ -30,9 +31,16 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+import ase.io
 import numpy as np
+import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from allscaip.checkpoint import load_model
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
+from allscaip.workflows.longrange.generate import Sizes, generate
+
+REPO = Path(__file__).resolve().parents[3]  # the source tree (allscaip/workflows/longrange/run.py)
 CONFIGS = Path(__file__).resolve().parent / "train_configs"
 VARIANTS = {"attention": "true", "local": "false"}
 SETS = ("dimers", "boxes")
@@ -80,8 +88,6 @@ def train(
 
 
 def _cpu_seconds(metrics: Path) -> float:
-    import csv
-
     with open(metrics) as f:
         return float(sum(float(r["train_time_s"]) for r in csv.DictReader(f)))
 
@@ -89,9 +95,6 @@ def _cpu_seconds(metrics: Path) -> float:
 # --------------------------------------------------------------------------- evaluation
 def predict(model, frames: list, chunk: int = 32):
     """(energies [n], list of force arrays) of ``frames`` with ``model`` (float64)."""
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import compute_properties
-
     energies, forces = [], []
     for i in range(0, len(frames), chunk):
         part = frames[i : i + chunk]
@@ -119,8 +122,6 @@ def _mae(frames, e_pred, f_pred, e_ref, f_ref) -> dict:
 
 
 def evaluate_dimers(models: Dict[str, object], data: Path, train_dmax: float) -> dict:
-    import ase.io
-
     test = ase.io.read(data / "dimers" / "test.extxyz", ":")
     scans = ase.io.read(data / "dimers" / "scans.extxyz", ":")
     pairs = ase.io.read(data / "dimers" / "charge_pairs.extxyz", ":")
@@ -226,8 +227,6 @@ def _charge_pairs(pairs: list, e_pred, f_pred, rc: float, rf: float, train_dmax:
 
 
 def evaluate_boxes(models: Dict[str, object], data: Path) -> dict:
-    import ase.io
-
     test = ase.io.read(data / "boxes" / "test.extxyz", ":")
     e_ref, f_ref = _exact(test)
     boxes = np.array([a.info["box"] for a in test])
@@ -312,6 +311,7 @@ def print_tables(results: dict) -> None:
 
 
 def make_plots(results: dict, img_dir: Path) -> List[str]:
+    # matplotlib's backend must be chosen before pyplot is imported; only the plots need either
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,8 +425,6 @@ def machine_info() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    import torch
-
     return dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         host_cpus=os.cpu_count(),
@@ -466,11 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-override", action="append", default=[], help="extra section.key=value for both variants")
     args = p.parse_args(argv)
 
-    import torch
-
     torch.set_num_threads(args.threads)
-    from allscaip.workflows.longrange.generate import Sizes, generate
-
     out = Path(args.out).resolve()
     data = out / "data"
     sizes = Sizes()
@@ -499,8 +493,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_summary = generate(data, args.seed, sizes)
         data_summary["generate_wall_s"] = time.perf_counter() - t0
         summary_file.write_text(json.dumps(data_summary, indent=1))
-
-    from allscaip.checkpoint import load_model
 
     results: dict = dict(
         machine=machine_info(),
