@@ -15,9 +15,16 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
+
+import torch
+from export_bench import best_time
+from water_boxes import water_box
+
+from allscaip.checkpoint import load_model
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -32,17 +39,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "core_wall.json"))
     args = ap.parse_args()
 
-    import torch
-
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
-    from export_bench import best_time
-    from water_boxes import water_box
-
-    from allscaip.checkpoint import load_model
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import compute_properties
-
     model = load_model(args.model, dtype=torch.float32).eval()
     radii = model.core_radius.detach().clone()
     if not bool((radii > 0).any()):

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from water_boxes import water_box
+
 HERE = Path(__file__).resolve().parent
 PRESETS = {
     # preset: (model config, default box sizes in atoms)
@@ -42,10 +44,9 @@ def best_time(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def bench_preset(preset: str, sizes, dtype_name: str, repeats: int, workdir: Path) -> dict:
+    # torch (and allscaip, which imports it) only after main() has set OMP_NUM_THREADS: its OpenMP
+    # runtime reads the variable once, when torch is first imported
     import torch
-
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
 
     from allscaip.config import model_config
     from allscaip.data import atoms_to_batch
@@ -163,7 +164,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "export.json"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # AOTI's OpenMP kernels
-    import torch
+    import torch  # after OMP_NUM_THREADS (see bench_preset)
 
     torch.set_num_threads(args.threads)
     results = []

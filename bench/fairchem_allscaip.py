@@ -35,8 +35,14 @@ import resource
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
+
+import numpy as np
+import torch
+from water_boxes import water_box  # puts the checkout on sys.path when allscaip is not installed here
 
 HERE = Path(__file__).resolve().parent
 DATASET = "omol"  # task / dataset name for the random-weight checkpoint (charge+spin inputs)
@@ -111,6 +117,7 @@ def _task(name: str, level: str, dim: list[int]) -> dict:
 
 
 def _register_head() -> None:
+    # fairchem-core exists only in the fairchem venv (bench/setup_fairchem_venv.sh)
     from fairchem.core.common.registry import registry
     from fairchem.core.models.allscaip.AllScAIP import AllScAIPGradientEnergyForceStressHead
 
@@ -131,8 +138,8 @@ def _register_head() -> None:
 
 def build_calculator(settings: dict, seed: int, workdir: Path):
     """A FAIRChemCalculator around a random-weight checkpoint written to ``workdir``."""
+    # fairchem-core (and hydra) exist only in the fairchem venv (bench/setup_fairchem_venv.sh)
     import hydra
-    import torch
     from fairchem.core.calculate.ase_calculator import FAIRChemCalculator
     from fairchem.core.units.mlip_unit.api.inference import InferenceSettings, MLIPInferenceCheckpoint
     from fairchem.core.units.mlip_unit.predict import MLIPPredictUnit
@@ -175,21 +182,14 @@ def build_calculator(settings: dict, seed: int, workdir: Path):
 
 def worker(args: argparse.Namespace) -> dict:
     """Build, warm up and time one size in this process; returns the result row."""
-    import tempfile
-
-    import numpy as np
-    import torch
-
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
-
     size = args.worker_size
     row: dict = {"requested_atoms": size, "threads": torch.get_num_threads()}
     atoms = water_box(max(1, size // 3), seed=args.seed)
     row["atoms"] = len(atoms)
     row["box_length_A"] = float(atoms.cell[0, 0])
     base = atoms.positions.copy()
+    # fairchem-core exists only in the fairchem venv; imported here so that the baseline counts it
     import fairchem.core.calculate.ase_calculator  # noqa: F401  (imports counted in the baseline)
     import fairchem.core.units.mlip_unit.predict  # noqa: F401
 
@@ -289,10 +289,6 @@ def run_size(args: argparse.Namespace, size: int) -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import version
-
-    import torch
-
     return {
         "torch": torch.__version__,
         "fairchem-core": version("fairchem-core"),

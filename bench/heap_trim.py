@@ -21,18 +21,16 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List
 
+import ase.io
 import numpy as np
+from lammps_md import default_model, lammps_input, run_lammps
+from water_boxes import water_box
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from lammps_md import default_model, lammps_input, run_lammps  # noqa: E402
-from water_boxes import water_box  # noqa: E402
 
 SETTINGS = {"tuned": {}, "glibc default": {"ALLSCAIP_MALLOC_TUNING": "0"}}
 
@@ -64,8 +62,6 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(HERE / "results" / "heap_trim.json"))
     args = ap.parse_args()
-    import ase.io
-
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
     model = Path(args.model).resolve() if args.model else default_model(work / "model.pt", "float32", {})

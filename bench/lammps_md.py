@@ -39,7 +39,17 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import ase.io
 import numpy as np
+import torch
+import yaml
+from water_boxes import water_box
+
+from allscaip.calculator import AllScAIPCalculator
+from allscaip.config import model_config
+from allscaip.model import AllScAIP
+from allscaip_export.metadata import build_metadata
+from allscaip_export.torchscript import export_torchscript
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -64,14 +74,6 @@ def venv_env(threads: int) -> Dict[str, str]:
 
 def default_model(path: Path, dtype: str, overrides: Dict[str, object]) -> Path:
     """Random-weight export with the bundled water model's architecture (plus ``overrides``)."""
-    import torch
-    import yaml
-
-    from allscaip.config import model_config
-    from allscaip.model import AllScAIP
-    from allscaip_export.metadata import build_metadata
-    from allscaip_export.torchscript import export_torchscript
-
     section = dict(yaml.safe_load((REPO / "examples" / "water" / "train.yaml").read_text())["model"])
     preset = section.pop("preset", None)
     section["elements"] = [1, 8]
@@ -138,10 +140,6 @@ def run_lammps(
 
 
 def time_ase(model: Path, atoms, repeats: int, warmup: int, threads: int) -> float:
-    import torch
-
-    from allscaip.calculator import AllScAIPCalculator
-
     torch.set_num_threads(threads)
     a = atoms.copy()
     a.calc = AllScAIPCalculator(model)
@@ -189,16 +187,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "lammps_md.json"))
     args = ap.parse_args()
 
-    import ase.io
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
-
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
-    import yaml
-
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     model = Path(args.model).resolve() if args.model else default_model(work / "model.pt", args.dtype, overrides)
     ranks = [int(r) for r in args.ranks.split(",")]

@@ -17,6 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from water_boxes import water_box
+
+from allscaip.config import model_config
+from allscaip.data import atoms_to_batch
+from allscaip.model import AllScAIP, compute_properties
+
 HERE = Path(__file__).resolve().parent
 PRESETS = {
     "tiny": dict(hidden=64, layers=2, heads=4, cutoff=6.0, max_neighbors=30),
@@ -27,15 +35,6 @@ PRESETS = {
 
 
 def run_one(preset: str, n_atoms: int, repeats: int, dtype: str, threads: int) -> dict:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
-
-    from allscaip.config import model_config
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import AllScAIP, compute_properties
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = AllScAIP(model_config(elements=[1, 8], **PRESETS[preset])).to(getattr(torch, dtype)).eval()
@@ -58,19 +57,8 @@ def run_one(preset: str, n_atoms: int, repeats: int, dtype: str, threads: int) -
 
 
 def train_throughput(preset: str, steps: int, threads: int) -> dict:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
-
-    from allscaip.config import model_config
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import AllScAIP, compute_properties
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     cfg = dict(PRESETS[preset])
     cfg["cutoff"] = 5.0
     model = AllScAIP(model_config(elements=[1, 8], **cfg))

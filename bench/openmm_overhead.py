@@ -34,6 +34,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openmm
+import torch
+from openmm import unit
+from water_boxes import water_box
+
+from allscaip.calculator import AllScAIPCalculator
+from allscaip.config import model_config
+from allscaip.model import AllScAIP
+from allscaip.neighbors import system_neighbor_pairs
+from allscaip_export.metadata import build_metadata
+from allscaip_export.torchscript import export_torchscript
+from allscaip_openmm.forces import load_model, make_python_force
 
 HERE = Path(__file__).resolve().parent
 
@@ -82,21 +94,6 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(HERE / "results" / "openmm_overhead.json"))
     args = ap.parse_args()
-
-    import openmm
-    import torch
-    from openmm import unit
-
-    sys.path.insert(0, str(HERE))
-    from water_boxes import water_box
-
-    from allscaip.calculator import AllScAIPCalculator
-    from allscaip.config import model_config
-    from allscaip.model import AllScAIP
-    from allscaip.neighbors import system_neighbor_pairs
-    from allscaip_export.metadata import build_metadata
-    from allscaip_export.torchscript import export_torchscript
-    from allscaip_openmm.forces import load_model, make_python_force
 
     load_start = list(os.getloadavg())
     torch.set_num_threads(args.threads)

@@ -15,18 +15,20 @@ import sys
 import time
 from pathlib import Path
 
+import openmm
+import torch
+from openmm import app, unit
+
+from allscaip.units import ANGSTROM_PER_NM, mass_density_g_cm3
+from allscaip_openmm import MLPotential
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-AMU_G = 1.66053906660e-24  # g per dalton
-NM3_CM3 = 1e-21
-
 
 def density_g_cm3(system, volume_nm3: float) -> float:
-    from openmm import unit
-
     mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles()))
-    return mass * AMU_G / (volume_nm3 * NM3_CM3)
+    return mass_density_g_cm3(mass, volume_nm3 * ANGSTROM_PER_NM**3)
 
 
 def main(argv=None) -> int:
@@ -53,12 +55,6 @@ def main(argv=None) -> int:
     ap.add_argument("--spin", type=int, default=1, help="spin multiplicity 2S+1")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
-
-    import openmm
-    import torch
-    from openmm import app, unit
-
-    from allscaip_openmm import MLPotential
 
     if not Path(args.model).exists():
         print(f"model {args.model} not found; train/export one first or pass --model", file=sys.stderr)

@@ -19,10 +19,10 @@ import numpy as np
 from ase.io import read
 
 from allscaip.calculator import AllScAIPCalculator
+from allscaip.units import EV_TO_KJ_PER_MOL
 from allscaip.workflows.teacher.stress import pressure_bar
 
 HERE = Path(__file__).resolve().parent
-EV_TO_KJ_MOL = 96.48533212
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
         student.info.update(frame.info)
         student.calc = calc
         de_ev = student.get_potential_energy() - teacher
-        err = de_ev / (len(frame) // 3) * EV_TO_KJ_MOL
+        err = de_ev / (len(frame) // 3) * EV_TO_KJ_PER_MOL
         e_atom.append(de_ev / len(frame) * 1e3)
         f_err.append((student.get_forces() - frame.get_forces()).ravel() * 1e3)
         groups.setdefault((str(frame.info.get("config_type", "?")), len(frame) // 3), []).append(err)
