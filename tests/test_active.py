@@ -14,6 +14,8 @@ from conftest import small_model
 from openmm import unit
 
 from allscaip.workflows.teacher import active
+from allscaip_export.metadata import build_metadata
+from allscaip_export.torchscript import export_torchscript
 
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 
@@ -63,8 +65,6 @@ def test_read_state_round_trip(tmp_path, frame):
 
 
 def test_fixed_density_sampling_keeps_the_box_and_whole_molecules(tmp_path, frame):
-    from allscaip_export.metadata import build_metadata
-    from allscaip_export.torchscript import export_torchscript
 
     model = small_model(elements=[1, 8], cutoff=3.0, hidden=16, heads=2, layers=1)
     path = tmp_path / "tiny.pt"

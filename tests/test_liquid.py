@@ -12,13 +12,20 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import small_model
 
 from allscaip.cli import main as cli_main
-from allscaip.workflows.liquid import analysis, build
+from allscaip.engines import lammps
+from allscaip.workflows.liquid import analysis, build, engine_lammps
+from allscaip.workflows.liquid.contacts import check_run, count_contacts, parse_pairs
+from allscaip.workflows.liquid.engine_lammps import minimise_ftol
+from allscaip.workflows.liquid.report import warnings_for
+from allscaip_export.metadata import build_metadata
+from allscaip_export.torchscript import export_torchscript
 
 # 0.5 fs steps, a sample every 5 fs (10 steps), 50 fs (100 steps) per segment
 SHORT = [
@@ -44,8 +51,6 @@ SHORT = [
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from allscaip_export.metadata import build_metadata
-    from allscaip_export.torchscript import export_torchscript
 
     model = small_model(cutoff=3.0, hidden=16, heads=2, layers=1)
     path = tmp_path_factory.mktemp("liquid_model") / "tiny.pt"
@@ -214,8 +219,6 @@ def test_hydrogen_mass_repartitioning_keeps_molecular_mass(tmp_path):
 
 @pytest.mark.lammps
 def test_lammps_engine_short_run(tiny_model, tmp_path):
-    from allscaip.engines import lammps
-    from allscaip.workflows.liquid import engine_lammps
 
     try:
         lammps.find_lmp()
@@ -269,7 +272,6 @@ def test_lammps_engine_short_run(tiny_model, tmp_path):
 def _check_contacts_table(run_dir: Path) -> None:
     """The contact check reads every segment's end state (OpenMM XML / LAMMPS restart) and, by
     default, uses the model's core radii from its metadata."""
-    from allscaip.workflows.liquid.contacts import check_run
 
     lines = check_run(run_dir)
     assert "H-H<1.8" in lines[0] and "H-O<0.9" in lines[0] and "O-O<2.6" in lines[0]
@@ -285,7 +287,6 @@ def _check_contacts_table(run_dir: Path) -> None:
 
 
 def test_contact_count_is_intermolecular_and_minimum_image():
-    from allscaip.workflows.liquid.contacts import count_contacts, parse_pairs
 
     # two waters on a line: H(mol 1) at x = 1.46 and H(mol 2) at x = 2.06, 0.6 Å apart, with
     # molecule 2 given as its periodic image one box length away
@@ -306,7 +307,6 @@ def test_lammps_minimise_tolerance_matches_openmm_rule():
     """LAMMPS stops on the 2-norm of the global force vector (eV/Å), OpenMM on the RMS force
     component (kJ/mol/nm): the converted tolerance must accept exactly the same force vectors."""
     from allscaip.units import EV_TO_KJ_PER_MOL as KJ_MOL_PER_EV
-    from allscaip.workflows.liquid.engine_lammps import minimise_ftol
 
     rng = np.random.default_rng(3)
     n, tol = 192, 10.0
@@ -399,9 +399,6 @@ def test_report_warns_when_production_starts_unequilibrated():
     """A density series that jumps halfway through production: the equilibration detection
     discards the first half and the report says so; a stationary series of the same length
     draws no such warning."""
-    from types import SimpleNamespace
-
-    from allscaip.workflows.liquid.report import warnings_for
 
     stationary = analysis.ar1_series(400, 0.5, mean=1.0, sigma=0.01, seed=3)
     jumped = stationary.copy()

@@ -18,8 +18,14 @@ if str(REPO) not in sys.path:
 pytest.importorskip("openmm")
 pytestmark = pytest.mark.openmm
 
+import ase.io  # noqa: E402
+
+from allscaip.config import model_config  # noqa: E402
+from allscaip.data import atoms_to_batch  # noqa: E402
+from allscaip.model import AllScAIP, compute_properties  # noqa: E402
 from allscaip.workflows.longrange import generate as gen  # noqa: E402
 from allscaip.workflows.longrange import reference as ref  # noqa: E402
+from allscaip.workflows.longrange import run  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["na_water", "nh4_formate", "na0_water"])
@@ -90,7 +96,6 @@ def test_generate_writes_the_splits(tmp_path):
         scan_step=2.0,
     )
     summary = gen.generate(tmp_path, seed=1, sizes=sizes, verbose=False)
-    import ase.io
 
     train = ase.io.read(tmp_path / "dimers/train.extxyz", ":")
     test = ase.io.read(tmp_path / "dimers/test.extxyz", ":")
@@ -111,9 +116,6 @@ def test_generate_writes_the_splits(tmp_path):
 def test_only_distance_biased_node_attention_sees_separation_beyond_cutoff():
     """With no edge between the molecules the local model and node attention without the distance
     bias give the same energy at every separation; with the bias it changes."""
-    from allscaip.config import model_config
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import AllScAIP, compute_properties
 
     lab = gen.DimerLabeller("na_water")
     rot = gen.random_rotation(np.random.default_rng(0))
@@ -156,9 +158,6 @@ def test_only_distance_biased_node_attention_sees_separation_beyond_cutoff():
 def test_charge_pairs_differ_only_through_the_charge_input():
     """A charge pair (Na+ vs neutral Na, same geometry) is the same input to a model without the
     charge embedding, so such a model predicts no difference at all."""
-    from allscaip.config import model_config
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import AllScAIP, compute_properties
 
     lab = gen.DimerLabeller("na_water")
     pos = lab.place(10.0, np.eye(3), gen.random_rotation(np.random.default_rng(1)), np.array([0.0, 1.0, 0.0]))
@@ -189,7 +188,6 @@ def test_charge_pairs_differ_only_through_the_charge_input():
 @pytest.mark.slow
 def test_runner_trains_both_variants_briefly(tmp_path):
     """allscaip/workflows/longrange/run.py --small: tiny data, 1 epoch of each variant, evaluation, JSON, plots."""
-    from allscaip.workflows.longrange import run
 
     out = tmp_path / "lr"
     assert (

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.io import read
 
+from allscaip.calculator import AllScAIPCalculator
 from allscaip.workflows.teacher import reweight
 from allscaip.workflows.teacher.system import KB_KJMOL
 
@@ -59,9 +61,6 @@ def test_block_bootstrap_sees_the_correlation():
 
 
 def test_model_energies_of_a_checkpoint_match_the_calculator(export_checkpoint):
-    from ase.io import read
-
-    from allscaip.calculator import AllScAIPCalculator
 
     frames = [a for a in read(VAL, ":") if a.pbc.all()][:3]
     e = reweight.model_energies_ev(str(export_checkpoint), frames, batch_size=2, dtype="float64")
