@@ -17,6 +17,12 @@ ANGSTROM_PER_NM = 10.0
 EV_PER_A_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * ANGSTROM_PER_NM
 """A force of 1 eV/Å in kJ/mol/nm (OpenMM's force unit)."""
 
+BOLTZMANN_KJ_PER_MOL_K = 0.00831446261815324
+"""Boltzmann's constant per mole (the gas constant R), kJ/mol/K (exact since the 2019 SI)."""
+
+EV_PER_A3_TO_BAR = 1.602176634e6
+"""A pressure (or stress) of 1 eV/Å³ in bar: e * 1e30 / 1e5."""
+
 CM3_PER_A3 = 1e-24
 CM3_PER_NM3 = 1e-21
 

@@ -6,10 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PYTHON_LINES = 600  # issue 21: "no Python file above about 600 lines"
@@ -68,7 +68,11 @@ def test_layer_contract_holds_on_the_tree():
 
 @pytest.mark.parametrize(
     "low, high",
-    [("allscaip.model", "allscaip.workflows"), ("allscaip.train", "allscaip_export"), ("allscaip.data", "allscaip.model")],
+    [
+        ("allscaip.model", "allscaip.workflows"),
+        ("allscaip.train", "allscaip_export"),
+        ("allscaip.data", "allscaip.model"),
+    ],
 )
 def test_layer_contract_names_an_upward_import(tmp_path, low, high):
     """The project's own contract, run on a tree of empty packages with one upward import."""

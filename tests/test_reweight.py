@@ -9,11 +9,11 @@ import pytest
 from ase.io import read
 
 from allscaip.calculator import AllScAIPCalculator
+from allscaip.units import BOLTZMANN_KJ_PER_MOL_K
 from allscaip.workflows.teacher import reweight
-from allscaip.workflows.teacher.system import KB_KJMOL
 
 T = 298.15
-KT = KB_KJMOL * T
+KT = BOLTZMANN_KJ_PER_MOL_K * T
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 
 

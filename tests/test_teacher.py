@@ -11,9 +11,10 @@ pytest.importorskip("openmm")
 
 from ase.io import read
 
+from allscaip.units import EV_PER_A3_TO_BAR
 from allscaip.units import EV_TO_KJ_PER_MOL as KJMOL_PER_EV
 from allscaip.workflows.teacher.labelling import teacher_for_atoms
-from allscaip.workflows.teacher.stress import EV_PER_A3_TO_BAR, pressure_bar, teacher_stress
+from allscaip.workflows.teacher.stress import pressure_bar, teacher_stress
 
 VAL = Path(__file__).resolve().parents[1] / "examples" / "water" / "data" / "val.extxyz"
 

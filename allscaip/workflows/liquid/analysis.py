@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-R_KJ_MOL_K = 0.00831446261815324  # gas constant, kJ/mol/K
+from allscaip.units import BOLTZMANN_KJ_PER_MOL_K
 
 
 def _pymbar_timeseries():
@@ -151,7 +151,7 @@ class Result:
 
 def heat_of_vaporization(u_gas: SeriesStats, u_liq_per_molecule: SeriesStats, temperature_K: float) -> Result:
     """ΔHvap (kJ/mol) = <U_gas> - <U_liq>/N + RT, errors added in quadrature."""
-    value = u_gas.mean - u_liq_per_molecule.mean + R_KJ_MOL_K * temperature_K
+    value = u_gas.mean - u_liq_per_molecule.mean + BOLTZMANN_KJ_PER_MOL_K * temperature_K
     err = math.sqrt(u_gas.stderr**2 + u_liq_per_molecule.stderr**2)
     return Result(float(value), float(err))
 

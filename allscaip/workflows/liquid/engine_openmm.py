@@ -28,13 +28,12 @@ try:
 except ImportError as exc:  # pragma: no cover - OpenMM is an optional dependency
     raise ImportError("the openmm engine needs OpenMM (pip install openmm==8.6.1)") from exc
 
-from allscaip.units import ANGSTROM_PER_NM, mass_density_g_cm3
+from allscaip.units import ANGSTROM_PER_NM, BOLTZMANN_KJ_PER_MOL_K, mass_density_g_cm3
 from allscaip.workflows.liquid.build import Molecule
 from allscaip.workflows.liquid.settings import Settings
 from allscaip.workflows.teacher import system as teacher
 from allscaip_openmm import MLPotential
 
-KB_KJ_MOL = 0.00831446261815324
 A3_PER_NM3 = ANGSTROM_PER_NM**3
 
 
@@ -231,7 +230,7 @@ class OpenMMEngine:
                     st.getTime().value_in_unit(unit.picosecond),
                     pe,
                     ke,
-                    2.0 * ke / (self.dof * KB_KJ_MOL),
+                    2.0 * ke / (self.dof * BOLTZMANN_KJ_PER_MOL_K),
                     vol,
                     rho,
                 )

@@ -10,8 +10,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from allscaip.units import BOLTZMANN_KJ_PER_MOL_K
 from allscaip.workflows.liquid import experimental
-from allscaip.workflows.liquid.analysis import R_KJ_MOL_K, running_mean
+from allscaip.workflows.liquid.analysis import running_mean
 from allscaip.workflows.liquid.contacts import contact_warnings, final_contacts
 from allscaip.workflows.liquid.settings import write_json
 
@@ -96,7 +97,7 @@ def build_report(runner, mol, info, pack_density, cutoff, exp, stats, hvap, prog
             "timestep_fs": s.timestep_fs,
             "sample_interval_ps": s.sample_steps * s.timestep_fs * 1e-3,
             "hvap_formula": "<U_gas> - <U_liq>/N + RT",
-            "RT_kJ_mol": R_KJ_MOL_K * s.temperature_K,
+            "RT_kJ_mol": BOLTZMANN_KJ_PER_MOL_K * s.temperature_K,
         },
         "results": {
             "density_g_cm3": {**stats["density_g_cm3"].as_dict()},

@@ -40,8 +40,7 @@ from allscaip.calculator import AllScAIPCalculator
 from allscaip.checkpoint import load_model
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
-from allscaip.units import EV_TO_KJ_PER_MOL, mass_density_g_cm3
-from allscaip.workflows.teacher.system import KB_KJMOL
+from allscaip.units import BOLTZMANN_KJ_PER_MOL_K, EV_TO_KJ_PER_MOL, mass_density_g_cm3
 
 
 @dataclass
@@ -102,7 +101,7 @@ def predict(
 ) -> DensityPrediction:
     """The student's density from the teacher frames' densities and ΔU (kJ/mol per box)."""
     rho = np.asarray(density, dtype=float)
-    du = np.asarray(du_kj_mol, dtype=float) / (KB_KJMOL * temperature_K)
+    du = np.asarray(du_kj_mol, dtype=float) / (BOLTZMANN_KJ_PER_MOL_K * temperature_K)
     rw, ess = reweighted_mean(rho, du)
     drho = (rho - rho.mean()) / rho.mean()
     slope = float(np.polyfit(drho, du, 1)[0]) if rho.std() > 0 else float("nan")

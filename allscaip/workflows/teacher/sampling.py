@@ -29,10 +29,9 @@ import openmm.unit as unit
 from ase import Atoms
 
 from allscaip.reproducible import seed_for
-from allscaip.units import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
+from allscaip.units import ANGSTROM_PER_NM, BOLTZMANN_KJ_PER_MOL_K, EV_TO_KJ_PER_MOL
 from allscaip.workflows.teacher.labelling import TeacherLabeller, check_geometry, make_atoms
 from allscaip.workflows.teacher.system import (
-    KB_KJMOL,
     MD_EWALD_TOLERANCE,
     build_gas_system,
     build_water_system,
@@ -123,7 +122,7 @@ def sample_frames(
                 "config_type": "bulk",
                 "traj": traj or f"bulk_n{n_molecules}_T{temperature_K:g}_rho{density_g_cm3:.2f}_s{seed}",
                 "frame": i,
-                "kinetic_temperature_K": round(2 * ke / (dof * KB_KJMOL), 2),
+                "kinetic_temperature_K": round(2 * ke / (dof * BOLTZMANN_KJ_PER_MOL_K), 2),
             },
         )
         frames.append(atoms)
@@ -246,7 +245,7 @@ def sample_dimers(
                 continue
             pos = np.concatenate([a, b])
             e_int = dimer.energy_kj(pos) - mono.energy_kj(a) - mono.energy_kj(b)
-            if rng.random() < math.exp(-max(e_int, 0.0) / (KB_KJMOL * T)):
+            if rng.random() < math.exp(-max(e_int, 0.0) / (BOLTZMANN_KJ_PER_MOL_K * T)):
                 break
         else:
             continue  # no acceptable orientation at this distance: draw a new distance

@@ -28,10 +28,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm
 
-from allscaip.units import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
+from allscaip.units import ANGSTROM_PER_NM, EV_PER_A3_TO_BAR, EV_TO_KJ_PER_MOL
 from allscaip.workflows.teacher.labelling import TeacherLabeller, teacher_for_atoms
 
-EV_PER_A3_TO_BAR = 1.602176634e6
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
 STRAIN_STEP = 1e-5
 

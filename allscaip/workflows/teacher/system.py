@@ -61,7 +61,6 @@ from allscaip.reproducible import seed_for
 from allscaip.structures import water_box
 from allscaip.units import ANGSTROM_PER_NM, AVOGADRO
 
-KB_KJMOL = 0.00831446261815324  # Boltzmann constant, kJ/mol/K
 NM_PER_CM = 1e7
 
 FORCE_FIELD_FILE = "tip3p.xml"
