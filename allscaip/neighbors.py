@@ -4,6 +4,9 @@ Conventions used everywhere in allscaip: an edge ``(i, j, S)`` means atom ``j`` 
 ``S`` lattice vectors) is a neighbour of centre ``i``; its vector is
 ``r_ij = x_j - x_i + S @ cell``. Neighbour lists are *full* (both directions) and include
 periodic self-images when the cutoff exceeds a cell length.
+
+The exported models' whole-system call takes this flat list (:func:`whole_system_inputs`); the
+model itself reads the padded per-centre layout (:func:`pad_neighbors`).
 """
 
 from __future__ import annotations
@@ -12,16 +15,22 @@ from typing import Tuple
 
 import numpy as np
 import torch
+import vesin
+from ase import Atoms
 
 from allscaip.data.batch import AtomsBatch
+
+WholeSystemInputs = Tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]
+"""(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin): the arguments of the
+exported whole-system call, in its order (allscaip_export.metadata.WHOLE_SYSTEM_INPUTS)."""
 
 
 def system_neighbor_pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full neighbour list of one system: (centre, neighbour, integer cell shift)."""
-    import vesin
-
     pbc = np.asarray(pbc, dtype=bool)
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
@@ -77,3 +86,21 @@ def pad_neighbors(
     mask = torch.zeros((n_centers, k), dtype=torch.bool, device=center.device)
     mask[center, slot] = True
     return index, pshift, mask
+
+
+def whole_system_inputs(
+    atoms: Atoms, cutoff: float, dtype: torch.dtype, device: torch.device | str
+) -> WholeSystemInputs:
+    """The exported whole-system call's arguments for ``atoms``: full neighbour list within
+    ``cutoff``, charge and spin multiplicity from ``atoms.info`` (defaults 0 and 1)."""
+    i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return (
+        torch.tensor(atoms.positions, dtype=dtype, device=device),
+        torch.tensor(atoms.numbers, dtype=torch.long, device=device),
+        torch.tensor(atoms.cell.array, dtype=dtype, device=device),
+        torch.tensor(np.asarray(atoms.pbc, dtype=bool).reshape(3), device=device),
+        torch.tensor(np.stack([i, j]), dtype=torch.long, device=device),
+        torch.tensor(s, dtype=dtype, device=device),
+        torch.tensor(int(atoms.info.get("charge", 0)), dtype=torch.long, device=device),
+        torch.tensor(int(atoms.info.get("spin", 1)), dtype=torch.long, device=device),
+    )

@@ -25,10 +25,9 @@ the data. They become *unbacked* symbolic sizes in the graph:
   without ``int(...)`` on the width, which cannot be traced, and with ``K >= 2``: an extra
   all-padding column changes nothing but lets Inductor's CPU ``bmm`` lowering prove a
   dimension is not 1);
-* the model's kNN pruning width ``max(int(w), 1)`` is traced through
-  :func:`_traceable_widths`, which (only while tracing) shadows ``int``/``max`` in
-  :mod:`allscaip.model.allscaip` so that ``w`` stays symbolic and the width is
-  ``max(w, 2)`` (again one harmless padding column at most);
+* the model's kNN-pruned width is computed by :func:`allscaip.model.neighbor_geometry.kept_width`,
+  which keeps it symbolic while tracing, with at least two columns (again one harmless padding
+  column at most);
 * boolean-mask indexing / ``nonzero`` produce further unbacked sizes that torch.export
   handles itself; the equalities the model relies on become runtime asserts in the graph.
 
@@ -50,21 +49,29 @@ graph clamps the indices (no out-of-bounds reads) and returns NaN in every outpu
 
 from __future__ import annotations
 
-import builtins
-import contextlib
 import copy
 import json
 import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from ase import Atoms
+from ase.data import chemical_symbols
 from torch import nn
+from torch._inductor import aot_compile
+from torch._inductor.package import load_package
+from torch.export import Dim
+from torch.export.pt2_archive._package import package_pt2
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
 
 from allscaip.model import AllScAIP
+from allscaip.model.evaluate import UnknownElementError
+from allscaip.neighbors import whole_system_inputs
 from allscaip_export.metadata import dumps
 
 METADATA_KEY = "allscaip_metadata"  # key in the AOTInductor metadata map
@@ -102,41 +109,12 @@ def _pad_neighbors_traceable(
     return index, pshift, mask
 
 
-def _int_keep_symbolic(x: Any) -> Any:
-    return x if isinstance(x, torch.SymInt) else builtins.int(x)
-
-
-def _max_width(*args: Any) -> Any:
-    if len(args) == 2 and isinstance(args[0], torch.SymInt):
-        return torch.sym_max(args[0], 2)
-    return builtins.max(*args)
-
-
-@contextlib.contextmanager
-def _traceable_widths() -> Iterator[None]:
-    """While tracing: keep the model's data-dependent kNN width ``max(int(w), 1)`` symbolic.
-
-    The width expression in ``AllScAIP.neighbor_geometry`` goes through the module-level
-    names ``int`` and ``max``; shadowing them in that module (and nowhere else, and only
-    during the trace) turns it into ``sym_max(w, 2)``. Eager and TorchScript code are not
-    affected (TorchScript compiles builtins, and the names are removed afterwards).
-    """
-    import allscaip.model.allscaip as mod
-
-    mod.int = _int_keep_symbolic  # type: ignore[attr-defined]
-    mod.max = _max_width  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        del mod.int
-        del mod.max
-
-
 def whole_system_function(model: AllScAIP) -> Callable[..., Tuple[torch.Tensor, ...]]:
     """The traced function: whole system -> (energy, forces, virial, energies).
 
-    Same arithmetic as :meth:`allscaip_export.torchscript.ExportedAllScAIP.forward`; unknown
-    elements / out-of-range charge or spin give NaN outputs instead of an exception.
+    The same evaluation as :meth:`allscaip_export.torchscript.ExportedAllScAIP.forward`
+    (:meth:`allscaip.model.AllScAIP.energy_forces_virial`); unknown elements / out-of-range charge
+    or spin give NaN outputs instead of an exception.
     """
     use_cs = bool(model.use_charge_spin)
     max_charge, max_spin = int(model.max_charge), int(model.max_spin)
@@ -154,20 +132,15 @@ def whole_system_function(model: AllScAIP) -> Callable[..., Tuple[torch.Tensor, 
             charge = charge.clamp(-max_charge, max_charge)
             spin = spin.clamp(0, max_spin)
         index, shift, mask = _pad_neighbors_traceable(edge_index[0], edge_index[1], cell_shifts.to(dtype), n)
-        pos = positions.detach().requires_grad_(True)
-        strain = torch.zeros((3, 3), dtype=dtype, device=device).requires_grad_(True)
-        spos = pos + torch.matmul(pos, strain)
-        scell = (cell + torch.matmul(cell, strain)).unsqueeze(0)
-        system = torch.zeros((n,), dtype=torch.long, device=device)
-        energies = model(spos, species, system, scell, pbc.unsqueeze(0), index, shift, mask, charge, spin)
-        energy = energies.sum()
-        g_pos, g_strain = torch.autograd.grad(energy, [pos, strain])
+        out = model.energy_forces_virial(
+            positions, species, None, cell.unsqueeze(0), pbc.unsqueeze(0), index, shift, mask, charge, spin
+        )
         nan = torch.full((), float("nan"), dtype=dtype, device=device)
         return (
-            torch.where(bad, nan, energy.detach()),
-            torch.where(bad, nan, -g_pos),
-            torch.where(bad, nan, -g_strain),
-            torch.where(bad, nan, energies.detach()),
+            torch.where(bad, nan, out.energy[0]),
+            torch.where(bad, nan, out.forces),
+            torch.where(bad, nan, out.virial[0]),
+            torch.where(bad, nan, out.energies),
         )
 
     return fn
@@ -190,8 +163,6 @@ def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | s
     Sizes are generic (N, E, neighbour counts all > 1 and different), so nothing is
     specialised; the trace does not depend on the values beyond that.
     """
-    from allscaip.neighbors import system_neighbor_pairs
-
     rng = np.random.default_rng(0)
     elements = list(model.cfg.elements)
     n = 16
@@ -199,36 +170,20 @@ def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | s
     cell = np.diag([length, length * 1.05, length * 1.1])
     cell[1, 0], cell[2, 0] = 0.4, -0.3  # triclinic
     frac = rng.random((n, 3))
-    pos = frac @ cell
-    numbers = np.array([elements[i % len(elements)] for i in range(n)])
-    i, j, s = system_neighbor_pairs(pos, cell, np.array([True] * 3), model.cutoff)
-    dev = torch.device(device)
-    return (
-        torch.tensor(pos, dtype=dtype, device=dev),
-        torch.tensor(numbers, dtype=torch.long, device=dev),
-        torch.tensor(cell, dtype=dtype, device=dev),
-        torch.tensor([True, True, True], device=dev),
-        torch.tensor(np.stack([i, j]), dtype=torch.long, device=dev),
-        torch.tensor(s, dtype=dtype, device=dev),
-        torch.tensor(0, dtype=torch.long, device=dev),
-        torch.tensor(1, dtype=torch.long, device=dev),
-    )
+    numbers = [elements[i % len(elements)] for i in range(n)]
+    atoms = Atoms(numbers=numbers, positions=frac @ cell, cell=cell, pbc=True)
+    return whole_system_inputs(atoms, model.cutoff, dtype, device)
 
 
 def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """make_fx (energy + forces + virial) -> torch.export with dynamic atom and edge counts."""
-    from torch.export import Dim
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
-
     dev = torch.device(device)
     model = copy.deepcopy(model).to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     dtype = next(model.parameters()).dtype
     args = example_inputs(model, dtype, dev)
-    with _traceable_widths():
-        gm = make_fx(whole_system_function(model), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    gm = make_fx(whole_system_function(model), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     # carry the facts learnt while tracing (e.g. K >= 2) into the graph for torch.export
     insert_deferred_runtime_asserts(gm, gm.shape_env, "allscaip")
     gm.recompile()
@@ -260,9 +215,6 @@ def export_aoti(
     Returns the path. ``metadata`` is stored inside (see the module docstring); the
     measured ``export_seconds`` / ``compile_seconds`` are written to ``export_aoti.timings``.
     """
-    from torch._inductor import aot_compile
-    from torch.export.pt2_archive._package import package_pt2
-
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {path}")
@@ -328,14 +280,10 @@ class AOTIWholeSystem:
         self.max_spin = int(cfg.get("max_spin", 0))
 
     def __call__(self, positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin):
-        from allscaip.model.evaluate import UnknownElementError
-
         dev, dt = self.device, self.dtype
         numbers = torch.as_tensor(numbers, dtype=torch.long, device=dev)
         unknown = sorted(set(numbers.unique().tolist()) - set(self.atomic_numbers))
         if unknown:
-            from ase.data import chemical_symbols
-
             name = lambda z: chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z)  # noqa: E731
             raise UnknownElementError(
                 f"element(s) {[name(z) for z in unknown]} are not in this model, which knows "
@@ -387,8 +335,6 @@ def load_aoti(path: str | Path, device: str = "cpu") -> Tuple[AOTIWholeSystem, D
         )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU")
-    from torch._inductor.package import load_package
-
     index = dev.index if dev.index is not None else -1
     runner = load_package(str(path), device_index=index)
     return AOTIWholeSystem(runner, meta, dev), meta

@@ -17,6 +17,20 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+import torch
+from ase import Atoms
+
+from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
+from allscaip.model.evaluate import UnknownElementError
+from allscaip.neighbors import whole_system_inputs  # also reachable as allscaip_export.cli.whole_system_inputs
+from allscaip.structures import water_box
+from allscaip_export.aoti import export_aoti, load_aoti
+from allscaip_export.metadata import build_metadata, checkpoint_hash
+from allscaip_export.torchscript import export_torchscript, load_torchscript
+
 SUFFIX = {"torchscript": ".pt", "aoti": ".pt2"}
 # float64: absolute eV (energy, per-atom energies, virial) and eV/Å (forces);
 # float32: relative to the largest reference value of each quantity.
@@ -34,38 +48,8 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------- structures
 
 
-def _water_like(rng, n_side: int, spacing: float, periodic: bool, skew: bool):
-    """Randomly rotated water molecules on a jittered grid (triclinic cell when ``skew``)."""
-    import numpy as np
-    from ase import Atoms
-    from ase.build import molecule
-
-    from allscaip.geometry import random_rotation
-
-    w = molecule("H2O")
-    pos, nums = [], []
-    for ix in range(n_side):
-        for iy in range(n_side):
-            for iz in range(n_side):
-                q = random_rotation(rng)
-                pos.append(w.positions @ q.T + np.array([ix, iy, iz]) * spacing + rng.normal(0, 0.1, 3))
-                nums.append(w.numbers)
-    cell = np.eye(3) * n_side * spacing
-    if skew:
-        cell[1, 0], cell[2, 0], cell[2, 1] = 0.9, -0.6, 0.7
-    atoms = Atoms(
-        numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell if periodic else None, pbc=periodic
-    )
-    if periodic:
-        atoms.wrap()
-    return atoms
-
-
 def _random_structure(rng, elements: Sequence[int], n: int, periodic: bool, min_dist: float = 1.0):
     """Random atoms (no pair closer than ``min_dist``) in a triclinic cell or a sphere."""
-    import numpy as np
-    from ase import Atoms
-
     if periodic:
         length = (n * 12.0) ** (1.0 / 3.0)
         cell = np.diag([length, length * 1.05, length * 0.95])
@@ -97,12 +81,10 @@ def test_structures(elements: Sequence[int], seed: int = 0) -> List[Tuple[str, A
     Water-like (8 molecules in a triclinic box; a 4-molecule cluster) when the model knows
     H and O, random structures of all its elements otherwise.
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     if 1 in elements and 8 in elements:
-        box = _water_like(rng, 2, 3.1, periodic=True, skew=True)
-        mol = _water_like(rng, 2, 2.9, periodic=False, skew=False)[:12]
+        box = water_box(8, spacing=3.1, rng=rng, cell_skew=True, periodic=True)
+        mol = water_box(8, spacing=2.9, rng=rng, periodic=False)[:12]
         names = ("triclinic water-like box", "water cluster (molecule)")
     else:
         box = _random_structure(rng, elements, 24, periodic=True)
@@ -116,31 +98,8 @@ def test_structures(elements: Sequence[int], seed: int = 0) -> List[Tuple[str, A
 # ---------------------------------------------------------------------------- evaluation
 
 
-def whole_system_inputs(atoms, cutoff: float, dtype, device) -> Tuple[Any, ...]:
-    """The whole-system call's arguments for ``atoms`` (full neighbour list within ``cutoff``)."""
-    import numpy as np
-    import torch
-
-    from allscaip.neighbors import system_neighbor_pairs
-
-    i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    return (
-        torch.tensor(atoms.positions, dtype=dtype, device=device),
-        torch.tensor(atoms.numbers, dtype=torch.long, device=device),
-        torch.tensor(atoms.cell.array, dtype=dtype, device=device),
-        torch.tensor(np.asarray(atoms.pbc, dtype=bool).reshape(3), device=device),
-        torch.tensor(np.stack([i, j]), dtype=torch.long, device=device),
-        torch.tensor(s, dtype=dtype, device=device),
-        torch.tensor(int(atoms.info.get("charge", 0)), dtype=torch.long, device=device),
-        torch.tensor(int(atoms.info.get("spin", 1)), dtype=torch.long, device=device),
-    )
-
-
 def eager_reference(model, atoms, dtype, device) -> Dict[str, Any]:
     """energy, forces, energies and (periodic) virial = -stress * volume from the eager model."""
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import compute_properties
-
     periodic = bool(atoms.pbc.all())
     out = compute_properties(model, atoms_to_batch([atoms], dtype=dtype).to(device), forces=True, stress=periodic)
     ref = {"energy": out["energy"][0], "forces": out["forces"], "energies": out["energies"]}
@@ -173,8 +132,6 @@ def compare(artefact_out: Sequence[Any], ref: Dict[str, Any], dtype_name: str) -
 
 def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = False) -> bool:
     """Evaluate the reloaded artefact ``call`` and the eager ``model`` on the test structures."""
-    import torch
-
     dtype_name = metadata["dtype"]
     dtype = getattr(torch, dtype_name)
     unit = {"energy": "eV", "forces": "eV/Å", "virial": "eV", "energies": "eV"}
@@ -224,12 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
-    from allscaip.model.evaluate import UnknownElementError
-    from allscaip_export.metadata import build_metadata, checkpoint_hash
-
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {ckpt} does not exist" if not ckpt.exists() else f"{ckpt} is not a file")
@@ -268,14 +219,10 @@ def run(args: argparse.Namespace) -> int:
     log(f"exporting {args.format} ({args.dtype}, {args.device}) -> {out}")
     t1 = time.perf_counter()
     if args.format == "torchscript":
-        from allscaip_export.torchscript import export_torchscript, load_torchscript
-
         export_torchscript(model, out, meta)
         log(f"TorchScript export: {time.perf_counter() - t1:.1f} s")
         load = lambda: load_torchscript(out, device=args.device)  # noqa: E731
     else:
-        from allscaip_export.aoti import export_aoti, load_aoti
-
         export_aoti(model, out, meta, device=args.device, verbose=True)
         tm = export_aoti.timings
         log(f"AOTInductor: trace + torch.export {tm['export_seconds']:.1f} s, compile {tm['compile_seconds']:.1f} s")

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+from ase.data import chemical_symbols
+
 import allscaip
 from allscaip.model import AllScAIP
 from allscaip.reproducible import sha256_file
@@ -39,8 +41,6 @@ def checkpoint_hash(path: str | Path) -> str:
 
 def core_radius_table(model: AllScAIP) -> Dict[str, float]:
     """{"H-O": r_c, ...} (Å) of the core-repulsion walls; empty when the model has none."""
-    from ase.data import chemical_symbols
-
     zs = model.cfg.elements
     r = model.core_radius.detach().cpu().double()
     return {
@@ -53,8 +53,6 @@ def core_radius_table(model: AllScAIP) -> Dict[str, float]:
 
 def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sha256: str = "") -> Dict[str, Any]:
     """The metadata dictionary stored in ``metadata.json`` inside each artefact."""
-    from ase.data import chemical_symbols
-
     cfg = model.cfg
     return {
         "allscaip_version": allscaip.__version__,

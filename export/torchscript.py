@@ -49,23 +49,19 @@ class ExportedAllScAIP(nn.Module):
         charge: torch.Tensor,
         spin: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Whole system -> (energy [], forces [N,3], virial [3,3], energies [N])."""
+        """Whole system -> (energy [], forces [N,3], virial [3,3], energies [N]).
+
+        Callers must not run this under ``no_grad`` (TorchScript has no ``enable_grad`` context)."""
         n = positions.shape[0]
         species = self.model.species_of(numbers)
         if bool((species < 0).any()):
             raise RuntimeError("allscaip: an atomic number is not in this model's elements (see metadata)")
         index, shift, mask = pad_neighbors(edge_index[0], edge_index[1], cell_shifts.to(positions.dtype), n)
-        pos = positions.detach().requires_grad_(True)
-        strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device).requires_grad_(True)
-        # (callers must not run this under no_grad: TorchScript has no enable_grad context)
-        spos = pos + torch.matmul(pos, strain)
-        scell = (cell + torch.matmul(cell, strain)).unsqueeze(0)
-        system = torch.zeros((n,), dtype=torch.long, device=positions.device)
-        energies = self.model(
-            spos,
+        out = self.model.energy_forces_virial(
+            positions,
             species,
-            system,
-            scell,
+            None,  # one system
+            cell.unsqueeze(0),
             pbc.unsqueeze(0),
             index,
             shift,
@@ -73,13 +69,10 @@ class ExportedAllScAIP(nn.Module):
             charge.reshape(1).to(torch.long),
             spin.reshape(1).to(torch.long),
         )
-        energy = energies.sum()
-        grads = torch.autograd.grad([energy], [pos, strain])
-        g_pos = grads[0]
-        g_strain = grads[1]
-        forces = -g_pos if g_pos is not None else torch.zeros_like(positions)
-        virial = -g_strain if g_strain is not None else torch.zeros_like(cell)
-        return energy.detach(), forces, virial, energies.detach()
+        forces = out.forces
+        virial = out.virial
+        assert forces is not None and virial is not None  # both asked for (TorchScript type refinement)
+        return out.energy[0], forces, virial[0], out.energies
 
     # ---------------------------------------------------------------- staged (MPI) interface
     @torch.jit.export
@@ -99,12 +92,12 @@ class ExportedAllScAIP(nn.Module):
         Returns (index, bias, legendre_p, h_c [Nc,H], edges [E,H] (flat, opaque to engines)).
         """
         species_all = self.model.species_of(numbers_all)
-        index, valid, bias, weight, bond_order, legendre_p, rbf = self.model.neighbor_geometry(vec, mask, index)
+        geometry = self.model.neighbor_geometry(vec, mask, index)
         nc = index.shape[0]
-        q = torch.full((nc,), charge, dtype=torch.long, device=vec.device)
-        s = torch.full((nc,), spin, dtype=torch.long, device=vec.device)
-        h, edges = self.model.embed(species_all, index, valid, bond_order, rbf, q, s)
-        return index, bias, legendre_p, h, edges
+        charge_c = torch.full((nc,), charge, dtype=torch.long, device=vec.device)
+        spin_c = torch.full((nc,), spin, dtype=torch.long, device=vec.device)
+        h, edges = self.model.embed(species_all, geometry, charge_c, spin_c)
+        return geometry.index, geometry.bias, geometry.legendre_p, h, edges
 
     @torch.jit.export
     def dd_local(

@@ -8,20 +8,29 @@ within one cutoff only, so a domain-decomposed engine refreshes ghost node state
 layer and gets results identical to a whole-system evaluation.
 
 Layer (pre-norm residual blocks with learned per-channel scales initialised to 1/L):
-  1. source-layout neighbour attention over ``[h_i, E_ij]`` (updates node and edge streams);
-  2. destination-layout neighbour attention over ``[h_i, E_ij + P h_j]``: the messages
+  1. source-layout neighbour attention over ``[n_i, E_ij]`` (updates node and edge streams);
+  2. destination-layout neighbour attention over ``[n_i, E_ij + P n_j]``: the messages
      arriving at ``i`` from its neighbours' current node states;
   3. edge feed-forward;
   4. all-to-all node attention over the atoms of the same system;
   5. node feed-forward.
 Direction enters only through the Legendre-modulated attention logits and Steinhardt bond
 order parameters, so the energy is exactly rotation invariant.
+
+Names: ``hidden`` is the width of the node and edge states; ``nodes`` [Nc, hidden] are the
+node states of the centres, ``nodes_all`` [Na, hidden] those of all atoms (centres first),
+``edges`` [E, hidden] the states of the real edges in row-major (centre, slot) order.
+
+TorchScript: the per-layer stages (:meth:`AllScAIP.local_stage`, ``global_project``,
+``global_finish``) take the layer as an integer. TorchScript cannot index an ``nn.ModuleList``
+with a value known only at run time, so each of them finds block ``layer`` by iterating over
+the blocks (the loop is unrolled when the module is compiled).
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +39,55 @@ from torch import nn
 from allscaip.config import ModelConfig
 from allscaip.model.core_repulsion import core_repulsion_energy
 from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
-from allscaip.model.spherical import spherical_harmonics
+from allscaip.model.neighbor_geometry import (
+    NeighborGeometry,
+    bond_order_parameters,
+    edge_lengths,
+    envelope,
+    legendre_couplings,
+    radial_basis,
+    soft_rank_prune,
+)
 
-NeighborGeometry = Tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-]
+ATOMIC_NUMBER_SLOTS = 119
+"""Rows of the atomic number -> species table: Z = 0..118."""
+
+DISTANCE_BIAS_LONGEST_A = 120.0
+DISTANCE_BIAS_SHORTEST_A = 0.25
+"""The sinc weights ``sin(f r) / (f r)`` of the distance bias first vanish at ``r = π / f``. Their
+frequencies are log-spaced so that this distance runs from 120 Å (beyond the systems trained
+on) down to 0.25 Å (below any bond)."""
+
+MIN_ATTENTION_WEIGHT = 1e-6
+"""Added to the softplus distance weights so that their log, the attention bias, stays finite."""
+
+
+class WholeSystemOutput(NamedTuple):
+    """What :meth:`AllScAIP.energy_forces_virial` returns for ``B`` systems of ``N`` atoms."""
+
+    energy: torch.Tensor  # [B] eV
+    energies: torch.Tensor  # [N] eV per atom
+    forces: Optional[torch.Tensor]  # [N, 3] eV/Å, -dE/dx (None unless asked)
+    virial: Optional[torch.Tensor]  # [B, 3, 3] eV, -dE/dstrain (None unless asked)
+
+
+def per_system_sum(values: torch.Tensor, system: Optional[torch.Tensor], num_systems: int) -> torch.Tensor:
+    """Sum of per-atom ``values`` [N] over each system [B]; ``system`` None: one system, a plain
+    sum (see :meth:`AllScAIP.energy_forces_virial`)."""
+    if system is None:
+        return values.sum().unsqueeze(0)
+    return torch.zeros(num_systems, dtype=values.dtype, device=values.device).index_add(0, system, values)
+
+
+def apply_strain(
+    positions: torch.Tensor, cell: torch.Tensor, system: Optional[torch.Tensor], strain: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cells deformed by each system's strain ``e`` [B, 3, 3]: ``x (1 + e)`` and
+    ``cell (1 + e)``; ``system`` None: one system, plain matrix products."""
+    if system is None:
+        e = strain[0]
+        return positions + torch.matmul(positions, e), (cell[0] + torch.matmul(cell[0], e)).unsqueeze(0)
+    return positions + torch.einsum("nx,nxy->ny", positions, strain[system]), cell + torch.bmm(cell, strain)
 
 
 class AllScAIPLayer(nn.Module):
@@ -42,70 +95,69 @@ class AllScAIPLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        h = cfg.hidden
+        hidden = cfg.hidden
         init = 1.0 / cfg.layers
-        self.norm_src = RMSNorm(h)
-        self.attn_src = NeighborAttention(h, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
-        self.norm_msg = RMSNorm(h)
-        self.msg_proj = nn.Linear(h, h)
-        self.norm_dst = RMSNorm(h)
-        self.attn_dst = NeighborAttention(h, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
-        self.norm_edge = RMSNorm(h)
-        self.edge_ffn = FeedForward(h, cfg.ffn_ratio)
-        self.norm_node_attn = RMSNorm(h)
-        self.node_attn = NodeAttention(h, cfg.heads, cfg.qk_norm)
+        self.norm_src = RMSNorm(hidden)
+        self.attn_src = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
+        self.norm_msg = RMSNorm(hidden)
+        self.msg_proj = nn.Linear(hidden, hidden)
+        self.norm_dst = RMSNorm(hidden)
+        self.attn_dst = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
+        self.norm_edge = RMSNorm(hidden)
+        self.edge_ffn = FeedForward(hidden, cfg.ffn_ratio)
+        self.norm_node_attn = RMSNorm(hidden)
+        self.node_attn = NodeAttention(hidden, cfg.heads, cfg.qk_norm)
         self.node_attention = cfg.node_attention
-        self.norm_node_ffn = RMSNorm(h)
-        self.node_ffn = FeedForward(h, cfg.ffn_ratio)
-        self.scale_src_node = nn.Parameter(torch.full((h,), init))
-        self.scale_src_edge = nn.Parameter(torch.full((h,), init))
-        self.scale_dst_node = nn.Parameter(torch.full((h,), init))
-        self.scale_dst_edge = nn.Parameter(torch.full((h,), init))
-        self.scale_edge_ffn = nn.Parameter(torch.full((h,), init))
-        self.scale_node_attn = nn.Parameter(torch.full((h,), init))
-        self.scale_node_ffn = nn.Parameter(torch.full((h,), init))
+        self.norm_node_ffn = RMSNorm(hidden)
+        self.node_ffn = FeedForward(hidden, cfg.ffn_ratio)
+        self.scale_src_node = nn.Parameter(torch.full((hidden,), init))
+        self.scale_src_edge = nn.Parameter(torch.full((hidden,), init))
+        self.scale_dst_node = nn.Parameter(torch.full((hidden,), init))
+        self.scale_dst_edge = nn.Parameter(torch.full((hidden,), init))
+        self.scale_edge_ffn = nn.Parameter(torch.full((hidden,), init))
+        self.scale_node_attn = nn.Parameter(torch.full((hidden,), init))
+        self.scale_node_ffn = nn.Parameter(torch.full((hidden,), init))
 
     def local(
         self,
-        h_all: torch.Tensor,
+        nodes_all: torch.Tensor,
         edges: torch.Tensor,
         index: torch.Tensor,
         legendre_p: torch.Tensor,
         bias: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour stage. h_all [Na, H] (centres first), edges [E, H] (real edges of the
-        padded layout, row-major) -> (h_c [Nc, H], edges [E, H])."""
+        """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H])."""
         nc = index.shape[0]
         valid = torch.isfinite(bias[:, 1:])
         tok_index, pad_pos = token_layout(valid)
         n_edges = edges.shape[0]
         is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
-        tokens = torch.cat([h_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
+        tokens = torch.cat([nodes_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
         out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
         tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
         # messages from the neighbours' node states (zero for the self tokens)
-        msg = self.msg_proj(self.norm_msg(h_all))
+        msg = self.msg_proj(self.norm_msg(nodes_all))
         msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg[index[valid]]], 0)
         out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
         tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
-        h, edges = torch.split(tokens, [nc, n_edges], dim=0)
+        nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
         edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
-        return h, edges
+        return nodes, edges
 
-    def global_project(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys, values of node attention for atoms ``h`` [N, H]."""
-        return self.node_attn.project(self.norm_node_attn(h))
+    def global_project(self, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values of node attention for atoms ``nodes`` [N, H]."""
+        return self.node_attn.project(self.norm_node_attn(nodes))
 
     def global_finish(
-        self, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
+        self, nodes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Attend with queries of ``h`` over (possibly gathered) keys/values, then node FFN."""
+        """Attend with queries of ``nodes`` over (possibly gathered) keys/values, then node FFN."""
         if self.node_attention:
-            h = h + self.scale_node_attn * self.node_attn.attend(q, k, v, mask)
-        return h + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(h))
+            nodes = nodes + self.scale_node_attn * self.node_attn.attend(q, k, v, mask)
+        return self.node_ffn_only(nodes)
 
-    def node_ffn_only(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(h))
+    def node_ffn_only(self, nodes: torch.Tensor) -> torch.Tensor:
+        return nodes + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(nodes))
 
 
 class AllScAIP(nn.Module):
@@ -114,8 +166,8 @@ class AllScAIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        h = cfg.hidden
-        self.hidden = h
+        hidden = cfg.hidden
+        self.hidden = hidden
         self.num_layers = cfg.layers
         self.cutoff = float(cfg.cutoff)
         self.max_neighbors = int(cfg.max_neighbors) if cfg.max_neighbors is not None else 0
@@ -124,12 +176,13 @@ class AllScAIP(nn.Module):
         self.legendre_lmax = int(cfg.legendre_lmax) if cfg.legendre else 0
         self.node_attention = bool(cfg.node_attention)
         self.use_distance_bias = bool(cfg.distance_bias) and bool(cfg.node_attention)
+        self.min_attention_weight = MIN_ATTENTION_WEIGHT  # an attribute: TorchScript reads no global floats
         self.use_charge_spin = bool(cfg.charge_spin)
         self.max_charge = int(cfg.max_charge)
         self.max_spin = int(cfg.max_spin)
         nspecies = len(cfg.elements)
 
-        z_to_species = torch.full((119,), -1, dtype=torch.long)
+        z_to_species = torch.full((ATOMIC_NUMBER_SLOTS,), -1, dtype=torch.long)
         for s, z in enumerate(cfg.elements):
             z_to_species[z] = s
         self.register_buffer("z_to_species", z_to_species)
@@ -142,98 +195,62 @@ class AllScAIP(nn.Module):
         self.register_buffer("species_z", torch.tensor([float(z) for z in cfg.elements]), persistent=False)
         self.rbf_width = cfg.cutoff / cfg.num_rbf
 
-        self.species_embed = nn.Embedding(nspecies, h)
-        nq = self.bo_lmax + 1 if self.bo_lmax >= 0 else 0
-        self.node_in_norm = RMSNorm(h + nq)
-        self.node_in = nn.Linear(h + nq, h)
-        self.charge_embed = nn.Embedding(2 * cfg.max_charge + 1, h)
-        self.spin_embed = nn.Embedding(cfg.max_spin + 1, h)
+        self.species_embed = nn.Embedding(nspecies, hidden)
+        n_bond_order = self.bo_lmax + 1 if self.bo_lmax >= 0 else 0
+        self.node_in_norm = RMSNorm(hidden + n_bond_order)
+        self.node_in = nn.Linear(hidden + n_bond_order, hidden)
+        self.charge_embed = nn.Embedding(2 * cfg.max_charge + 1, hidden)
+        self.spin_embed = nn.Embedding(cfg.max_spin + 1, hidden)
         nn.init.normal_(self.charge_embed.weight, std=0.1)
         nn.init.normal_(self.spin_embed.weight, std=0.1)
-        self.edge_species = nn.Embedding(nspecies, h)
-        self.edge_in = nn.Linear(2 * h + cfg.num_rbf, h)
+        self.edge_species = nn.Embedding(nspecies, hidden)
+        self.edge_in = nn.Linear(2 * hidden + cfg.num_rbf, hidden)
         self.blocks = nn.ModuleList([AllScAIPLayer(cfg) for _ in range(cfg.layers)])
         if self.use_distance_bias:
             nf = cfg.distance_bias_freqs
-            freqs = torch.exp(torch.linspace(math.log(math.pi / 120.0), math.log(math.pi / 0.25), nf))
+            lowest, highest = math.pi / DISTANCE_BIAS_LONGEST_A, math.pi / DISTANCE_BIAS_SHORTEST_A
+            freqs = torch.exp(torch.linspace(math.log(lowest), math.log(highest), nf))
             self.register_buffer("bias_freqs", freqs)
             self.bias_weights = nn.Parameter(torch.full((cfg.layers, cfg.heads, nf), 1.0 / nf))
         else:
             self.register_buffer("bias_freqs", torch.zeros(0))
             self.bias_weights = nn.Parameter(torch.zeros(0))
-        self.out_norm = RMSNorm(h)
-        self.readout = FeedForward(h, cfg.ffn_ratio, out=1)
-
-    # ------------------------------------------------------------------ geometry
-    @torch.jit.export
-    def neighbor_geometry(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> NeighborGeometry:
-        """Envelope, angular and radial encodings of the padded neighbour layout.
-
-        vec [Nc, K, 3] edge vectors, mask [Nc, K] real edges, index [Nc, K].
-        With ``max_neighbors`` set, the soft-rank envelope drops edges whose envelope reached 1
-        (their weight and all its derivatives are already zero there).
-        Returns (index, mask, bias [Nc,1+K], weight [Nc,K], bond_order [Nc,lmax+1],
-        legendre_p [L+1,Nc,1,1+K,1+K], rbf [Nc,K,R]).
-        """
-        safe = torch.where(mask.unsqueeze(-1), vec, torch.ones_like(vec))
-        dist = torch.linalg.vector_norm(safe, dim=-1)
-        x = dist / self.cutoff
-        if self.max_neighbors > 0:
-            diff = (dist.unsqueeze(2) - dist.unsqueeze(1)) / self.rank_temperature
-            rank = (torch.sigmoid(diff) * mask.unsqueeze(1).to(dist.dtype)).sum(-1) - 0.5
-            tau = 0.1
-            x = tau * torch.logsumexp(torch.stack([rank / self.max_neighbors, x], -1) / tau, -1)
-            keep = mask & (x < 1.0)
-            kmax = max(int(keep.sum(1).max().item()), 1) if keep.numel() > 0 else 1
-            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :kmax]
-            index = torch.gather(index, 1, order)
-            mask = torch.gather(keep, 1, order)
-            x = torch.gather(x, 1, order)
-            dist = torch.gather(dist, 1, order)
-            safe = torch.gather(safe, 1, order.unsqueeze(-1).expand(-1, -1, 3))
-        valid = mask & (x < 1.0)
-        xs = torch.where(valid, x, torch.zeros_like(x))
-        env = -xs * xs / (1.0 - xs * xs)
-        bias = torch.where(valid, env, torch.full_like(env, float("-inf")))
-        weight = torch.where(valid, torch.exp(env), torch.zeros_like(env))
-        unit = safe / dist.unsqueeze(-1)
-        nc, k = mask.shape
-        if self.bo_lmax >= 0:
-            # Steinhardt bond-order parameters: sum_m |sum_j w_ij Y_lm(r_ij)|^2 / (1 + sum_j w_ij)^2
-            ylm = spherical_harmonics(unit, self.bo_lmax)
-            qlm = (weight.unsqueeze(-1) * ylm).sum(1) / (1.0 + weight.sum(1, keepdim=True))
-            feats: List[torch.Tensor] = []
-            for l in range(self.bo_lmax + 1):
-                feats.append(qlm[:, l * l : (l + 1) * (l + 1)].pow(2).sum(-1))
-            bond_order = torch.stack(feats, -1)
-        else:
-            bond_order = torch.zeros((nc, 0), dtype=vec.dtype, device=vec.device)
-        if self.legendre_lmax > 0:
-            # Legendre polynomials of the angle between every two tokens [L+1, Nc, 1, T, T];
-            # the self token (slot 0) has no direction: only l = 0 couples to it.
-            cos = torch.matmul(unit, unit.transpose(1, 2))
-            cos = torch.nn.functional.pad(cos, (1, 0, 1, 0))
-            edge_pair = torch.ones_like(cos)
-            edge_pair[:, 0, :] = 0.0
-            edge_pair[:, :, 0] = 0.0
-            polys: List[torch.Tensor] = [torch.ones_like(cos), cos]
-            for l in range(2, self.legendre_lmax + 1):
-                polys.append(((2 * l - 1) * cos * polys[l - 1] - (l - 1) * polys[l - 2]) / l)
-            coupled: List[torch.Tensor] = [polys[0]]
-            for l in range(1, self.legendre_lmax + 1):
-                coupled.append(polys[l] * edge_pair)
-            legendre_p = torch.stack(coupled, 0).unsqueeze(2)
-        else:
-            legendre_p = torch.zeros(0, dtype=vec.dtype, device=vec.device)
-        bias = torch.cat([torch.zeros_like(bias[:, :1]), bias], 1)
-        rbf = torch.exp(-(((dist.unsqueeze(-1) - self.rbf_centers) / self.rbf_width) ** 2))
-        return index, valid, bias, weight, bond_order, legendre_p, rbf
+        self.out_norm = RMSNorm(hidden)
+        self.readout = FeedForward(hidden, cfg.ffn_ratio, out=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         key = prefix + "core_radius"
         if key not in state_dict:  # checkpoints from before the core repulsion: no wall
             state_dict[key] = torch.zeros_like(self.core_radius)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ geometry
+    @torch.jit.export
+    def neighbor_geometry(self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> NeighborGeometry:
+        """Envelope, angular and radial encodings of the padded neighbour layout
+        (``vec [Nc, K, 3]`` edge vectors, ``mask [Nc, K]`` real edges, ``index [Nc, K]``).
+
+        With ``max_neighbors`` set, the soft-rank envelope drops edges whose envelope reached 1,
+        so the returned layout may be narrower than ``K`` (see :mod:`allscaip.model.neighbor_geometry`).
+        """
+        safe, dist = edge_lengths(vec, mask)
+        x = dist / self.cutoff
+        if self.max_neighbors > 0:
+            x, dist, safe, mask, index = soft_rank_prune(
+                x, dist, safe, mask, index, self.max_neighbors, self.rank_temperature
+            )
+        valid, bias, weight = envelope(x, mask)
+        unit = safe / dist.unsqueeze(-1)
+        if self.bo_lmax >= 0:
+            bond_order = bond_order_parameters(unit, weight, self.bo_lmax)
+        else:
+            bond_order = torch.zeros((mask.shape[0], 0), dtype=vec.dtype, device=vec.device)
+        if self.legendre_lmax > 0:
+            legendre_p = legendre_couplings(unit, self.legendre_lmax)
+        else:
+            legendre_p = torch.zeros(0, dtype=vec.dtype, device=vec.device)
+        rbf = radial_basis(dist, self.rbf_centers, self.rbf_width)
+        return NeighborGeometry(index, valid, bias, bond_order, legendre_p, rbf)
 
     @torch.jit.export
     def core_energy(
@@ -254,83 +271,82 @@ class AllScAIP(nn.Module):
     def embed(
         self,
         species_all: torch.Tensor,
-        index: torch.Tensor,
-        valid: torch.Tensor,
-        bond_order: torch.Tensor,
-        rbf: torch.Tensor,
+        geometry: NeighborGeometry,
         charge_c: torch.Tensor,
         spin_c: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Initial node states of centres [Nc, H] and flat edge states [E, H] of the real
-        edges (``valid`` [Nc, K]) in row-major order.
+        """Initial node states of the centres [Nc, H] and edge states [E, H] of the real edges
+        (``geometry.valid``) in row-major order.
 
         charge_c / spin_c: total charge and spin multiplicity of each centre's system.
         """
+        index, valid = geometry.index, geometry.valid
         nc = index.shape[0]
-        sp = species_all[:nc]
-        h = torch.cat([self.species_embed(sp), bond_order], -1)
-        h = F.gelu(self.node_in(self.node_in_norm(h)))
+        species_c = species_all[:nc]
+        nodes = torch.cat([self.species_embed(species_c), geometry.bond_order], -1)
+        nodes = F.gelu(self.node_in(self.node_in_norm(nodes)))
         if self.use_charge_spin:
-            h = h + self.charge_embed(charge_c + self.max_charge) + self.spin_embed(spin_c)
-        # flat edge tokens: the real edges of the padded layout in row-major order
+            nodes = nodes + self.charge_embed(charge_c + self.max_charge) + self.spin_embed(spin_c)
         centre = torch.arange(nc, device=index.device).unsqueeze(1).expand(-1, index.shape[1])[valid]
-        zc = self.edge_species(sp[centre])
+        zc = self.edge_species(species_c[centre])
         zn = self.edge_species(species_all[index[valid]])
-        edges = self.edge_in(torch.cat([zc, zn, rbf[valid]], -1))
-        return h, edges
+        edges = self.edge_in(torch.cat([zc, zn, geometry.rbf[valid]], -1))
+        return nodes, edges
 
+    # The three per-layer stages below find block ``layer`` by iterating (see the module docstring).
     @torch.jit.export
     def local_stage(
         self,
         layer: int,
-        h_all: torch.Tensor,
+        nodes_all: torch.Tensor,
         edges: torch.Tensor,
         index: torch.Tensor,
         legendre_p: torch.Tensor,
         bias: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour stage of block ``layer``: reads h of centres and their neighbours."""
+        """Neighbour stage of block ``layer``: reads the node states of centres and their neighbours."""
         for i, block in enumerate(self.blocks):
             if i == layer:
-                return block.local(h_all, edges, index, legendre_p, bias)
+                return block.local(nodes_all, edges, index, legendre_p, bias)
         raise RuntimeError("layer index out of range")
 
     @torch.jit.export
-    def global_project(self, layer: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def global_project(self, layer: int, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Node-attention queries, keys and values [heads, N, d] of block ``layer``."""
         for i, block in enumerate(self.blocks):
             if i == layer:
-                return block.global_project(h)
+                return block.global_project(nodes)
         raise RuntimeError("layer index out of range")
 
     @torch.jit.export
     def global_finish(
         self,
         layer: int,
-        h: torch.Tensor,
+        nodes: torch.Tensor,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         mask: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Node attention of ``h``'s queries over keys/values of all atoms, then node FFN."""
+        """Node attention of ``nodes``' queries over keys/values of all atoms, then node FFN."""
         for i, block in enumerate(self.blocks):
             if i == layer:
-                return block.global_finish(h, q, k, v, mask)
+                return block.global_finish(nodes, q, k, v, mask)
         raise RuntimeError("layer index out of range")
 
     @torch.jit.export
-    def readout_energy(self, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def readout_energy(self, nodes: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (eV) of centres: scaled readout plus element references."""
-        e = self.readout(self.out_norm(h)).squeeze(-1)
+        e = self.readout(self.out_norm(nodes)).squeeze(-1)
         return e * self.energy_scale + self.element_energy[species]
 
     @torch.jit.export
-    def distance_bias_mask(
+    def distance_attention_bias(
         self, layer: int, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, system: torch.Tensor
     ) -> torch.Tensor:
-        """Float attention bias [heads, N, N]: log of the sinc distance weights (minimum image,
-        by rounding fractional coordinates), -inf between different systems."""
+        """Float attention bias [heads, N, N] of node attention in block ``layer``: log of the sinc
+        distance weights (minimum image, by rounding fractional coordinates), -inf between
+        different systems."""
         d = positions.unsqueeze(0) - positions.unsqueeze(1)  # [N, N, 3]
         cel = cell[system]  # [N, 3, 3]
         per = pbc[system].to(d.dtype)  # [N, 3]
@@ -350,7 +366,7 @@ class AllScAIP(nn.Module):
             torch.ones_like(arg),
             torch.sin(arg) / torch.where(arg.abs() < 1e-8, torch.ones_like(arg), arg),
         )
-        w = F.softplus(torch.einsum("ijf,hf->hij", sinc, self.bias_weights[layer])) + 1e-6
+        w = F.softplus(torch.einsum("ijf,hf->hij", sinc, self.bias_weights[layer])) + self.min_attention_weight
         logw = torch.log(w)
         same = system.unsqueeze(0) == system.unsqueeze(1)
         return torch.where(same.unsqueeze(0), logw, torch.full_like(logw, float("-inf")))
@@ -377,19 +393,82 @@ class AllScAIP(nn.Module):
         """
         vec = positions[index] - positions.unsqueeze(1) + torch.einsum("ikx,ixy->iky", shift, cell[system])
         e_core = self.core_energy(vec, mask, index, species)
-        index, valid, bias, weight, bond_order, legendre_p, rbf = self.neighbor_geometry(vec, mask, index)
-        h, edges = self.embed(species, index, valid, bond_order, rbf, charge[system], spin[system])
+        geometry = self.neighbor_geometry(vec, mask, index)
+        nodes, edges = self.embed(species, geometry, charge[system], spin[system])
         multi = bool(cell.shape[0] > 1)
         attn_mask: Optional[torch.Tensor] = None
         if multi and not self.use_distance_bias:
             attn_mask = system.unsqueeze(0) == system.unsqueeze(1)
+        # The layer loop is written three times: here (whole systems), in
+        # allscaip_export.dd_reference.dd_evaluate (the staged dd_* calls, one process) and in
+        # lammps_plugin/pair_allscaip.cpp (the same calls under MPI). A change here goes to all three.
         for i, block in enumerate(self.blocks):
-            h, edges = block.local(h, edges, index, legendre_p, bias)
+            nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
             if self.node_attention:
                 if self.use_distance_bias:
-                    attn_mask = self.distance_bias_mask(i, positions, cell, pbc, system)
-                q, k, v = block.global_project(h)
-                h = block.global_finish(h, q, k, v, attn_mask)
+                    attn_mask = self.distance_attention_bias(i, positions, cell, pbc, system)
+                q, k, v = block.global_project(nodes)
+                nodes = block.global_finish(nodes, q, k, v, attn_mask)
             else:
-                h = block.node_ffn_only(h)
-        return self.readout_energy(h, species) + e_core
+                nodes = block.node_ffn_only(nodes)
+        return self.readout_energy(nodes, species) + e_core
+
+    def energy_forces_virial(
+        self,
+        positions: torch.Tensor,
+        species: torch.Tensor,
+        system: Optional[torch.Tensor],
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        index: torch.Tensor,
+        shift: torch.Tensor,
+        mask: torch.Tensor,
+        charge: torch.Tensor,
+        spin: torch.Tensor,
+        forces: bool = True,
+        virial: bool = True,
+        create_graph: bool = False,
+    ) -> WholeSystemOutput:
+        """Energy, forces and virial of whole systems: the one evaluation behind the eager model
+        (:func:`allscaip.model.compute_properties`), the TorchScript export and the AOTInductor
+        export. Inputs as :meth:`forward`, except ``system``: None for one system (the exported
+        call), whose sums and strain are then plain reductions and matrix products, with no
+        gather or scatter in the graph (an AOTInductor scatter-add may sum in a thread-dependent
+        order).
+
+        Forces are ``-dE/dx``; the virial is ``-dE/de`` for a homogeneous strain ``e`` of each
+        system (:func:`apply_strain`), so stress = -virial / volume. ``create_graph`` keeps the
+        graph of every output (training: a loss on forces); otherwise energies come back detached.
+        Grad mode must be on (TorchScript has no ``enable_grad`` context, so callers see to it).
+        """
+        num_systems = cell.shape[0]
+        if system is None:
+            atom_system = torch.zeros((positions.shape[0],), dtype=torch.long, device=positions.device)
+        else:
+            atom_system = system
+        grad_inputs: List[torch.Tensor] = []
+        if forces:
+            positions = positions.detach().requires_grad_(True)
+            grad_inputs.append(positions)
+        strained_positions, strained_cell = positions, cell
+        if virial:
+            strain = torch.zeros_like(cell).requires_grad_(True)
+            grad_inputs.append(strain)
+            strained_positions, strained_cell = apply_strain(positions, cell, system, strain)
+        energies = self.forward(
+            strained_positions, species, atom_system, strained_cell, pbc, index, shift, mask, charge, spin
+        )
+        energy = per_system_sum(energies, system, num_systems)
+        forces_out: Optional[torch.Tensor] = None
+        virial_out: Optional[torch.Tensor] = None
+        if len(grad_inputs) > 0:
+            grads = torch.autograd.grad([energy.sum()], grad_inputs, create_graph=create_graph)
+            if forces:
+                g_pos = grads[0]
+                forces_out = -g_pos if g_pos is not None else torch.zeros_like(positions)
+            if virial:
+                g_strain = grads[len(grad_inputs) - 1]
+                virial_out = -g_strain if g_strain is not None else torch.zeros_like(cell)
+        if not create_graph:
+            energy, energies = energy.detach(), energies.detach()
+        return WholeSystemOutput(energy, energies, forces_out, virial_out)

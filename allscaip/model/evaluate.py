@@ -1,14 +1,19 @@
-"""Energy, conservative forces, stress and per-atom energies of a batch."""
+"""Energy, conservative forces, stress and per-atom energies of a batch (the eager model)."""
 
 from __future__ import annotations
 
 from typing import Dict
 
 import torch
+from ase.data import chemical_symbols
 
 from allscaip.data.batch import AtomsBatch
 from allscaip.model.allscaip import AllScAIP
 from allscaip.neighbors import batch_neighbor_pairs, pad_neighbors
+
+MIN_VOLUME_A3 = 1e-12
+"""Volumes are clamped to this before dividing, so a non-periodic system (zero cell) gives a
+finite number, which is then replaced by NaN."""
 
 
 class UnknownElementError(ValueError):
@@ -23,8 +28,6 @@ def species_or_raise(model: AllScAIP, numbers: torch.Tensor) -> torch.Tensor:
         )
     species = model.species_of(numbers)
     if bool((species < 0).any()):
-        from ase.data import chemical_symbols
-
         bad = sorted({chemical_symbols[int(z)] for z in numbers[species < 0].unique()})
         known = [chemical_symbols[z] for z in model.cfg.elements]
         raise UnknownElementError(
@@ -51,36 +54,31 @@ def compute_properties(
     _check_charge_spin(model, batch)
     n = batch.positions.shape[0]
     center, neighbor, shift = batch_neighbor_pairs(batch, model.cutoff)
-    dtype = batch.positions.dtype
-    index, pshift, mask = pad_neighbors(center, neighbor, shift.to(dtype), n)
-
-    positions = batch.positions
-    cell = batch.cell
-    inputs = []
-    if forces:
-        positions = positions.detach().requires_grad_(True)
-        inputs.append(positions)
-    pos, cel = positions, cell
-    if stress:
-        strain = torch.zeros_like(cell).requires_grad_(True)
-        inputs.append(strain)
-        pos = positions + torch.einsum("nx,nxy->ny", positions, strain[batch.system])
-        cel = cell + torch.bmm(cell, strain)
+    index, pshift, mask = pad_neighbors(center, neighbor, shift.to(batch.positions.dtype), n)
     with torch.set_grad_enabled(training or forces or stress):
-        e_atom = model(pos, species, batch.system, cel, batch.pbc, index, pshift, mask, batch.charge, batch.spin)
-    energy = torch.zeros(batch.num_systems, dtype=e_atom.dtype, device=e_atom.device).index_add(0, batch.system, e_atom)
-    out: Dict[str, torch.Tensor] = {"energy": energy, "energies": e_atom}
-    if inputs:
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training)
-        if forces:
-            out["forces"] = -grads[0]
-        if stress:
-            volume = torch.linalg.det(cell).abs()
-            periodic = batch.pbc.all(dim=1)
-            s = grads[-1] / volume.clamp_min(1e-12).view(-1, 1, 1)
-            out["stress"] = torch.where(periodic.view(-1, 1, 1), s, torch.full_like(s, float("nan")))
-    if not training:
-        out = {k: v.detach() for k, v in out.items()}
+        result = model.energy_forces_virial(
+            batch.positions,
+            species,
+            batch.system,
+            batch.cell,
+            batch.pbc,
+            index,
+            pshift,
+            mask,
+            batch.charge,
+            batch.spin,
+            forces=forces,
+            virial=stress,
+            create_graph=training,
+        )
+    out: Dict[str, torch.Tensor] = {"energy": result.energy, "energies": result.energies}
+    if result.forces is not None:
+        out["forces"] = result.forces
+    if result.virial is not None:
+        volume = torch.linalg.det(batch.cell).abs()
+        periodic = batch.pbc.all(dim=1)
+        s = -result.virial / volume.clamp_min(MIN_VOLUME_A3).view(-1, 1, 1)
+        out["stress"] = torch.where(periodic.view(-1, 1, 1), s, torch.full_like(s, float("nan")))
     return out
 
 
