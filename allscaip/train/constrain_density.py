@@ -14,6 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+import ase.io
+import numpy as np
+import torch
+
+from allscaip.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
+from allscaip.config_schema import ConfigError
+from allscaip.data import atoms_to_batch
+from allscaip.dtypes import DTYPES
+from allscaip.model import compute_properties
+from allscaip.train.ensemble import DensityTerm, OffsetTerm
+
 HELP = "project a checkpoint's weights onto the labeller's NPT density (first-order density shift 0)"
 
 EPILOG = """\
@@ -41,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=0.01, help="stop once |m| (percent) is below this")
     p.add_argument(
         "--dtype",
-        choices=("float32", "float64"),
+        choices=tuple(DTYPES),
         default="float32",
         help="precision of the evaluation and of the step (the training precision)",
     )
@@ -75,11 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def errors(model: Any, frames: Sequence[Any], dtype: Any) -> Dict[str, float]:
     """Energy (meV/atom), force (meV/Å) and stress (meV/Å³) mean absolute errors on ``frames``."""
-    import numpy as np
-
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import compute_properties
-
     e, f, s = [], [], []
     for a in frames:
         b = atoms_to_batch([a], dtype=dtype)
@@ -108,13 +114,6 @@ def _format(err: Dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ase.io
-    import torch
-
-    from allscaip.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
-    from allscaip.config import ConfigError
-    from allscaip.train.ensemble import DensityTerm, OffsetTerm
-
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.resolve() == Path(args.checkpoint).resolve():
         raise SystemExit("allscaip constrain-density: -o must differ from the input checkpoint (keep the original)")
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    dtype = DTYPES[args.dtype]
     payload = load_checkpoint(args.checkpoint)
     model = model_from_payload(payload, use_ema=True, dtype=dtype)
     frames = [a for path in args.frames for a in ase.io.read(path, ":")]

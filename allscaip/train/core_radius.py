@@ -10,10 +10,19 @@ before it existed, without changing its predictions on the data.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+from ase.data import chemical_symbols, covalent_radii
+
+from allscaip.checkpoint import load_checkpoint, model_config_of, save_checkpoint
+from allscaip.config_schema import ConfigError
+from allscaip.data import DataError, read_structures
+from allscaip.model.core_repulsion import core_switch, zbl_energy
+from allscaip.neighbors import system_neighbor_pairs
 
 HELP = "add a core-repulsion wall below the training data's shortest contacts to a checkpoint"
 
@@ -30,8 +39,6 @@ all of them. Element pairs absent from the data get margin x the sum of their co
 def shortest_distances(frames: Iterable, elements: Sequence[int], cutoff: float) -> np.ndarray:
     """Shortest distance [S, S] (Å) of each species pair within ``cutoff`` over ``frames``
     (inf where a pair never occurs)."""
-    from allscaip.neighbors import system_neighbor_pairs
-
     index = {int(z): s for s, z in enumerate(elements)}
     out = np.full((len(elements), len(elements)), np.inf)
     for a in frames:
@@ -50,8 +57,6 @@ def shortest_distances(frames: Iterable, elements: Sequence[int], cutoff: float)
 def core_radius_from(shortest: np.ndarray, elements: Sequence[int], margin: float) -> np.ndarray:
     """Core radii [S, S] (Å) from :func:`shortest_distances`: ``margin`` × the shortest distance,
     or × the sum of covalent radii for pairs that never came within the cutoff."""
-    from ase.data import covalent_radii
-
     cov = np.array([[covalent_radii[a] + covalent_radii[b] for b in elements] for a in elements])
     return margin * np.where(np.isfinite(shortest), shortest, cov)
 
@@ -63,11 +68,6 @@ def fit_core_radius(frames: Sequence, elements: Sequence[int], cutoff: float, ma
 
 def describe(radius: np.ndarray, shortest: np.ndarray, elements: Sequence[int]) -> list[str]:
     """One line per element pair: shortest contact in the data, wall radius, wall energies."""
-    import torch
-    from ase.data import chemical_symbols
-
-    from allscaip.model.core_repulsion import core_switch, zbl_energy
-
     lines = [f"{'pair':<6} {'shortest in data':>16} {'wall radius':>11} {'E(r_c/2)':>10} {'E(3r_c/4)':>10}"]
     for a in range(len(elements)):
         for b in range(a, len(elements)):
@@ -95,14 +95,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from allscaip.checkpoint import load_checkpoint, model_config_of, save_checkpoint
-    from allscaip.config import ConfigError
-    from allscaip.data import DataError, read_structures
-
     out = Path(args.output)
     if out.resolve() == Path(args.checkpoint).resolve():
         raise SystemExit("allscaip core-repulsion: -o must differ from the input checkpoint (keep the original)")

@@ -32,18 +32,17 @@ import numpy as np
 import torch
 
 from allscaip.config import ConfigError
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
+from allscaip.units import mass_density_g_cm3
 
 KB_EV_PER_K = 8.617333262e-5
-AMU_G = 1.66053906660e-24
-
-
-def frame_density_g_cm3(atoms: Any) -> float:
-    return float(atoms.get_masses().sum() * AMU_G / (atoms.get_volume() * 1e-24))
+"""Boltzmann's constant in eV/K (exact since the 2019 SI)."""
 
 
 def density_scores(frames: Sequence[Any]) -> np.ndarray:
     """``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` (1/eV) of ensemble frames, grouped by ``info['traj']``."""
-    rho = np.array([frame_density_g_cm3(a) for a in frames])
+    rho = np.array([mass_density_g_cm3(a.get_masses().sum(), a.get_volume()) for a in frames])
     kt = np.array([KB_EV_PER_K * float(a.info["temperature_K"]) for a in frames])
     groups: Dict[str, list] = defaultdict(list)
     for i, a in enumerate(frames):
@@ -65,9 +64,6 @@ def weighted_energy_error(
     """``Σ w_i (E_model − E_ref)_i`` (eV) over ``(frame, w_i)`` pairs and, with ``grad``, its
     gradient with respect to ``params`` (float64). Frozen ``params`` (an EMA copy) are made
     differentiable for the call."""
-    from allscaip.data import atoms_to_batch
-    from allscaip.model import compute_properties
-
     if not grad:
         value = 0.0
         with torch.no_grad():
@@ -146,9 +142,6 @@ class DensityTerm:
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> float:
         """``m`` of ``model`` on every ensemble frame (this rank's share, then all-reduced)."""
-        from allscaip.data import atoms_to_batch
-        from allscaip.model import compute_properties
-
         was_training = model.training
         model.eval()
         acc = torch.zeros(2, dtype=torch.float64, device=device)
