@@ -9,6 +9,7 @@ from allscaip.train.config import (
     config_from_dict,
     load_config,
 )
+from allscaip.train.trainer import Trainer, train
 
 __all__ = [
     "ConfigError",
@@ -21,12 +22,3 @@ __all__ = [
     "Trainer",
     "train",
 ]
-
-
-def __getattr__(name: str):
-    # the trainer pulls in the model and data layers; import it on first use
-    if name in ("Trainer", "train"):
-        from allscaip.train import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(name)

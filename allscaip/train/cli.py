@@ -12,6 +12,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from allscaip.checkpoint import CheckpointError
+from allscaip.config_schema import ConfigError
+from allscaip.data import DataError
+from allscaip.model import UnknownElementError
+from allscaip.train.config import dump_config, load_config
+from allscaip.train.trainer import Trainer
+
 USAGE_EPILOG = """\
 overrides: section.key=value with value parsed as YAML, e.g.
   optim.lr=2e-3 optim.epochs=50 data.max_atoms=600 model.elements=[H,O] run.out_dir=runs/x
@@ -37,12 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``allscaip-train`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from allscaip.checkpoint import CheckpointError
-    from allscaip.config import ConfigError
-    from allscaip.data import DataError
-    from allscaip.model import UnknownElementError
-    from allscaip.train.config import dump_config, load_config
-
     rank0 = int(os.environ.get("RANK", "0")) == 0
     trainer = None
     finished = False
@@ -53,8 +54,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("  " + dump_config(cfg).rstrip().replace("\n", "\n  "), flush=True)
             if cfg.elements_from_data:
                 print("  (model.elements: taken from the training data)", flush=True)
-        from allscaip.train.trainer import Trainer
-
         trainer = Trainer(cfg)
         trainer.fit()
         finished = True

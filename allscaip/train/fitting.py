@@ -1,0 +1,84 @@
+"""What a fresh training run fits from its data before the first step: the element energy
+references with the loss scales, and the core-repulsion radii."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from allscaip.config import ModelConfig
+from allscaip.data.references import fit_references_and_rms
+from allscaip.train.core_radius import core_radius_from, describe, shortest_distances
+
+# Loss scales never below these, so a training set without spread does not divide by ~0.
+ENERGY_SCALE_FLOOR = 1e-4  # eV/atom
+FORCE_SCALE_FLOOR = 1e-3  # eV/Å
+STRESS_SCALE_FLOOR = 1e-5  # eV/Å^3
+# Force and stress RMS from at most this many frames (a random sample of larger sets).
+SCALE_SAMPLE_FRAMES = 2000
+
+
+def fit_references(
+    model: torch.nn.Module, train_set: Any, elements: list[int], seed: int, log: Callable[[str], None]
+) -> Tuple[Dict[int, float], Dict[str, float]]:
+    """Element references (eV) and loss scales (``energy``, ``force``, ``stress``) of the training
+    set, written into the model's ``element_energy`` and ``energy_scale``."""
+    refs, e_rms = fit_references_and_rms(train_set, elements)
+    n = len(train_set)
+    idx = (
+        np.arange(n)
+        if n <= SCALE_SAMPLE_FRAMES
+        else np.sort(np.random.default_rng(seed).choice(n, SCALE_SAMPLE_FRAMES, replace=False))
+    )
+    f2 = fc = s2 = sc = 0.0
+    for i in idx:
+        res = train_set[int(i)].calc.results
+        if res.get("forces") is not None:
+            f = np.asarray(res["forces"], dtype=float)
+            f2, fc = f2 + float((f**2).sum()), fc + f.size
+        if res.get("stress") is not None:
+            s = np.asarray(res["stress"], dtype=float)
+            s2, sc = s2 + float((s**2).sum()), sc + s.size
+    element_references = {int(z): float(refs[z]) for z in elements}
+    loss_scales = {
+        "energy": max(e_rms, ENERGY_SCALE_FLOOR),
+        "force": max(math.sqrt(f2 / fc) if fc else 1.0, FORCE_SCALE_FLOOR),
+        "stress": max(math.sqrt(s2 / sc) if sc else 1.0, STRESS_SCALE_FLOOR),
+    }
+    with torch.no_grad():
+        model.element_energy.copy_(torch.tensor([refs[z] for z in elements], dtype=torch.float64))
+        model.energy_scale.fill_(loss_scales["energy"])
+    refs_txt = ", ".join(f"{chemical_symbols[z]} {e:.4f}" for z, e in element_references.items())
+    log(
+        f"element references (eV): {refs_txt}; RMS after references {e_rms * 1000:.2f} meV/atom, "
+        f"force RMS {loss_scales['force']:.3f} eV/Å"
+    )
+    return element_references, loss_scales
+
+
+def fit_core_radius_of_model(
+    model: torch.nn.Module, train_set: Any, cfg: ModelConfig, log: Callable[[str], None]
+) -> None:
+    """Core-repulsion radii from the training set (``model.core_repulsion``): a wall below the
+    shortest contact of each element pair, zero on every training frame. A fine-tune keeps
+    the radii of its checkpoint when it has them; without the wall the radii are zero."""
+    if not cfg.core_repulsion:
+        with torch.no_grad():
+            model.core_radius.zero_()
+        return
+    if bool((model.core_radius > 0).any()):
+        return
+    frames = (train_set[i] for i in range(len(train_set)))
+    shortest = shortest_distances(frames, cfg.elements, cfg.cutoff)
+    radius = core_radius_from(shortest, cfg.elements, cfg.core_margin)
+    with torch.no_grad():
+        model.core_radius.copy_(torch.as_tensor(radius))
+    log(
+        "core repulsion (margin {}):\n  {}".format(
+            cfg.core_margin, "\n  ".join(describe(radius, shortest, cfg.elements))
+        )
+    )
