@@ -20,6 +20,12 @@ EV_PER_A_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * ANGSTROM_PER_NM
 BOLTZMANN_KJ_PER_MOL_K = 0.00831446261815324
 """Boltzmann's constant per mole (the gas constant R), kJ/mol/K (exact since the 2019 SI)."""
 
+BOLTZMANN_EV_PER_K = 8.617333262e-5
+"""Boltzmann's constant in eV/K (exact since the 2019 SI)."""
+
+BAR_PER_ATM = 1.01325
+"""One standard atmosphere in bar (exact)."""
+
 EV_PER_A3_TO_BAR = 1.602176634e6
 """A pressure (or stress) of 1 eV/Å³ in bar: e * 1e30 / 1e5."""
 

@@ -34,16 +34,15 @@ import torch
 from allscaip.config import ConfigError
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
-from allscaip.units import mass_density_g_cm3
+from allscaip.units import BOLTZMANN_EV_PER_K, mass_density_g_cm3
 
-KB_EV_PER_K = 8.617333262e-5
 """Boltzmann's constant in eV/K (exact since the 2019 SI)."""
 
 
 def density_scores(frames: Sequence[Any]) -> np.ndarray:
     """``s_i = 100 (ρ_i/ρ̄_g − 1) / k_B T_i`` (1/eV) of ensemble frames, grouped by ``info['traj']``."""
     rho = np.array([mass_density_g_cm3(a.get_masses().sum(), a.get_volume()) for a in frames])
-    kt = np.array([KB_EV_PER_K * float(a.info["temperature_K"]) for a in frames])
+    kt = np.array([BOLTZMANN_EV_PER_K * float(a.info["temperature_K"]) for a in frames])
     groups: Dict[str, list] = defaultdict(list)
     for i, a in enumerate(frames):
         groups[str(a.info.get("traj", ""))].append(i)

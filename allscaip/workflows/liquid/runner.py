@@ -150,7 +150,7 @@ class Runner:
     def _check_settings(self) -> None:
         sp = self.dir / SETTINGS_FILE
         if sp.exists():
-            old = Settings.from_dict(json.loads(sp.read_text()))
+            old = Settings.from_dict(json.loads(sp.read_text()), where=str(sp))
             if not self.resume and self._load_progress()["completed"]:
                 raise InputError(f"{self.dir} already holds a run; continue it with --resume or choose another --out")
             if self.resume:

@@ -17,8 +17,7 @@ from typing import Optional
 import numpy as np
 
 from allscaip.config_schema import from_dict, setting
-
-BAR_PER_ATM = 1.01325
+from allscaip.units import BAR_PER_ATM
 
 #: columns of every per-sample record (CSV files ``<phase>/<segment>.csv``)
 COLUMNS = ("step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "temperature_K", "volume_nm3", "density_g_cm3")
