@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -43,13 +44,14 @@ def _fake_tree(root: Path, config: dict) -> None:
 
 
 def _write_config(root: Path, config: dict) -> Path:
-    lines = ["[tool.importlinter]", f"root_packages = {config['root_packages']!r}", ""]
+    # JSON strings and lists are valid TOML values
+    lines = ["[tool.importlinter]", f"root_packages = {json.dumps(config['root_packages'])}", ""]
     for contract in config["contracts"]:
         lines += ["[[tool.importlinter.contracts]]"]
-        lines += [f"{k} = {v!r}" for k, v in contract.items() if k != "ignore_imports"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in contract.items() if k != "ignore_imports"]
         lines += [""]
     path = root / "pyproject.toml"
-    path.write_text("\n".join(lines).replace("'", '"'))
+    path.write_text("\n".join(lines))
     return path
 
 
