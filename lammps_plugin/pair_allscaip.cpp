@@ -1,25 +1,23 @@
 /* ----------------------------------------------------------------------
-   pair_style allscaip: AllScAIP machine-learning potential (TorchScript).
+   pair_style allscaip: AllScAIP machine-learning potential (TorchScript .pt
+   or AOTInductor .pt2 export).
 
-   One evaluation on each rank (owned atoms = "centres"):
-     vec[c,k]  = x[j] - x[i] for the neighbours j (owned or ghost) of each
-                 owned atom i within the model cutoff (leaf tensor)
-     dd_prepare(vec, mask, index, numbers_all, charge, spin) -> h, edges
-     per layer:  h_all = [h ; GhostExchange(h)]        forward comm
-                 h, edges = dd_local(...)
-                 q, k, v = dd_global_project(h)
-                 K, V = AllGather(k, v)                 MPI_Allgatherv
-                 h = dd_global_finish(h, q, K, V)
-     e = dd_readout(h) + dd_core(vec, ...);  E_rank = sum(e)
-   dE_rank/dvec by autograd (its backward runs the reverse communications),
-   f_i += g, f_j -= g; virial W = -sum vec (x) g.
-   The same path runs for one rank; models whose node attention depends on
-   distances (distance_bias) use the whole-system call and one rank only.
+   Each force call builds the neighbour layout of the rank's owned atoms
+   (allscaip_neighbors.h) and evaluates the model on it:
+     staged (allscaip_staged.h), the one path for 1..P ranks: per-centre
+       energies and g = dE/dvec per edge; f_i += g, f_j -= g and the virial
+       W = -sum vec (x) g over the rank's edges (no fdotr);
+     whole system (allscaip_whole_system.h), one rank only, for models whose
+       node attention depends on distances (distance_bias) and AOTInductor
+       packages: energies, forces and the model's virial W = -dE/dstrain.
+   Both virials reach LAMMPS through symmetric_voigt and tally_global_virial.
 ------------------------------------------------------------------------- */
 
 #include "pair_allscaip.h"
 
 #include "allscaip_heap.h"
+#include "allscaip_staged.h"
+#include "allscaip_whole_system.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -33,7 +31,6 @@
 #include "utils.h"
 
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
@@ -41,9 +38,24 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
-#include <unordered_map>
 
 using namespace LAMMPS_NS;
+
+namespace {
+
+// The virial matrix W (3x3, row-major, either path) as LAMMPS's six components xx yy zz xy
+// xz yz: LAMMPS's virial is symmetric, so the off-diagonal pairs are averaged.
+void symmetric_voigt(const double w[9], double v[6])
+{
+  v[0] = w[0];
+  v[1] = w[4];
+  v[2] = w[8];
+  v[3] = 0.5 * (w[1] + w[3]);
+  v[4] = 0.5 * (w[2] + w[6]);
+  v[5] = 0.5 * (w[5] + w[7]);
+}
+
+}    // namespace
 
 /* ---------------------------------------------------------------------- */
 
@@ -301,9 +313,9 @@ void PairAllscaip::compute(int eflag, int vflag)
   torch::AutoGradMode grad_mode(true);
   try {
     if (model->info().supports_domain_decomposition)
-      compute_staged(eflag, vflag);
+      compute_staged();
     else
-      compute_whole_system(eflag, vflag);
+      compute_whole_system();
   } catch (const c10::Error &e) {
     error->one(FLERR, "pair_style allscaip: torch error: {}", e.what_without_backtrace());
   } catch (const std::runtime_error &e) {
@@ -313,117 +325,25 @@ void PairAllscaip::compute(int eflag, int vflag)
 
 /* ----------------------------------------------------------------------
    centres (owned atoms of mapped types) and their neighbours within the
-   model cutoff; fills the padded [nc, K] arrays, returns K (>= 1)
+   model cutoff, from the full neighbour list
 ------------------------------------------------------------------------- */
 
-int PairAllscaip::build_neighbors()
+void PairAllscaip::build_layout()
 {
-  double **x = atom->x;
-  int *type = atom->type;
-  const int nlocal = atom->nlocal;
-  const int nghost = atom->nghost;
-  const int inum = list->inum;
-  int *ilist = list->ilist;
-  int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-
-  std::vector<int> &owned = ghost_ctx.owned_atoms;
-  std::vector<int> &ghosts = ghost_ctx.ghost_atoms;
-  owned.clear();
-  ghosts.clear();
-  centre_of_atom.assign(nlocal, -1);
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (i >= nlocal || type_species[type[i]] < 0) continue;
-    centre_of_atom[i] = static_cast<int>(owned.size());
-    owned.push_back(i);
-  }
-  const int nc = static_cast<int>(owned.size());
-
-  // pass 1: neighbour counts -> K
-  nbr_count.assign(nc, 0);
-  int kmax = 1;
-  for (int c = 0; c < nc; c++) {
-    const int i = owned[c];
-    const int *jlist = firstneigh[i];
-    int n = 0;
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (type_species[type[j]] < 0) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < cutoff_sq) n++;
-    }
-    nbr_count[c] = n;
-    kmax = std::max(kmax, n);
-  }
-
-  // pass 2: padded layout; padding points at the centre itself with a zero vector
-  const size_t slots = static_cast<size_t>(nc) * kmax;
-  nbr_atom.assign(slots, -1);
-  nbr_index.resize(slots);
-  nbr_vec.assign(3 * slots, 0.0);
-  nbr_mask.assign(slots, 0);
-  ghost_slot.assign(nghost, -1);
-  for (int c = 0; c < nc; c++) {
-    const int i = owned[c];
-    const int *jlist = firstneigh[i];
-    size_t s = static_cast<size_t>(c) * kmax;
-    for (int k = 0; k < kmax; k++) nbr_index[s + k] = c;
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (type_species[type[j]] < 0) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz >= cutoff_sq) continue;
-      int64_t row;
-      if (j < nlocal) {
-        row = centre_of_atom[j];
-        if (row < 0)
-          error->one(FLERR, "pair_style allscaip: owned neighbour atom {} is not in the "
-                     "neighbour list's centres (unsupported neighbour list filtering)", j);
-      } else {
-        int &g = ghost_slot[j - nlocal];
-        if (g < 0) {
-          g = nc + static_cast<int>(ghosts.size());
-          ghosts.push_back(j);
-        }
-        row = g;
-      }
-      nbr_atom[s] = j;
-      nbr_index[s] = row;
-      nbr_vec[3 * s + 0] = dx;
-      nbr_vec[3 * s + 1] = dy;
-      nbr_vec[3 * s + 2] = dz;
-      nbr_mask[s] = 1;
-      s++;
-    }
-  }
-
-  numbers_all.resize(nc + ghosts.size());
-  for (int c = 0; c < nc; c++) numbers_all[c] = type_z[type[owned[c]]];
-  for (size_t g = 0; g < ghosts.size(); g++) numbers_all[nc + g] = type_z[type[ghosts[g]]];
-  return kmax;
+  layout.build(list, atom->x, atom->type, atom->nlocal, atom->nghost, type_species, type_z,
+               cutoff_sq);
 }
 
 /* ----------------------------------------------------------------------
    staged (domain-decomposed) evaluation: the one path for 1..P ranks
 ------------------------------------------------------------------------- */
 
-void PairAllscaip::compute_staged(int eflag, int vflag)
+void PairAllscaip::compute_staged()
 {
-  (void) eflag;
-  (void) vflag;
-  double **f = atom->f;
-  const int nall = atom->nlocal + atom->nghost;
-  const allscaip::ModelInfo &info = model->info();
-  const torch::Device device = model->device();
-  const torch::ScalarType dtype = model->dtype();
-
-  const int kmax = build_neighbors();
-  const std::vector<int> &owned = ghost_ctx.owned_atoms;
-  const int64_t nc = static_cast<int64_t>(owned.size());
-  const int64_t na = static_cast<int64_t>(numbers_all.size());
+  build_layout();
 
   // halo buffer [nall, hidden] (capacity in doubles: a later pair_coeff may change hidden)
+  const int nall = atom->nlocal + atom->nghost;
   if (static_cast<int64_t>(nall) * halo_cols > halo_nmax) {
     halo_nmax = std::max<int64_t>(atom->nmax, nall) * halo_cols;
     memory->destroy(halo);
@@ -431,113 +351,19 @@ void PairAllscaip::compute_staged(int eflag, int vflag)
   }
   halo_nall = nall;
   ghost_ctx.halo = this;
-  if (info.node_attention) gather_ctx.setup(world, static_cast<int>(nc));    // collective
 
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor vec = torch::from_blob(nbr_vec.data(), {nc, kmax, 3}, f64)
-                          .to(device, dtype, false, true)
-                          .requires_grad_(true);
-  torch::Tensor mask = torch::from_blob(nbr_mask.data(), {nc, kmax}, torch::kUInt8)
-                           .to(device, torch::kBool, false, true);
-  torch::Tensor index = torch::from_blob(nbr_index.data(), {nc, kmax}, i64)
-                            .to(device, torch::kInt64, false, true);
-  torch::Tensor numbers = torch::from_blob(numbers_all.data(), {na}, i64)
-                              .to(device, torch::kInt64, false, true);
-
-  const int64_t halo_fwd0 = ghost_ctx.forward_calls, halo_rev0 = ghost_ctx.reverse_calls;
-  const int64_t gather_fwd0 = gather_ctx.forward_calls, gather_bwd0 = gather_ctx.backward_calls;
-
-  auto geometry = model->prepare(vec, mask, index, numbers, charge, spin);
-  torch::Tensor h = geometry.h;
-  torch::Tensor edges = geometry.edges;
-  for (int64_t layer = 0; layer < info.num_layers; layer++) {
-    torch::Tensor ghost_h = allscaip::GhostExchange::apply(h, &ghost_ctx);
-    std::tie(h, edges) = model->local(layer, torch::cat({h, ghost_h}, 0), edges, geometry);
-    auto [q, k, v] = model->global_project(layer, h);
-    if (info.node_attention) {
-      auto kv = allscaip::AllGather::apply(k, v, &gather_ctx);
-      h = model->global_finish(layer, h, q, kv[0], kv[1]);
-    } else {
-      h = model->global_finish(layer, h, q, k, v);    // node FFN only; keys/values unused
-    }
-  }
-  torch::Tensor energies = model->readout(h, numbers.slice(0, 0, nc));
-  if (model->has_core()) energies = energies + model->core(vec, mask, index, numbers);
-  torch::Tensor e_rank = energies.sum();
-  auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
-
-  // every rank must have run each communication once per layer, forward and backward (the
-  // backward order is fixed by the data dependencies layer L-1 -> 0; see docs/lammps.md)
-  const int64_t nl = info.num_layers, ng = info.node_attention ? nl : 0;
-  if (ghost_ctx.forward_calls - halo_fwd0 != nl || ghost_ctx.reverse_calls - halo_rev0 != nl ||
-      gather_ctx.forward_calls - gather_fwd0 != ng || gather_ctx.backward_calls - gather_bwd0 != ng)
-    error->one(FLERR, "pair_style allscaip: internal error: the autograd pass skipped a "
-               "communication step ({} ghost exchanges and {} all-gathers backward for {} layers)",
-               ghost_ctx.reverse_calls - halo_rev0, gather_ctx.backward_calls - gather_bwd0, nl);
-
-  // ---- energies
-  const double conv = units->energy();
-  auto e_host = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *ep = e_host.data_ptr<double>();
-  if (eflag_global) {
-    double sum = 0.0;
-    for (int64_t c = 0; c < nc; c++) sum += ep[c];
-    eng_vdwl += conv * sum;
-  }
-  if (eflag_atom)
-    for (int64_t c = 0; c < nc; c++) eatom[owned[c]] += conv * ep[c];
-
-  // ---- forces and virial from dE/dvec
-  if (!grads[0].defined() || nc == 0) return;
-  auto g_host = grads[0].to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *gp = g_host.data_ptr<double>();
-  double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  for (int64_t c = 0; c < nc; c++) {
-    const int i = owned[c];
-    for (int k = 0; k < nbr_count[c]; k++) {
-      const size_t s = static_cast<size_t>(c) * kmax + k;
-      const int j = nbr_atom[s];
-      const double gx = conv * gp[3 * s], gy = conv * gp[3 * s + 1], gz = conv * gp[3 * s + 2];
-      f[i][0] += gx;
-      f[i][1] += gy;
-      f[i][2] += gz;
-      f[j][0] -= gx;
-      f[j][1] -= gy;
-      f[j][2] -= gz;
-      if (vflag_either) {
-        const double *d = &nbr_vec[3 * s];
-        // W = -vec (x) g per edge, symmetrised
-        const double v[6] = {-d[0] * gx,
-                             -d[1] * gy,
-                             -d[2] * gz,
-                             -0.5 * (d[0] * gy + d[1] * gx),
-                             -0.5 * (d[0] * gz + d[2] * gx),
-                             -0.5 * (d[1] * gz + d[2] * gy)};
-        for (int m = 0; m < 6; m++) w[m] += v[m];
-        if (vflag_atom) {
-          for (int m = 0; m < 6; m++) {
-            vatom[i][m] += 0.5 * v[m];
-            vatom[j][m] += 0.5 * v[m];
-          }
-        }
-      }
-    }
-  }
-  if (vflag_global)
-    for (int m = 0; m < 6; m++) virial[m] += w[m];
+  auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx, gather_ctx);
+  tally_energies(result.energies, torch::Tensor());
+  if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);
 }
 
 /* ----------------------------------------------------------------------
    whole-system evaluation on one rank (models without domain decomposition
-   support: distance_bias models and AOTInductor packages): owned atoms +
-   periodic images as shifts
+   support: distance_bias models and AOTInductor packages)
 ------------------------------------------------------------------------- */
 
-void PairAllscaip::compute_whole_system(int eflag, int vflag)
+void PairAllscaip::compute_whole_system()
 {
-  (void) eflag;
-  (void) vflag;
   if (comm->nprocs > 1)
     error->all(FLERR, "pair_style allscaip: this model supports one MPI rank only");
   if (vflag_atom)
@@ -545,92 +371,101 @@ void PairAllscaip::compute_whole_system(int eflag, int vflag)
                "available for models without domain decomposition support (distance_bias models "
                "and AOTInductor packages); use the TorchScript export of a model without "
                "distance_bias");
-  double **x = atom->x;
-  double **f = atom->f;
-  tagint *tag = atom->tag;
-  const int nlocal = atom->nlocal;
-  const torch::Device device = model->device();
-  const torch::ScalarType dtype = model->dtype();
-
-  const int kmax = build_neighbors();
-  const std::vector<int> &owned = ghost_ctx.owned_atoms;
-  const int64_t nc = static_cast<int64_t>(owned.size());
-
-  std::unordered_map<tagint, int> centre_of_tag;
-  for (int64_t c = 0; c < nc; c++) centre_of_tag[tag[owned[c]]] = static_cast<int>(c);
-
-  const double *hm = domain->h;    // xprd, yprd, zprd, yz, xz, xy
-  const double cell[9] = {hm[0], 0.0, 0.0, hm[5], hm[1], 0.0, hm[4], hm[3], hm[2]};
-  std::vector<int64_t> ei, ej;
-  std::vector<double> shifts;
-  for (int64_t c = 0; c < nc; c++) {
-    for (int k = 0; k < nbr_count[c]; k++) {
-      const size_t s = static_cast<size_t>(c) * kmax + k;
-      const int j = nbr_atom[s];
-      int owner;
-      if (j < nlocal) {
-        owner = centre_of_atom[j];
-      } else {
-        auto it = centre_of_tag.find(tag[j]);
-        if (it == centre_of_tag.end())
-          error->one(FLERR, "pair_style allscaip: ghost atom {} has no owned image", tag[j]);
-        owner = it->second;
-      }
-      // x_j = x_owner + S @ cell (cell rows a, b, c lower triangular)
-      const int o = owned[owner];
-      const double d[3] = {x[j][0] - x[o][0], x[j][1] - x[o][1], x[j][2] - x[o][2]};
-      const double sz = std::round(d[2] / hm[2]);
-      const double sy = std::round((d[1] - sz * hm[3]) / hm[1]);
-      const double sx = std::round((d[0] - sy * hm[5] - sz * hm[4]) / hm[0]);
-      ei.push_back(c);
-      ej.push_back(owner);
-      shifts.push_back(sx);
-      shifts.push_back(sy);
-      shifts.push_back(sz);
-    }
-  }
-  const int64_t ne = static_cast<int64_t>(ei.size());
-  std::vector<double> pos(3 * nc);
-  for (int64_t c = 0; c < nc; c++)
-    for (int a = 0; a < 3; a++) pos[3 * c + a] = x[owned[c]][a];
-  std::vector<int64_t> edge_index(ei);
-  edge_index.insert(edge_index.end(), ej.begin(), ej.end());
-  const bool pbc[3] = {domain->periodicity[0] != 0, domain->periodicity[1] != 0,
-                       domain->periodicity[2] != 0};
-
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto positions = torch::from_blob(pos.data(), {nc, 3}, f64).to(device, dtype, false, true);
-  auto numbers = torch::from_blob(numbers_all.data(), {nc}, i64).to(device, torch::kInt64, false, true);
-  auto cell_t = torch::from_blob(const_cast<double *>(cell), {3, 3}, f64).to(device, dtype, false, true);
-  auto pbc_t = torch::from_blob(const_cast<bool *>(pbc), {3}, torch::kBool)
-                   .to(device, torch::kBool, false, true);
-  auto ei_t = torch::from_blob(edge_index.data(), {2, ne}, i64).to(device, torch::kInt64, false, true);
-  auto sh_t = torch::from_blob(shifts.data(), {ne, 3}, f64).to(device, dtype, false, true);
-  auto [energy, forces, wmat, energies] =
-      model->whole_system(positions, numbers, cell_t, pbc_t, ei_t, sh_t, charge, spin);
+  build_layout();
+  const allscaip::BoxAtoms atoms{atom->x, atom->tag, atom->nlocal, domain->h, domain->periodicity};
+  auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin);
 
   const double conv = units->energy();
-  auto e_host = energies.to(torch::kCPU, torch::kFloat64).contiguous();
-  auto f_host = forces.to(torch::kCPU, torch::kFloat64).contiguous();
-  auto w_host = wmat.to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *ep = e_host.data_ptr<double>();
+  auto f_host = result.forces.to(torch::kCPU, torch::kFloat64).contiguous();
   const double *fp = f_host.data_ptr<double>();
-  const double *wp = w_host.data_ptr<double>();
-  for (int64_t c = 0; c < nc; c++) {
-    const int i = owned[c];
-    for (int a = 0; a < 3; a++) f[i][a] += conv * fp[3 * c + a];
-    if (eflag_atom) eatom[i] += conv * ep[c];
-  }
-  if (eflag_global) eng_vdwl += conv * energy.item<double>();
+  double **f = atom->f;
+  for (int64_t c = 0; c < layout.num_centres(); c++)
+    for (int a = 0; a < 3; a++) f[layout.centres[c]][a] += conv * fp[3 * c + a];
+  tally_energies(result.energies, result.energy);
   if (vflag_global) {
-    virial[0] += conv * wp[0];
-    virial[1] += conv * wp[4];
-    virial[2] += conv * wp[8];
-    virial[3] += conv * 0.5 * (wp[1] + wp[3]);
-    virial[4] += conv * 0.5 * (wp[2] + wp[6]);
-    virial[5] += conv * 0.5 * (wp[5] + wp[7]);
+    auto w_host = result.virial.to(torch::kCPU, torch::kFloat64).contiguous();
+    double v[6];
+    symmetric_voigt(w_host.data_ptr<double>(), v);
+    tally_global_virial(v, conv);
   }
+}
+
+/* ----------------------------------------------------------------------
+   energies of the centres (eV -> engine units): per atom, and in total the
+   model's `total` if given (whole system) or the sum over the centres
+------------------------------------------------------------------------- */
+
+void PairAllscaip::tally_energies(const torch::Tensor &energies, const torch::Tensor &total)
+{
+  const double conv = units->energy();
+  const int64_t nc = layout.num_centres();
+  auto e_host = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double *ep = e_host.data_ptr<double>();
+  if (eflag_global) {
+    double sum = 0.0;
+    if (total.defined())
+      sum = total.item<double>();
+    else
+      for (int64_t c = 0; c < nc; c++) sum += ep[c];
+    eng_vdwl += conv * sum;
+  }
+  if (eflag_atom)
+    for (int64_t c = 0; c < nc; c++) eatom[layout.centres[c]] += conv * ep[c];
+}
+
+/* ----------------------------------------------------------------------
+   forces and virials from g = dE/dvec of each edge i -> j (vec = x_j - x_i):
+   f_i += g, f_j -= g; the edge's virial W = -vec (x) g, half to i and half
+   to j per atom
+------------------------------------------------------------------------- */
+
+void PairAllscaip::tally_edge_gradients(const torch::Tensor &dE_dvec)
+{
+  const double conv = units->energy();
+  double **f = atom->f;
+  auto g_host = dE_dvec.to(torch::kCPU, torch::kFloat64).contiguous();
+  const double *gp = g_host.data_ptr<double>();
+  double total[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int64_t c = 0; c < layout.num_centres(); c++) {
+    const int i = layout.centres[c];
+    for (int k = 0; k < layout.count[c]; k++) {
+      const size_t s = layout.slot(c, k);
+      const int j = layout.atom[s];
+      const double gx = conv * gp[3 * s], gy = conv * gp[3 * s + 1], gz = conv * gp[3 * s + 2];
+      f[i][0] += gx;
+      f[i][1] += gy;
+      f[i][2] += gz;
+      f[j][0] -= gx;
+      f[j][1] -= gy;
+      f[j][2] -= gz;
+      if (!vflag_either) continue;
+      const double *d = &layout.vec[3 * s];
+      const double w[9] = {-d[0] * gx, -d[0] * gy, -d[0] * gz,
+                           -d[1] * gx, -d[1] * gy, -d[1] * gz,
+                           -d[2] * gx, -d[2] * gy, -d[2] * gz};
+      double v[6];
+      symmetric_voigt(w, v);
+      for (int m = 0; m < 6; m++) total[m] += v[m];
+      if (vflag_atom) {
+        for (int m = 0; m < 6; m++) {
+          vatom[i][m] += 0.5 * v[m];
+          vatom[j][m] += 0.5 * v[m];
+        }
+      }
+    }
+  }
+  tally_global_virial(total, 1.0);
+}
+
+/* ----------------------------------------------------------------------
+   the global virial (six components, energy units of the model) times
+   `scale` into LAMMPS
+------------------------------------------------------------------------- */
+
+void PairAllscaip::tally_global_virial(const double v[6], double scale)
+{
+  if (vflag_global)
+    for (int m = 0; m < 6; m++) virial[m] += scale * v[m];
 }
 
 /* ----------------------------------------------------------------------
@@ -684,9 +519,6 @@ double PairAllscaip::memory_usage()
 {
   double bytes = Pair::memory_usage();
   bytes += (double) halo_nmax * sizeof(double);
-  bytes += (double) nbr_vec.capacity() * sizeof(double);
-  bytes += (double) nbr_index.capacity() * sizeof(int64_t);
-  bytes += (double) (nbr_atom.capacity() + centre_of_atom.capacity() + ghost_slot.capacity()) *
-      sizeof(int);
+  bytes += layout.memory_usage();
   return bytes;
 }

@@ -22,6 +22,7 @@ PairStyle(allscaip,PairAllscaip);
 
 #include "allscaip_comm.h"
 #include "allscaip_model.h"
+#include "allscaip_neighbors.h"
 #include "allscaip_units.h"
 
 #include <memory>
@@ -71,22 +72,18 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   int64_t halo_nall, halo_nmax;    // rows in use, capacity in doubles
 
   // per-step work arrays, kept between steps to reuse their storage
-  std::vector<int> centre_of_atom;     // local atom -> centre row, -1 if not a centre
-  std::vector<int> ghost_slot;         // ghost atom (j - nlocal) -> row in h_all, -1 unused
-  std::vector<int> nbr_count;          // per centre
-  std::vector<int> nbr_atom;           // [nc * K] LAMMPS atom index of each neighbour slot
-  std::vector<int64_t> nbr_index;      // [nc * K] row in h_all (centres then ghosts)
-  std::vector<double> nbr_vec;         // [nc * K * 3] x_j - x_i
-  std::vector<uint8_t> nbr_mask;       // [nc * K]
-  std::vector<int64_t> numbers_all;    // atomic numbers of centres then used ghosts
+  allscaip::NeighborLayout layout;
   allscaip::GhostExchangeContext ghost_ctx;
   allscaip::GatherContext gather_ctx;
 
   void allocate();
   void configure_threads();
-  int build_neighbors();    // returns K
-  void compute_staged(int eflag, int vflag);
-  void compute_whole_system(int eflag, int vflag);
+  void build_layout();
+  void compute_staged();
+  void compute_whole_system();
+  void tally_energies(const torch::Tensor &energies, const torch::Tensor &total);
+  void tally_edge_gradients(const torch::Tensor &dE_dvec);
+  void tally_global_virial(const double v[6], double scale);
 };
 
 }    // namespace LAMMPS_NS

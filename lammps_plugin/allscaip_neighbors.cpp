@@ -1,0 +1,109 @@
+/* ----------------------------------------------------------------------
+   Neighbour layout of one rank's evaluation from a LAMMPS full neighbour list.
+------------------------------------------------------------------------- */
+
+#include "allscaip_neighbors.h"
+
+#include "lmptype.h"
+#include "neigh_list.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace allscaip {
+
+void NeighborLayout::build(const LAMMPS_NS::NeighList *list, double *const *x, const int *type,
+                           int nlocal, int nghost, const std::vector<int> &type_species,
+                           const std::vector<int64_t> &type_z, double cutoff_sq)
+{
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int *const *firstneigh = list->firstneigh;
+
+  centres.clear();
+  ghosts.clear();
+  centre_of_atom.assign(nlocal, -1);
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i >= nlocal || type_species[type[i]] < 0) continue;
+    centre_of_atom[i] = static_cast<int>(centres.size());
+    centres.push_back(i);
+  }
+  const int nc = static_cast<int>(centres.size());
+
+  // pass 1: neighbour counts -> kmax
+  count.assign(nc, 0);
+  kmax = 1;
+  for (int c = 0; c < nc; c++) {
+    const int i = centres[c];
+    const int *jlist = firstneigh[i];
+    int n = 0;
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_species[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz < cutoff_sq) n++;
+    }
+    count[c] = n;
+    kmax = std::max(kmax, n);
+  }
+
+  // pass 2: padded layout; padding points at the centre itself with a zero vector
+  const size_t slots = static_cast<size_t>(nc) * kmax;
+  atom.assign(slots, -1);
+  index.resize(slots);
+  vec.assign(3 * slots, 0.0);
+  mask.assign(slots, 0);
+  ghost_slot.assign(nghost, -1);
+  for (int c = 0; c < nc; c++) {
+    const int i = centres[c];
+    const int *jlist = firstneigh[i];
+    size_t s = slot(c, 0);
+    for (int k = 0; k < kmax; k++) index[s + k] = c;
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_species[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= cutoff_sq) continue;
+      int64_t row;
+      if (j < nlocal) {
+        row = centre_of_atom[j];
+        if (row < 0)
+          throw std::runtime_error("owned neighbour atom " + std::to_string(j) +
+                                   " is not in the neighbour list's centres (unsupported "
+                                   "neighbour list filtering)");
+      } else {
+        int &g = ghost_slot[j - nlocal];
+        if (g < 0) {
+          g = nc + static_cast<int>(ghosts.size());
+          ghosts.push_back(j);
+        }
+        row = g;
+      }
+      atom[s] = j;
+      index[s] = row;
+      vec[3 * s + 0] = dx;
+      vec[3 * s + 1] = dy;
+      vec[3 * s + 2] = dz;
+      mask[s] = 1;
+      s++;
+    }
+  }
+
+  numbers.resize(nc + ghosts.size());
+  for (int c = 0; c < nc; c++) numbers[c] = type_z[type[centres[c]]];
+  for (size_t g = 0; g < ghosts.size(); g++) numbers[nc + g] = type_z[type[ghosts[g]]];
+}
+
+double NeighborLayout::memory_usage() const
+{
+  double bytes = (double) vec.capacity() * sizeof(double);
+  bytes += (double) index.capacity() * sizeof(int64_t);
+  bytes += (double) (atom.capacity() + centre_of_atom.capacity() + ghost_slot.capacity()) *
+      sizeof(int);
+  return bytes;
+}
+
+}    // namespace allscaip

@@ -1,0 +1,92 @@
+/* ----------------------------------------------------------------------
+   Staged (domain-decomposed) evaluation on one rank (owned atoms = "centres"):
+     vec[c,k]  = x[j] - x[i] for the neighbours j (owned or ghost) of each
+                 centre i within the model cutoff (leaf tensor)
+     dd_prepare(vec, mask, index, numbers_all, charge, spin) -> h, edges
+     per layer:  h_all = [h ; GhostExchange(h)]        forward comm
+                 h, edges = dd_local(...)
+                 q, k, v = dd_global_project(h)
+                 K, V = AllGather(k, v)                 MPI_Allgatherv
+                 h = dd_global_finish(h, q, K, V)
+     e = dd_readout(h) + dd_core(vec, ...);  E_rank = sum(e)
+   dE_rank/dvec by autograd; its backward runs the reverse communications.
+------------------------------------------------------------------------- */
+
+#include "allscaip_staged.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace allscaip {
+
+StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
+                             int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
+                             GatherContext &gather)
+{
+  const ModelInfo &info = model.info();
+  const torch::Device device = model.device();
+  const torch::ScalarType dtype = model.dtype();
+  const int64_t nc = layout.num_centres();
+  const int64_t na = layout.num_rows();
+  const int64_t kmax = layout.kmax;
+
+  ghost.owned_atoms = layout.centres;
+  ghost.ghost_atoms = layout.ghosts;
+  if (info.node_attention) gather.setup(world, static_cast<int>(nc));    // collective
+
+  // host arrays -> model tensors; .to(..., copy = true) never aliases the layout's storage
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto host = [](const auto &v) { return const_cast<void *>(static_cast<const void *>(v.data())); };
+  torch::Tensor vec = torch::from_blob(host(layout.vec), {nc, kmax, 3}, f64)
+                          .to(device, dtype, false, true)
+                          .requires_grad_(true);
+  torch::Tensor mask = torch::from_blob(host(layout.mask), {nc, kmax}, torch::kUInt8)
+                           .to(device, torch::kBool, false, true);
+  torch::Tensor index = torch::from_blob(host(layout.index), {nc, kmax}, i64)
+                            .to(device, torch::kInt64, false, true);
+  torch::Tensor numbers = torch::from_blob(host(layout.numbers), {na}, i64)
+                              .to(device, torch::kInt64, false, true);
+
+  const int64_t halo_fwd0 = ghost.forward_calls, halo_rev0 = ghost.reverse_calls;
+  const int64_t gather_fwd0 = gather.forward_calls, gather_bwd0 = gather.backward_calls;
+
+  // The layer loop is the plugin's contract with the model and exists three times: here
+  // (under MPI), in allscaip/model/allscaip.py AllScAIP.forward (whole systems) and in
+  // export/dd_reference.py (the staged methods in Python). A change here goes to all three.
+  auto geometry = model.prepare(vec, mask, index, numbers, charge, spin);
+  torch::Tensor h = geometry.h;
+  torch::Tensor edges = geometry.edges;
+  for (int64_t layer = 0; layer < info.num_layers; layer++) {
+    torch::Tensor ghost_h = GhostExchange::apply(h, &ghost);
+    std::tie(h, edges) = model.local(layer, torch::cat({h, ghost_h}, 0), edges, geometry);
+    auto [q, k, v] = model.global_project(layer, h);
+    if (info.node_attention) {
+      auto kv = AllGather::apply(k, v, &gather);
+      h = model.global_finish(layer, h, q, kv[0], kv[1]);
+    } else {
+      h = model.global_finish(layer, h, q, k, v);    // node FFN only; keys/values unused
+    }
+  }
+  torch::Tensor energies = model.readout(h, numbers.slice(0, 0, nc));
+  if (model.has_core()) energies = energies + model.core(vec, mask, index, numbers);
+  torch::Tensor e_rank = energies.sum();
+  auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
+
+  // every rank must have run each communication once per layer, forward and backward (the
+  // backward order is fixed by the data dependencies layer L-1 -> 0; see docs/lammps.md)
+  const int64_t nl = info.num_layers, ng = info.node_attention ? nl : 0;
+  if (ghost.forward_calls - halo_fwd0 != nl || ghost.reverse_calls - halo_rev0 != nl ||
+      gather.forward_calls - gather_fwd0 != ng || gather.backward_calls - gather_bwd0 != ng)
+    throw std::runtime_error(
+        "internal error: the autograd pass skipped a communication step (" +
+        std::to_string(ghost.reverse_calls - halo_rev0) + " ghost exchanges and " +
+        std::to_string(gather.backward_calls - gather_bwd0) + " all-gathers backward for " +
+        std::to_string(nl) + " layers)");
+
+  return {energies, grads[0]};
+}
+
+}    // namespace allscaip

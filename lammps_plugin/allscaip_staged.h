@@ -1,0 +1,38 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   Staged (domain-decomposed) evaluation of an AllScAIP model on one rank:
+   the model's dd_* methods, layer by layer, with the ghost exchange and the
+   all-gather of allscaip_comm.h between them, then dE_rank/dvec by autograd
+   (whose backward pass runs the reverse communications).
+
+   Every rank, including one that owns no atoms, must call it once per force
+   evaluation: the communications inside are collective.
+------------------------------------------------------------------------- */
+
+#ifndef ALLSCAIP_STAGED_H
+#define ALLSCAIP_STAGED_H
+
+#include "allscaip_comm.h"
+#include "allscaip_model.h"
+#include "allscaip_neighbors.h"
+
+#include <mpi.h>
+#include <torch/script.h>
+
+namespace allscaip {
+
+struct StagedResult {
+  torch::Tensor energies;    // [nc] per-centre energies (eV), model dtype and device
+  torch::Tensor dE_dvec;     // [nc, kmax, 3] gradient of the rank's energy; undefined when
+                             // the energy does not depend on any edge vector
+};
+
+// Runs the staged evaluation of `layout` (its centres and ghosts become the rows of the
+// ghost exchange; ghost.halo must be set by the caller). Throws std::runtime_error if the
+// backward pass skipped a communication step.
+StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
+                             int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
+                             GatherContext &gather);
+
+}    // namespace allscaip
+
+#endif
