@@ -8,7 +8,9 @@ __all__ = ["__version__", "AllScAIPCalculator"]
 
 
 def __getattr__(name: str):
-    # Lazy import so that `import allscaip` stays light (no ASE import for C++-facing tools).
+    # `allscaip.AllScAIPCalculator`, imported when first asked for: the calculator is an engine
+    # (allscaip.engines.ase_calculator), and importing the package or any lower layer
+    # (allscaip.model, allscaip.data, ...) must not pull in an engine.
     if name == "AllScAIPCalculator":
         from allscaip.calculator import AllScAIPCalculator
 

@@ -3,7 +3,7 @@
 The computation object handed to :class:`openmm.PythonForce` receives an OpenMM ``State``
 (positions in nm, box vectors in nm when the force is periodic), builds a vesin neighbour
 list in Å, calls the model (exported TorchScript ``.pt``, AOTInductor ``.pt2`` or a
-training checkpoint ``.ckpt``, loaded by :class:`allscaip.calculator.AllScAIPCalculator`)
+training checkpoint ``.ckpt``, loaded by :class:`allscaip.engines.ase_calculator.AllScAIPCalculator`)
 and returns energy in kJ/mol and forces in kJ/mol/nm.
 
 ML/MM: the force is restricted to the ML atoms with ``PythonForce.setParticles``, so the
@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import openmm
 import torch
+from ase.data import chemical_symbols
 
+from allscaip.dtypes import DTYPES
+from allscaip.engines.ase_calculator import AllScAIPCalculator, check_device
 from allscaip.neighbors import system_neighbor_pairs
-
-#: 1 eV in kJ/mol (CODATA 2018: e * N_A / 1000)
-EV_TO_KJ_PER_MOL = 96.48533212331002
-#: Å per nm
-ANGSTROM_PER_NM = 10.0
-#: eV/Å -> kJ/mol/nm
-EV_PER_A_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * ANGSTROM_PER_NM
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # also re-exported
+from allscaip_export.metadata import build_metadata, dumps
+from allscaip_export.torchscript import ExportedAllScAIP
 
 
 class NotAnAllScAIPModelError(ValueError):
@@ -76,8 +74,8 @@ def load_model(model_path: str | os.PathLike, device: str = "cpu", dtype: Option
     path = Path(model_path).expanduser().resolve()
     if not path.exists():
         raise FileNotFoundError(f"allscaip model file {model_path} does not exist")
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
     key = (str(path), path.stat().st_mtime_ns, str(device), str(dtype))
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -88,9 +86,7 @@ def load_model(model_path: str | os.PathLike, device: str = "cpu", dtype: Option
 
 
 def _load_uncached(path: Path, device: str, dtype: Optional[str]) -> LoadedModel:
-    from allscaip.calculator import AllScAIPCalculator, _check_device
-
-    _check_device(device)  # a device error is not the file's fault
+    check_device(device)  # a device error is not the file's fault
     what = (
         "an allscaip model (an exported TorchScript .pt with metadata.json inside, "
         "an AOTInductor .pt2 package, or a training checkpoint .ckpt)"
@@ -118,9 +114,6 @@ def _load_uncached(path: Path, device: str, dtype: Optional[str]) -> LoadedModel
         if not metadata.get("atomic_numbers") or "cutoff" not in metadata:
             raise NotAnAllScAIPModelError(f"{path} has allscaip metadata without atomic_numbers/cutoff")
     else:
-        from allscaip_export.metadata import build_metadata, dumps
-        from allscaip_export.torchscript import ExportedAllScAIP
-
         eager = calc._eager
         dt = "float64" if calc.dtype == torch.float64 else "float32"
         metadata = build_metadata(eager, dt, str(calc.device), "checkpoint")
@@ -164,8 +157,6 @@ def check_elements(numbers: Sequence[int], model: LoadedModel) -> None:
     """ValueError naming the elements not in ``model`` and listing the model's elements."""
     unknown = sorted(set(int(z) for z in numbers) - set(model.atomic_numbers))
     if unknown:
-        from ase.data import chemical_symbols
-
         raise ValueError(
             f"element(s) {[chemical_symbols[z] for z in unknown]} are not in allscaip model "
             f"{model.path.name}, which knows {[chemical_symbols[z] for z in model.atomic_numbers]}"
@@ -286,8 +277,6 @@ def make_python_force(
     force_group: int = 0,
 ):
     """An ``openmm.PythonForce`` evaluating the allscaip model on ``particles`` (all when None)."""
-    import openmm
-
     computation = AllScAIPComputation(model_path, atomic_numbers, periodic, charge, spin, device, dtype)
     force = openmm.PythonForce(computation)
     if particles is not None:

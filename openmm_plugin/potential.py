@@ -22,12 +22,14 @@ may also be given to the ``MLPotential`` constructor).
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from typing import Iterable, Optional
 
 import openmm
 import openmm.app
+import torch
 
 from allscaip_openmm.forces import (
     check_charge_spin,
@@ -36,6 +38,7 @@ from allscaip_openmm.forces import (
     make_python_force,
     topology_atomic_numbers,
 )
+from allscaip_openmm.torchforce import build_torchforce_module
 
 try:  # the real openmm-ml base classes when present, so isinstance checks there pass
     from openmmml.mlpotential import MLPotentialImpl as _ImplBase
@@ -157,17 +160,11 @@ class AllScAIPPotentialImpl(_ImplBase):
 
 def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, device, dtype, force_group):
     try:
-        import openmmtorch
+        import openmmtorch  # optional: only the TorchForce implementation needs it
     except Exception as err:  # ImportError, or an OSError from a binary built for another torch
         raise RuntimeError(
             f"openmmtorch is not importable here ({type(err).__name__}: {err}); use implementation='pythonforce'"
         ) from err
-    import tempfile
-
-    import torch
-
-    from allscaip_openmm.torchforce import build_torchforce_module
-
     module, _ = build_torchforce_module(
         model_path,
         topology,

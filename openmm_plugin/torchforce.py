@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from allscaip_export.metadata import dumps
+from allscaip_export.torchscript import ExportedAllScAIP, load_torchscript
 from allscaip_openmm.forces import (
     ANGSTROM_PER_NM,
     EV_TO_KJ_PER_MOL,
@@ -199,13 +201,8 @@ def _scripted_model(model_path: str | os.PathLike, device: str, dtype: Optional[
     """A fresh TorchScript whole-system module and the loaded model's description."""
     loaded = load_model(model_path, device, dtype)
     if loaded.kind == "torchscript":
-        from allscaip_export.torchscript import load_torchscript
-
         module, _ = load_torchscript(loaded.path, device=str(loaded.device))  # own copy
     elif loaded.kind == "checkpoint":
-        from allscaip_export.metadata import dumps
-        from allscaip_export.torchscript import ExportedAllScAIP
-
         module = torch.jit.script(ExportedAllScAIP(loaded.eager.eval(), dumps(loaded.metadata)))
     else:
         raise ValueError(

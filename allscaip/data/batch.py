@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from ase.stress import voigt_6_to_full_3x3_stress
 
 
 @dataclass
@@ -83,8 +84,6 @@ def atoms_to_batch(atoms_list: Sequence, dtype: torch.dtype = torch.float64) -> 
         forces = torch.tensor(np.concatenate(f), dtype=dtype)
     s = [_result(a, "stress") for a in atoms_list]
     if any(x is not None for x in s):
-        from ase.stress import voigt_6_to_full_3x3_stress
-
         full = []
         for x in s:
             if x is None:

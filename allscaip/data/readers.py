@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
 
+import ase.db
+import ase.io
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
@@ -101,12 +103,11 @@ def open_db(path: PathLike, readonly: bool = True):
     db = _DB_CACHE.get(key)
     if db is None:
         if _kind(path) == "aselmdb":
+            # optional: only OMol25-style .aselmdb files need it (not installed everywhere)
             from ase_db_backends.aselmdb import LMDBDatabase
 
             db = LMDBDatabase(path, readonly=readonly, use_lock_file=not readonly)
         else:
-            import ase.db
-
             db = ase.db.connect(str(path), use_lock_file=False)
         if readonly:
             _DB_CACHE[key] = db
@@ -157,8 +158,6 @@ def index_xyz(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_xyz_at(path: Path, offset: int) -> Atoms:
-    import ase.io
-
     with open(path, "rb") as f:
         f.seek(offset)
         first = f.readline()
@@ -197,8 +196,6 @@ def iter_file(path: PathLike) -> Iterator[Atoms]:
     """All frames of one file, in order."""
     path = Path(path)
     if _kind(path) == "xyz":
-        import ase.io
-
         frames: Iterable[Atoms] = ase.io.iread(str(path), index=":", format="extxyz")
     else:
         frames = (row_to_atoms(row) for row in open_db(path).select())

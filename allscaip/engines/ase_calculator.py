@@ -1,0 +1,103 @@
+"""ASE calculator for allscaip models: checkpoints (.ckpt), TorchScript (.pt) and
+AOTInductor packages (.pt2) alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from allscaip.checkpoint import load_model
+from allscaip.data import atoms_to_batch
+from allscaip.dtypes import DTYPES, dtype_from_name
+from allscaip.heap import keep_heap_resident
+from allscaip.model import compute_properties
+from allscaip.neighbors import whole_system_inputs
+from allscaip_export.aoti import load_aoti
+from allscaip_export.torchscript import load_torchscript
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device; a ValueError when it asks for a GPU that torch does not see."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu'")
+    return dev
+
+
+class AllScAIPCalculator(Calculator):
+    """Energy, forces, stress and per-atom energies from an allscaip model.
+
+    ``model``: path to a checkpoint (``.ckpt``), an exported TorchScript file (``.pt``) or an
+    AOTInductor package (``.pt2``). Total charge and spin multiplicity are read from
+    ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
+    Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
+    checkpoints.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model: str | Path, device: str = "cpu", dtype: str = "float64", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: what happened to malloc's settings (allscaip/heap.py: freed tensor memory stays resident)
+        self.heap_note = keep_heap_resident()
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        self.dtype = dtype_from_name(dtype)
+        self.device = check_device(device)
+        self.path = path
+        self._eager = None
+        self._module = None
+        self.metadata: Dict[str, Any] = {}
+        suffix = path.suffix.lower()
+        if suffix == ".pt":
+            self._module, self.metadata = load_torchscript(path, device=str(self.device))
+            self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
+        elif suffix == ".pt2":
+            self._module, self.metadata = load_aoti(path, device=str(self.device))
+            self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
+        else:
+            self._eager = load_model(path, dtype=self.dtype, device=str(self.device))
+            self._eager.eval()
+        self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
+        self.elements: List[int] = (
+            list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)
+        )
+
+    def _check_elements(self, numbers: np.ndarray) -> None:
+        unknown = sorted(set(int(z) for z in numbers) - set(self.elements))
+        if unknown:
+            raise ValueError(
+                f"element(s) {[chemical_symbols[z] for z in unknown]} are not in model {self.path.name}, "
+                f"which knows {[chemical_symbols[z] for z in self.elements]}"
+            )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check_elements(atoms.numbers)
+        periodic = bool(np.all(atoms.pbc))
+        if self._eager is not None:
+            batch = atoms_to_batch([atoms], dtype=self.dtype).to(self.device)
+            out = compute_properties(self._eager, batch, forces=True, stress=periodic)
+            energy = out["energy"][0]
+            forces = out["forces"]
+            energies = out["energies"]
+            stress = out["stress"][0] if periodic else None
+        else:
+            energy, forces, virial, energies = self._module(
+                *whole_system_inputs(atoms, self.cutoff, self.dtype, self.device)
+            )
+            stress = -virial / atoms.get_volume() if periodic else None
+        self.results["energy"] = float(energy)
+        self.results["free_energy"] = float(energy)
+        self.results["forces"] = forces.detach().cpu().double().numpy()
+        self.results["energies"] = energies.detach().cpu().double().numpy()
+        if stress is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach().cpu().double().numpy())
