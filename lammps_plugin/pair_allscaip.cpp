@@ -17,6 +17,7 @@
 
 #include "allscaip_heap.h"
 #include "allscaip_staged.h"
+#include "allscaip_threads.h"
 #include "allscaip_whole_system.h"
 
 #include "atom.h"
@@ -25,19 +26,13 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
-#include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
 
-#include <ATen/Parallel.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <thread>
 
 using namespace LAMMPS_NS;
 
@@ -271,37 +266,15 @@ double PairAllscaip::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
-   torch intra-op threads: OMP_NUM_THREADS if set, otherwise the cores of
-   this node divided by the ranks on this node
+   torch threads, set once by the first init_style (allscaip_threads.h)
 ------------------------------------------------------------------------- */
 
 void PairAllscaip::configure_threads()
 {
   if (threads_configured) return;
   threads_configured = true;
-  // The profiling graph executor re-specialises for every new neighbour count and atom count
-  // and was slower for these shape-changing calls; plain interpretation unless asked for.
-  const char *opt = std::getenv("ALLSCAIP_JIT_OPTIMIZE");
-  const bool optimize = opt && *opt && std::string(opt) != "0";
-  torch::jit::setGraphExecutorOptimize(optimize);
-  const char *env = std::getenv("OMP_NUM_THREADS");
-  if (env && *env) {
-    if (comm->me == 0)
-      utils::logmesg(lmp, "allscaip: torch uses {} thread(s) per rank (OMP_NUM_THREADS)\n",
-                     at::get_num_threads());
-    return;
-  }
-  MPI_Comm node;
-  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-  int ranks_on_node = 1;
-  MPI_Comm_size(node, &ranks_on_node);
-  MPI_Comm_free(&node);
-  const int cores = std::max(1u, std::thread::hardware_concurrency());
-  const int nthreads = std::max(1, cores / std::max(1, ranks_on_node));
-  at::set_num_threads(nthreads);
-  if (comm->me == 0)
-    utils::logmesg(lmp, "allscaip: torch uses {} thread(s) per rank ({} cores, {} rank(s) on this "
-                   "node; set OMP_NUM_THREADS to override)\n", nthreads, cores, ranks_on_node);
+  const std::string note = allscaip::configure_torch_threads(world);
+  if (comm->me == 0) utils::logmesg(lmp, "allscaip: {}\n", note);
 }
 
 /* ---------------------------------------------------------------------- */
