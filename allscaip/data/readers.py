@@ -19,6 +19,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase_db_backends.aselmdb import LMDBDatabase
 
 PathLike = Union[str, os.PathLike]
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -103,9 +104,6 @@ def open_db(path: PathLike, readonly: bool = True):
     db = _DB_CACHE.get(key)
     if db is None:
         if _kind(path) == "aselmdb":
-            # optional: only OMol25-style .aselmdb files need it (not installed everywhere)
-            from ase_db_backends.aselmdb import LMDBDatabase
-
             db = LMDBDatabase(path, readonly=readonly, use_lock_file=not readonly)
         else:
             db = ase.db.connect(str(path), use_lock_file=False)
