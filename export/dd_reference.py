@@ -95,7 +95,7 @@ def dd_evaluate(
         idx, bias, P, h, E = module.dd_prepare(rk["vec"], rk["mask"], rk["index"], rk["z_all"], charge, spin)
         state.append([idx, bias, P, h, E])
     # The layer loop is written three times: here (the staged calls, one process),
-    # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/pair_allscaip.cpp
+    # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
     # (these calls under MPI). A change here goes to all three.
     for layer in range(int(module.num_layers)):
         h_global = torch.zeros((n, int(module.hidden)), dtype=dtype)

@@ -401,7 +401,7 @@ class AllScAIP(nn.Module):
             attn_mask = system.unsqueeze(0) == system.unsqueeze(1)
         # The layer loop is written three times: here (whole systems), in
         # allscaip_export.dd_reference.dd_evaluate (the staged dd_* calls, one process) and in
-        # lammps_plugin/pair_allscaip.cpp (the same calls under MPI). A change here goes to all three.
+        # lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under MPI). A change here goes to all three.
         for i, block in enumerate(self.blocks):
             nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
             if self.node_attention:
