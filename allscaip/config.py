@@ -12,6 +12,9 @@ from typing import Any
 
 from allscaip.config_schema import ConfigError, from_dict, preset_values
 
+ENCODING_CHOICES = ("none", "sinc_pairs")
+"""Values of ``ModelConfig.node_encoding`` (``sinc_pairs``: :mod:`allscaip.model.node_encoding`)."""
+
 __all__ = ["ConfigError", "ModelConfig", "PRESETS", "from_dict", "model_config"]
 
 
@@ -39,6 +42,11 @@ class ModelConfig:
     qk_norm: bool = True  # RMS-normalised queries and keys in every attention (training stability)
     distance_bias: bool = False  # sinc "Euclidean rotary" bias in node attention
     distance_bias_freqs: int = 32
+    # distance-aware node attention (allscaip.model.node_encoding): "none" or "sinc_pairs", a smooth
+    # pair bias over the periodic images within encoding_range Å, encoding_freqs Bessel functions
+    node_encoding: str = "none"
+    encoding_range: float = 12.0
+    encoding_freqs: int = 16
     charge_spin: bool = True  # system charge / spin embeddings
     max_charge: int = 10
     max_spin: int = 10
@@ -60,11 +68,32 @@ class ModelConfig:
                 f"core_margin must lie in (0, 1) (the wall must end below the shortest "
                 f"training distance), got {self.core_margin}"
             )
+        self._check_node_encoding()
         if not self.elements:
             raise ConfigError("elements must list at least one atomic number")
         self.elements = [int(z) for z in self.elements]
         if len(set(self.elements)) != len(self.elements):
             raise ConfigError(f"elements has duplicates: {self.elements}")
+
+    def _check_node_encoding(self) -> None:
+        if self.node_encoding not in ENCODING_CHOICES:
+            raise ConfigError(f"node_encoding must be one of {list(ENCODING_CHOICES)}, got {self.node_encoding!r}")
+        if self.encoding_range <= 0:
+            raise ConfigError(f"encoding_range must be positive (Å), got {self.encoding_range}")
+        if self.encoding_freqs < 1:
+            raise ConfigError(f"encoding_freqs must be >= 1, got {self.encoding_freqs}")
+        if self.node_encoding == "none":
+            return
+        if self.distance_bias:
+            raise ConfigError(
+                f"node_encoding={self.node_encoding!r} and the legacy distance_bias: true both bias node "
+                "attention; choose one (set distance_bias: false, or node_encoding: none)"
+            )
+        if not self.node_attention:
+            raise ConfigError(
+                f"node_encoding={self.node_encoding!r} biases node attention, which node_attention: false "
+                "turns off; set node_attention: true or node_encoding: none"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -62,6 +62,16 @@ def batch_neighbor_pairs(batch: AtomsBatch, cutoff: float) -> Tuple[torch.Tensor
     )
 
 
+def encoding_pairs(batch: AtomsBatch, encoding_range: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of the node encoding (allscaip.model.node_encoding): every ``(i, j, S)`` of a system
+    within ``encoding_range`` from the same cell lists as the local graph, without the self pairs of
+    zero shift. Returns ``pair_index [2, P]`` (global atom indices) and ``shift [P, 3]`` (integer
+    lattice shifts in the dtype of the positions)."""
+    center, neighbor, shift = batch_neighbor_pairs(batch, encoding_range)
+    keep = (center != neighbor) | (shift != 0).any(1)
+    return torch.stack([center[keep], neighbor[keep]]), shift[keep].to(batch.positions.dtype)
+
+
 def pad_neighbors(
     center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor, n_centers: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

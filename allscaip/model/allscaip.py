@@ -38,7 +38,15 @@ from torch import nn
 
 from allscaip.config import ModelConfig
 from allscaip.model.core_repulsion import core_repulsion_energy
-from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
+from allscaip.model.layers import (
+    FeedForward,
+    NeighborAttention,
+    NodeAttention,
+    RMSNorm,
+    per_system_attention,
+    token_layout,
+)
+from allscaip.model.legacy_distance_bias import MIN_ATTENTION_WEIGHT, distance_bias_freqs, minimum_image_sinc_bias
 from allscaip.model.neighbor_geometry import (
     NeighborGeometry,
     bond_order_parameters,
@@ -48,18 +56,20 @@ from allscaip.model.neighbor_geometry import (
     radial_basis,
     soft_rank_prune,
 )
+from allscaip.model.node_encoding import (
+    BLOCK_LOGITS_ELEMENTS,
+    EncodingPairs,
+    encoded_attention,
+    encoding_pair_inputs,
+    system_bounds,
+)
 
 ATOMIC_NUMBER_SLOTS = 119
 """Rows of the atomic number -> species table: Z = 0..118."""
 
-DISTANCE_BIAS_LONGEST_A = 120.0
-DISTANCE_BIAS_SHORTEST_A = 0.25
-"""The sinc weights ``sin(f r) / (f r)`` of the distance bias first vanish at ``r = π / f``. Their
-frequencies are log-spaced so that this distance runs from 120 Å (beyond the systems trained
-on) down to 0.25 Å (below any bond)."""
-
-MIN_ATTENTION_WEIGHT = 1e-6
-"""Added to the softplus distance weights so that their log, the attention bias, stays finite."""
+ENCODING_INIT_STD = 0.1
+"""Standard deviation of the random initial encoding weights, divided by sqrt(encoding_freqs): a
+bias of order 0.1 at the start, so that random-weight models already exercise the encoding."""
 
 
 class WholeSystemOutput(NamedTuple):
@@ -156,6 +166,11 @@ class AllScAIPLayer(nn.Module):
             nodes = nodes + self.scale_node_attn * self.node_attn.attend(q, k, v, mask)
         return self.node_ffn_only(nodes)
 
+    def global_finish_heads(self, nodes: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual update from node-attention outputs ``o`` [heads, N, d] computed outside, then node FFN."""
+        nodes = nodes + self.scale_node_attn * self.node_attn.merge_heads(o)
+        return self.node_ffn_only(nodes)
+
     def node_ffn_only(self, nodes: torch.Tensor) -> torch.Tensor:
         return nodes + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(nodes))
 
@@ -208,15 +223,25 @@ class AllScAIP(nn.Module):
         self.blocks = nn.ModuleList([AllScAIPLayer(cfg) for _ in range(cfg.layers)])
         if self.use_distance_bias:
             nf = cfg.distance_bias_freqs
-            lowest, highest = math.pi / DISTANCE_BIAS_LONGEST_A, math.pi / DISTANCE_BIAS_SHORTEST_A
-            freqs = torch.exp(torch.linspace(math.log(lowest), math.log(highest), nf))
-            self.register_buffer("bias_freqs", freqs)
+            self.register_buffer("bias_freqs", distance_bias_freqs(nf))
             self.bias_weights = nn.Parameter(torch.full((cfg.layers, cfg.heads, nf), 1.0 / nf))
         else:
             self.register_buffer("bias_freqs", torch.zeros(0))
             self.bias_weights = nn.Parameter(torch.zeros(0))
         self.out_norm = RMSNorm(hidden)
         self.readout = FeedForward(hidden, cfg.ffn_ratio, out=1)
+        # distance-aware node attention (allscaip.model.node_encoding); created last, so that models
+        # without it draw the same random initial weights as before it existed
+        self.use_encoding = cfg.node_encoding == "sinc_pairs"
+        self.encoding_range = float(cfg.encoding_range)
+        self.encoding_freqs = int(cfg.encoding_freqs)
+        self.encoding_block_elements = BLOCK_LOGITS_ELEMENTS
+        self.encoding_path = "auto"  # "dense" or "blocked" force one evaluation (tests, benchmarks)
+        if self.use_encoding:
+            std = ENCODING_INIT_STD / math.sqrt(cfg.encoding_freqs)
+            self.encoding_weights = nn.Parameter(torch.randn(cfg.layers, cfg.encoding_freqs, cfg.heads) * std)
+        else:  # not saved (no new state_dict key); TorchScript needs the attribute to exist
+            self.register_buffer("encoding_weights", torch.zeros(0), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         key = prefix + "core_radius"
@@ -344,32 +369,12 @@ class AllScAIP(nn.Module):
     def distance_attention_bias(
         self, layer: int, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, system: torch.Tensor
     ) -> torch.Tensor:
-        """Float attention bias [heads, N, N] of node attention in block ``layer``: log of the sinc
-        distance weights (minimum image, by rounding fractional coordinates), -inf between
+        """Float attention bias [heads, N, N] of node attention in block ``layer``: the legacy
+        minimum-image sinc bias (:mod:`allscaip.model.legacy_distance_bias`), -inf between
         different systems."""
-        d = positions.unsqueeze(0) - positions.unsqueeze(1)  # [N, N, 3]
-        cel = cell[system]  # [N, 3, 3]
-        per = pbc[system].to(d.dtype)  # [N, 3]
-        det = torch.linalg.det(cel)
-        safe = torch.where(
-            (per.sum(-1) > 0).unsqueeze(-1).unsqueeze(-1) & (det.abs() > 1e-12).unsqueeze(-1).unsqueeze(-1),
-            cel,
-            torch.eye(3, dtype=cel.dtype, device=cel.device).expand_as(cel),
+        return minimum_image_sinc_bias(
+            positions, cell, pbc, system, self.bias_freqs, self.bias_weights[layer], self.min_attention_weight
         )
-        frac = torch.einsum("ijx,ixy->ijy", d, torch.linalg.inv(safe))
-        frac = frac - torch.round(frac) * per.unsqueeze(1)
-        d = torch.einsum("ijx,ixy->ijy", frac, safe)
-        r = torch.sqrt((d * d).sum(-1) + 1e-12)
-        arg = r.unsqueeze(-1) * self.bias_freqs  # [N, N, F]
-        sinc = torch.where(
-            arg.abs() < 1e-8,
-            torch.ones_like(arg),
-            torch.sin(arg) / torch.where(arg.abs() < 1e-8, torch.ones_like(arg), arg),
-        )
-        w = F.softplus(torch.einsum("ijf,hf->hij", sinc, self.bias_weights[layer])) + self.min_attention_weight
-        logw = torch.log(w)
-        same = system.unsqueeze(0) == system.unsqueeze(1)
-        return torch.where(same.unsqueeze(0), logw, torch.full_like(logw, float("-inf")))
 
     # ------------------------------------------------------------------ whole system
     def forward(
@@ -384,31 +389,64 @@ class AllScAIP(nn.Module):
         mask: torch.Tensor,
         charge: torch.Tensor,
         spin: torch.Tensor,
+        pair_index: Optional[torch.Tensor] = None,
+        pair_shift: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Per-atom energies [N] of whole systems.
 
         positions [N,3], species [N] (model species indices), system [N], cell [B,3,3],
         pbc [B,3], padded neighbours ``index``/``shift`` (integer lattice shifts, float)/``mask``
-        [N,K(,3)], charge/spin [B].
+        [N,K(,3)], charge/spin [B]. With a node encoding, its pairs within ``encoding_range``:
+        ``pair_index`` [2, P] and integer lattice shifts ``pair_shift`` [P, 3] (float), from
+        :func:`allscaip.neighbors.encoding_pairs`.
         """
+        if self.use_encoding and (pair_index is None or pair_shift is None):
+            raise ValueError(
+                "this model has node_encoding='sinc_pairs': pass its encoding pairs (pair_index, pair_shift; "
+                "allscaip.neighbors.encoding_pairs, as allscaip.model.compute_properties does)"
+            )
         vec = positions[index] - positions.unsqueeze(1) + torch.einsum("ikx,ixy->iky", shift, cell[system])
         e_core = self.core_energy(vec, mask, index, species)
         geometry = self.neighbor_geometry(vec, mask, index)
         nodes, edges = self.embed(species, geometry, charge[system], spin[system])
-        multi = bool(cell.shape[0] > 1)
-        attn_mask: Optional[torch.Tensor] = None
-        if multi and not self.use_distance_bias:
-            attn_mask = system.unsqueeze(0) == system.unsqueeze(1)
+        num_systems = cell.shape[0]
+        # node attention within each system's rows (one system: all rows, no slicing)
+        bounds: List[int] = [0, positions.shape[0]]
+        if num_systems > 1 and not self.use_distance_bias:
+            bounds = system_bounds(system, num_systems)
+        pairs: Optional[EncodingPairs] = None
+        if self.use_encoding and pair_index is not None and pair_shift is not None:
+            pairs = encoding_pair_inputs(
+                positions, cell, system, pair_index, pair_shift, bounds, self.encoding_range, self.encoding_freqs
+            )
         # The layer loop is written three times: here (whole systems), in
         # allscaip_export.dd_reference.dd_evaluate (the staged dd_* calls, one process) and in
         # lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under MPI). A change here goes to all three.
         for i, block in enumerate(self.blocks):
             nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
             if self.node_attention:
-                if self.use_distance_bias:
-                    attn_mask = self.distance_attention_bias(i, positions, cell, pbc, system)
                 q, k, v = block.global_project(nodes)
-                nodes = block.global_finish(nodes, q, k, v, attn_mask)
+                if pairs is not None:
+                    o = encoded_attention(
+                        q,
+                        k,
+                        v,
+                        self.encoding_weights[i],
+                        pairs,
+                        bounds,
+                        self.encoding_path,
+                        self.training,
+                        self.encoding_block_elements,
+                    )
+                    nodes = block.global_finish_heads(nodes, o)
+                elif self.use_distance_bias:
+                    nodes = block.global_finish(
+                        nodes, q, k, v, self.distance_attention_bias(i, positions, cell, pbc, system)
+                    )
+                elif num_systems > 1:
+                    nodes = block.global_finish_heads(nodes, per_system_attention(q, k, v, bounds))
+                else:
+                    nodes = block.global_finish(nodes, q, k, v, None)
             else:
                 nodes = block.node_ffn_only(nodes)
         return self.readout_energy(nodes, species) + e_core
@@ -428,13 +466,16 @@ class AllScAIP(nn.Module):
         forces: bool = True,
         virial: bool = True,
         create_graph: bool = False,
+        pair_index: Optional[torch.Tensor] = None,
+        pair_shift: Optional[torch.Tensor] = None,
     ) -> WholeSystemOutput:
         """Energy, forces and virial of whole systems: the one evaluation behind the eager model
         (:func:`allscaip.model.compute_properties`), the TorchScript export and the AOTInductor
         export. Inputs as :meth:`forward`, except ``system``: None for one system (the exported
         call), whose sums and strain are then plain reductions and matrix products, with no
         gather or scatter in the graph (an AOTInductor scatter-add may sum in a thread-dependent
-        order).
+        order). ``pair_index``/``pair_shift``: the node encoding's pairs (see :meth:`forward`); the
+        strain reaches them through the strained positions and cell, as it reaches the local graph.
 
         Forces are ``-dE/dx``; the virial is ``-dE/de`` for a homogeneous strain ``e`` of each
         system (:func:`apply_strain`), so stress = -virial / volume. ``create_graph`` keeps the
@@ -456,7 +497,18 @@ class AllScAIP(nn.Module):
             grad_inputs.append(strain)
             strained_positions, strained_cell = apply_strain(positions, cell, system, strain)
         energies = self.forward(
-            strained_positions, species, atom_system, strained_cell, pbc, index, shift, mask, charge, spin
+            strained_positions,
+            species,
+            atom_system,
+            strained_cell,
+            pbc,
+            index,
+            shift,
+            mask,
+            charge,
+            spin,
+            pair_index,
+            pair_shift,
         )
         energy = per_system_sum(energies, system, num_systems)
         forces_out: Optional[torch.Tensor] = None

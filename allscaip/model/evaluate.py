@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from ase.data import chemical_symbols
 
 from allscaip.data.batch import AtomsBatch
 from allscaip.model.allscaip import AllScAIP
-from allscaip.neighbors import batch_neighbor_pairs, pad_neighbors
+from allscaip.neighbors import batch_neighbor_pairs, encoding_pairs, pad_neighbors
 
 MIN_VOLUME_A3 = 1e-12
 """Volumes are clamped to this before dividing, so a non-periodic system (zero cell) gives a
@@ -55,6 +55,10 @@ def compute_properties(
     n = batch.positions.shape[0]
     center, neighbor, shift = batch_neighbor_pairs(batch, model.cutoff)
     index, pshift, mask = pad_neighbors(center, neighbor, shift.to(batch.positions.dtype), n)
+    pair_index: Optional[torch.Tensor] = None
+    pair_shift: Optional[torch.Tensor] = None
+    if model.use_encoding:
+        pair_index, pair_shift = encoding_pairs(batch, model.encoding_range)
     with torch.set_grad_enabled(training or forces or stress):
         result = model.energy_forces_virial(
             batch.positions,
@@ -70,6 +74,8 @@ def compute_properties(
             forces=forces,
             virial=stress,
             create_graph=training,
+            pair_index=pair_index,
+            pair_shift=pair_shift,
         )
     out: Dict[str, torch.Tensor] = {"energy": result.energy, "energies": result.energies}
     if result.forces is not None:

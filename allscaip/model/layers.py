@@ -157,5 +157,20 @@ class NodeAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """q [h, Nq, d], k/v [h, Nk, d]; mask None, bool [Nq, Nk] or float [h, Nq, Nk]."""
         o = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask)
-        nq = q.shape[1]
-        return self.out(o.squeeze(0).transpose(0, 1).reshape(nq, self.heads * self.head_dim))
+        return self.merge_heads(o.squeeze(0))
+
+    def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
+        """Attention outputs o [h, N, d] -> output projection [N, H]."""
+        return self.out(o.transpose(0, 1).reshape(o.shape[1], self.heads * self.head_dim))
+
+
+def per_system_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: List[int]) -> torch.Tensor:
+    """Node attention within each system: q/k/v [h, N, d], atoms of system ``b`` are rows
+    ``bounds[b]:bounds[b + 1]`` -> [h, N, d]. Equals attention with a same-system mask, without the
+    [N, N] mask."""
+    parts: List[torch.Tensor] = []
+    for b in range(len(bounds) - 1):
+        lo, hi = bounds[b], bounds[b + 1]
+        qb, kb, vb = q[:, lo:hi].unsqueeze(0), k[:, lo:hi].unsqueeze(0), v[:, lo:hi].unsqueeze(0)
+        parts.append(F.scaled_dot_product_attention(qb, kb, vb).squeeze(0))
+    return torch.cat(parts, 1)

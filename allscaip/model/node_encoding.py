@@ -1,0 +1,267 @@
+"""Distance-aware node attention ("sinc_pairs"): a smooth pair bias with a finite range, O(N) memory.
+
+Node attention of block ``l``, head ``h`` adds to the logit between atoms ``i`` and ``j`` of one
+system the bias
+
+    b_lh(i, j) = sum over periodic images T with 0 < |r_ij + T| < R of g_lh(|r_ij + T|)
+    g_lh(r)    = s(r / R) * sum_f a_lhf * j0(f * pi * r / R),   f = 1..F
+
+with ``j0(x) = sin(x) / x`` and the C2 switch ``s(u) = 1 - 10u^3 + 15u^4 - 6u^5`` on [0, 1] (zero
+beyond). ``R`` is ``encoding_range``, ``F`` is ``encoding_freqs``, ``a`` the parameter
+``encoding_weights`` [layers, F, heads].
+
+The pairs within ``R`` (with their lattice shifts) come from the neighbour list of the local graph
+(:mod:`allscaip.neighbors`) called with cutoff ``R``; a pair enters or leaves it where ``g`` and its
+first two derivatives vanish, so energy and forces are continuous, and no minimum image is used
+anywhere. The content logits ``q_i . k_j / sqrt(d)`` stay dense over the system's atoms; the bias is
+sparse ([P, heads]) and scattered into them.
+
+Two evaluations of the same attention, equal to rounding:
+
+* :func:`dense_pair_bias_attention`: the whole ``[heads, n, n]`` logits of one system under
+  ordinary autograd (training with a force loss needs the double backward; small systems).
+* :class:`BlockedPairBiasAttention`: query blocks whose logits stay under a fixed number of
+  elements; the backward recomputes each block from ``q, k, v``, the pair bias and the output, so
+  nothing ``n x n`` is kept between forward and backward. Its backward is written with
+  differentiable torch operations, so a double backward through it is also correct.
+"""
+
+import math
+from typing import List, NamedTuple, Tuple
+
+import torch
+
+BLOCK_LOGITS_ELEMENTS = 1 << 24
+"""Largest logits block [heads, rows, n] of the blocked attention: 128 MiB in float64, so one block
+is cheap next to a large system's other buffers and yet holds thousands of query rows."""
+
+DENSE_LOGITS_ELEMENTS = 1 << 18
+"""Systems whose logits [heads, n, n] hold at most this many values (n = 256 at four heads) take the
+dense evaluation outside training too: one block either way, and no Python block loop."""
+
+ENCODING_ENGINES = "the eager model: the ASE calculator (AllScAIPCalculator) and OpenMM with the .ckpt"
+"""Where a model with a node encoding runs today (the exports and the LAMMPS plugin do not yet)."""
+
+
+def smooth_switch(u: torch.Tensor) -> torch.Tensor:
+    """``1 - 10u^3 + 15u^4 - 6u^5`` on [0, 1], 1 below and 0 above: value, first and second
+    derivative are continuous everywhere (zero at u = 1)."""
+    u = u.clamp(0.0, 1.0)
+    return 1.0 - u * u * u * (10.0 - 15.0 * u + 6.0 * u * u)
+
+
+def sinc_pair_basis(vec: torch.Tensor, encoding_range: float, num_freqs: int) -> torch.Tensor:
+    """Switched spherical Bessel functions ``s(r/R) j0(f pi r / R)``, f = 1..F, of pair vectors
+    ``vec`` [P, 3] -> [P, F]. ``torch.sinc(x) = sin(pi x) / (pi x)`` is j0 of ``pi x``."""
+    u = torch.sqrt((vec * vec).sum(-1)) / encoding_range
+    freqs = torch.arange(1, num_freqs + 1, dtype=vec.dtype, device=vec.device)
+    return smooth_switch(u).unsqueeze(1) * torch.sinc(u.unsqueeze(1) * freqs)
+
+
+def add_pair_bias(logits: torch.Tensor, pair_bias: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``logits`` [h, rows, n] plus the pair biases ``pair_bias`` [P, h] at flat positions
+    ``flat`` [P] (``row * n + column``); several images of one pair add up."""
+    h, rows, n = logits.shape
+    return logits.reshape(h, rows * n).index_add(1, flat, pair_bias.t()).view(h, rows, n)
+
+
+def dense_pair_bias_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pair_bias: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """Attention of one system with the whole logits materialised: q/k/v [h, n, d], pair bias [P, h]
+    between query ``rows`` [P] and key ``cols`` [P] (indices within the system) -> [h, n, d]."""
+    n = q.shape[1]
+    logits = torch.matmul(q, k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
+    logits = add_pair_bias(logits, pair_bias, rows * n + cols)
+    return torch.matmul(torch.softmax(logits, dim=-1), v)
+
+
+def block_rows_for(heads: int, n: int, block_elements: int) -> int:
+    """Query rows per block so that a block's logits [heads, rows, n] hold at most
+    ``block_elements`` values (at least one row)."""
+    return max(1, block_elements // max(1, heads * n))
+
+
+def _blocks(n: int, block_rows: int, rows: torch.Tensor) -> List[Tuple[int, int, int, int]]:
+    """(first row, end row, first pair, end pair) of each query block; ``rows`` sorted."""
+    starts = torch.arange(0, n + block_rows, block_rows, device=rows.device).clamp_max(n)
+    pair_ends = torch.searchsorted(rows, starts).tolist()
+    row_ends = starts.tolist()
+    return [
+        (row_ends[b], row_ends[b + 1], pair_ends[b], pair_ends[b + 1])
+        for b in range(len(row_ends) - 1)
+        if row_ends[b + 1] > row_ends[b]
+    ]
+
+
+def _block_probabilities(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    pair_bias: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    block: Tuple[int, int, int, int],
+) -> torch.Tensor:
+    """Attention probabilities [h, r1 - r0, n] of the query rows of ``block``. A block holds whole
+    rows, so its softmax is exact without a running normalisation."""
+    r0, r1, p0, p1 = block
+    n = k.shape[1]
+    logits = torch.matmul(q[:, r0:r1], k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
+    flat = (rows[p0:p1] - r0) * n + cols[p0:p1]
+    return torch.softmax(add_pair_bias(logits, pair_bias[p0:p1], flat), dim=-1)
+
+
+class BlockedPairBiasAttention(torch.autograd.Function):
+    """Pair-biased attention of one system in query blocks, recomputed in the backward.
+
+    Inputs as :func:`dense_pair_bias_attention`, with ``rows`` sorted ascending, plus
+    ``block_rows``. Saved for the backward: q, k, v, the pair bias and indices, and the output
+    (all O(n d + P)). The backward uses ``D_i = sum(dO_i * O_i)`` and returns dq, dk, dv and the
+    gradient of the pair bias [P, h] (read from the block's logit gradients at the pairs); the pair
+    bias itself is computed outside, under ordinary autograd, so its gradient reaches positions and
+    strain through the pair vectors.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, pair_bias, rows, cols, block_rows):  # type: ignore[override]
+        out = torch.empty(q.shape[:2] + v.shape[2:], dtype=v.dtype, device=v.device)
+        for block in _blocks(q.shape[1], block_rows, rows):
+            out[:, block[0] : block[1]] = torch.matmul(_block_probabilities(q, k, pair_bias, rows, cols, block), v)
+        ctx.save_for_backward(q, k, v, pair_bias, rows, cols, out)
+        ctx.block_rows = block_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, pair_bias, rows, cols, out = ctx.saved_tensors
+        n = k.shape[1]
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        row_dot = (grad_out * out).sum(-1)  # D_i [h, n]
+        dq_blocks, dbias_blocks = [], []
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        for block in _blocks(n, ctx.block_rows, rows):
+            r0, r1, p0, p1 = block
+            prob = _block_probabilities(q, k, pair_bias, rows, cols, block)
+            g = grad_out[:, r0:r1]
+            dv = dv + torch.matmul(prob.transpose(1, 2), g)
+            dlogits = prob * (torch.matmul(g, v.transpose(1, 2)) - row_dot[:, r0:r1].unsqueeze(-1))
+            dq_blocks.append(torch.matmul(dlogits, k) * scale)
+            dk = dk + torch.matmul(dlogits.transpose(1, 2), q[:, r0:r1]) * scale
+            flat = (rows[p0:p1] - r0) * n + cols[p0:p1]
+            dbias_blocks.append(dlogits.reshape(dlogits.shape[0], -1).index_select(1, flat).t())
+        dq = torch.cat(dq_blocks, 1) if dq_blocks else torch.zeros_like(q)
+        dbias = torch.cat(dbias_blocks, 0) if dbias_blocks else torch.zeros_like(pair_bias)
+        return dq, dk, dv, dbias, None, None, None
+
+
+def blocked_pair_bias_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pair_bias: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    block_elements: int = BLOCK_LOGITS_ELEMENTS,
+) -> torch.Tensor:
+    """:class:`BlockedPairBiasAttention` with blocks of at most ``block_elements`` logits; ``rows`` sorted."""
+    block_rows = block_rows_for(q.shape[0], q.shape[1], block_elements)
+    return BlockedPairBiasAttention.apply(q, k, v, pair_bias, rows, cols, block_rows)
+
+
+def system_bounds(system: torch.Tensor, num_systems: int) -> List[int]:
+    """First atom of each system and one past the last atom of the batch ([B + 1]); the atoms of
+    a system are contiguous (:class:`allscaip.data.batch.AtomsBatch`)."""
+    counts = torch.bincount(system, minlength=num_systems)
+    ends: List[int] = torch.cumsum(counts, 0).tolist()
+    return [0] + ends
+
+
+def sorted_pairs(pair_index: torch.Tensor, pair_shift: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Encoding pairs ``pair_index`` [2, P] (global atom indices) and lattice shifts [P, 3] in
+    ascending order of the query atom, which the per-system and per-block slices need."""
+    order = torch.argsort(pair_index[0], stable=True)
+    return pair_index[:, order], pair_shift[order]
+
+
+def refuse_node_encoding(node_encoding: str, what: str) -> None:
+    """A ValueError for the engines that do not run a node encoding yet (``what`` names the engine)."""
+    if node_encoding != "none":
+        raise ValueError(
+            f"{what} does not support models with node_encoding={node_encoding!r} yet; "
+            f"such a model runs in {ENCODING_ENGINES}"
+        )
+
+
+class EncodingPairs(NamedTuple):
+    """The encoding pairs of a batch, ready for every layer: ``basis`` [P, F] (see
+    :func:`sinc_pair_basis`), ``rows``/``cols`` [P] global query/key atoms in ascending ``rows``,
+    ``pair_bounds`` [B + 1] the first pair of each system (and P)."""
+
+    basis: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    pair_bounds: List[int]
+
+
+@torch.jit.unused
+def encoding_pair_inputs(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    system: torch.Tensor,
+    pair_index: torch.Tensor,
+    pair_shift: torch.Tensor,
+    bounds: List[int],
+    encoding_range: float,
+    num_freqs: int,
+) -> EncodingPairs:
+    """Pair vectors ``x_j - x_i + S @ cell`` (differentiable in positions and cell, so forces and the
+    strain derivative flow through them as through the local graph) and their basis.
+
+    This and :func:`encoded_attention` are eager only: TorchScript compiles them as "unused"
+    (raising), and the exports refuse a model with a node encoding (:func:`refuse_node_encoding`)."""
+    index, shift = sorted_pairs(pair_index, pair_shift)
+    rows, cols = index[0], index[1]
+    vec = positions[cols] - positions[rows] + torch.einsum("px,pxy->py", shift, cell[system[rows]])
+    pair_bounds = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
+    return EncodingPairs(sinc_pair_basis(vec, encoding_range, num_freqs), rows, cols, pair_bounds)
+
+
+def use_dense(path: str, training: bool, heads: int, n: int) -> bool:
+    """Dense (materialised) encoded attention for a system of ``n`` atoms? Yes while training with
+    gradients (the force loss needs the double backward, which the dense graph gives directly) and
+    for small systems; otherwise the blocked evaluation, whose memory is linear in ``n``. ``path``
+    "dense" or "blocked" forces one (tests, benchmarks); "auto" chooses."""
+    if path != "auto":
+        return path == "dense"
+    if training and torch.is_grad_enabled():
+        return True
+    return heads * n * n <= DENSE_LOGITS_ELEMENTS
+
+
+@torch.jit.unused
+def encoded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weights: torch.Tensor,
+    pairs: EncodingPairs,
+    bounds: List[int],
+    path: str,
+    training: bool,
+    block_elements: int,
+) -> torch.Tensor:
+    """Node attention of every system of a batch with its pair bias ``basis @ weights`` (``weights``
+    [F, heads] of one layer): q/k/v [h, N, d] -> [h, N, d]. ``path`` and ``training`` choose the
+    evaluation per system (:func:`use_dense`); blocks of at most ``block_elements`` logits."""
+    pair_bias = torch.matmul(pairs.basis, weights)  # [P, heads]
+    parts = []
+    for b in range(len(bounds) - 1):
+        lo, hi = bounds[b], bounds[b + 1]
+        p0, p1 = pairs.pair_bounds[b], pairs.pair_bounds[b + 1]
+        args = (q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], pair_bias[p0:p1], pairs.rows[p0:p1] - lo, pairs.cols[p0:p1] - lo)
+        if use_dense(path, training, q.shape[0], hi - lo):
+            parts.append(dense_pair_bias_attention(*args))
+        else:
+            parts.append(blocked_pair_bias_attention(*args, block_elements=block_elements))
+    return torch.cat(parts, 1)
