@@ -71,6 +71,7 @@ from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
 
 from allscaip.model import AllScAIP
 from allscaip.model.evaluate import UnknownElementError
+from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip.neighbors import whole_system_inputs
 from allscaip_export.metadata import dumps
 
@@ -177,6 +178,7 @@ def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | s
 
 def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """make_fx (energy + forces + virial) -> torch.export with dynamic atom and edge counts."""
+    refuse_node_encoding(model.cfg.node_encoding, "the AOTInductor export")
     dev = torch.device(device)
     model = copy.deepcopy(model).to(dev).eval()
     for p in model.parameters():
@@ -218,6 +220,7 @@ def export_aoti(
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {path}")
+    refuse_node_encoding(model.cfg.node_encoding, "the AOTInductor export")
     dev = torch.device(device)
     meta = dumps(metadata)
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from allscaip.model import AllScAIP
+from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip.neighbors import pad_neighbors
 from allscaip_export.metadata import INTERFACE_VERSION, dumps
 
@@ -140,7 +141,9 @@ class ExportedAllScAIP(nn.Module):
 
 
 def export_torchscript(model: AllScAIP, path: str | Path, metadata: Dict[str, Any]) -> Path:
-    """Script and save ``model`` with ``metadata.json`` as an extra file."""
+    """Script and save ``model`` with ``metadata.json`` as an extra file (not a model with a node
+    encoding: a ValueError naming the engines that run it)."""
+    refuse_node_encoding(model.cfg.node_encoding, "the TorchScript export")
     path = Path(path)
     meta = dumps(metadata)
     scripted = torch.jit.script(ExportedAllScAIP(model.eval(), meta))
