@@ -1,0 +1,233 @@
+"""Shared pieces of the LAMMPS tests: paths, structures, the Python reference, running `lmp`
+and reading what it writes (thermo tables, dumps)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from conftest import _random_rotation
+
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
+from allscaip_export.metadata import build_metadata
+from allscaip_export.torchscript import export_torchscript
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / ".venv"
+LMP = VENV / "bin" / "lmp"
+MPIRUN = VENV / "bin" / "mpirun"
+PLUGIN = REPO / "build" / "lammps_plugin" / "allscaipplugin.so"
+SPECORDER = ["H", "C", "N", "O"]
+Z_OF_TYPE = {1: 1, 2: 6, 3: 7, 4: 8}
+# LAMMPS force->nktv2p: pressure * volume -> energy
+NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
+EV_TO_KCAL = 23.060547830619026
+
+
+def _export(model, path: Path, **meta_overrides) -> Path:
+    return _export_as(model, path, "float64", **meta_overrides)
+
+
+def _export_as(model, path: Path, dtype: str, **meta_overrides) -> Path:
+    meta = build_metadata(model, dtype, "cpu", "torchscript")
+    meta.update(meta_overrides)
+    export_torchscript(model, path, meta)
+    return path
+
+
+def _mixed_system() -> Atoms:
+    """Eight small H/C/N/O molecules on a jittered grid in a periodic triclinic cell."""
+    rng = np.random.default_rng(7)
+    names = ["NH3", "CH4", "H2O", "HCN", "CH3OH", "CO2", "N2", "H2CO"]
+    spacing = 4.3
+    pos, nums = [], []
+    for k, name in enumerate(names):
+        m = molecule(name)
+        c = np.array([k // 4, (k // 2) % 2, k % 2]) * spacing + rng.normal(0, 0.15, 3) + 1.0
+        pos.append((m.positions - m.positions.mean(0)) @ _random_rotation(rng).T + c)
+        nums.append(m.numbers)
+    cell = np.eye(3) * 2 * spacing
+    cell[1, 0], cell[2, 0], cell[2, 1] = 0.5, -0.4, 0.3
+    atoms = Atoms(numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=cell, pbc=True)
+    atoms.wrap()
+    return atoms
+
+
+def _molecule_in_box() -> Atoms:
+    m = molecule("CH3CH2OH")
+    m.positions += 10.0 - m.positions.mean(0)
+    m.cell = np.eye(3) * 20.0
+    m.pbc = False
+    return m
+
+
+def _cluster_in_big_box() -> Atoms:
+    """Three water molecules near x = 3 Å of a 24 Å periodic box: with `processors 4 1 1`
+    the ranks of the slabs x > 12 Å own no atom."""
+    rng = np.random.default_rng(11)
+    w = molecule("H2O")
+    pos, nums = [], []
+    for c in ([2.0, 10.0, 10.0], [4.2, 11.0, 9.5], [3.0, 8.6, 11.4]):
+        pos.append((w.positions - w.positions.mean(0)) @ _random_rotation(rng).T + np.array(c))
+        nums.append(w.numbers)
+    return Atoms(
+        numbers=np.concatenate(nums), positions=np.concatenate(pos), cell=np.diag([24.0, 20.0, 20.0]), pbc=True
+    )
+
+
+def python_reference(model, atoms: Atoms) -> Dict[str, np.ndarray]:
+    out = compute_properties(model, atoms_to_batch([atoms]), stress=bool(atoms.pbc.all()))
+    ref = {"energy": float(out["energy"][0]), "forces": out["forces"].numpy(), "energies": out["energies"].numpy()}
+    if atoms.pbc.all():
+        w = -out["stress"][0].numpy() * atoms.get_volume()  # virial W = -dE/dstrain (eV)
+        ref["virial"] = np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
+    return ref
+
+
+# ------------------------------------------------------------------------------ running LAMMPS
+
+
+def run_lammps(
+    env: Dict[str, str],
+    workdir: Path,
+    script: str,
+    nprocs: int = 1,
+    plugin: str = "path",
+    timeout: float = 600,
+    expect_fail: bool = False,
+) -> str:
+    """Run `lmp` (under `mpirun -np N` when N > 1) on `script` in `workdir`; return stdout+stderr.
+
+    plugin="path": the plugin is auto-loaded from LAMMPS_PLUGIN_PATH (set by activate);
+    plugin="load": LAMMPS_PLUGIN_PATH is removed and the script starts with `plugin load`.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(env)
+    if plugin == "load":
+        env.pop("LAMMPS_PLUGIN_PATH", None)
+        script = f"plugin load {PLUGIN}\n" + script
+    (workdir / "in.lmp").write_text(script)
+    cmd = [str(LMP), "-in", "in.lmp", "-log", "log.lammps", "-nocite"]
+    if nprocs > 1:
+        cmd = [str(MPIRUN), "-np", str(nprocs)] + cmd
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # a deadlock in a collective shows up here
+        pytest.fail(f"lmp timed out after {timeout}s in {workdir}:\n{(e.stdout or '')[-3000:]}")
+    output = proc.stdout + proc.stderr
+    if expect_fail:
+        assert proc.returncode != 0, f"lmp should have failed in {workdir}:\n{output[-3000:]}"
+    else:
+        assert proc.returncode == 0, f"lmp failed (rc {proc.returncode}) in {workdir}:\n{output[-5000:]}"
+    return output
+
+
+def thermo_blocks(log: str) -> List[Dict[str, np.ndarray]]:
+    """Thermo tables of a LAMMPS log: one dict column -> values per run."""
+    blocks = []
+    lines = log.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].split()[:1] == ["Step"]:
+            header = lines[i].split()
+            rows = []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("Loop time"):
+                parts = lines[i].split()
+                if len(parts) == len(header):
+                    try:
+                        rows.append([float(p) for p in parts])
+                    except ValueError:
+                        pass
+                i += 1
+            arr = np.array(rows)
+            blocks.append({h: arr[:, k] for k, h in enumerate(header)})
+        i += 1
+    return blocks
+
+
+def read_dump(path: Path) -> Dict[str, np.ndarray]:
+    with open(path) as f:
+        lines = f.readlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
+    cols = lines[start].split()[2:]
+    data = np.loadtxt(lines[start + 1 :], ndmin=2)
+    return {c: data[:, k] for k, c in enumerate(cols)}
+
+
+def lammps_input(
+    data: Path,
+    model: Path,
+    elements: str = "H C N O",
+    units: str = "metal",
+    boundary: str = "p p p",
+    processors: Optional[str] = None,
+    md_steps: int = 0,
+    per_atom_virial: bool = True,
+    pair_style: str = "allscaip",
+    newton: str = "on",
+    extra: str = "",
+) -> str:
+    """Single point (thermo + dump of forces/per-atom energy/virial), then optional NVE MD."""
+    sa_cols = " ".join(f"c_sa[{k}]" for k in range(1, 7)) if per_atom_virial else ""
+    lines = [
+        f"units {units}",
+        "atom_style atomic",
+        f"boundary {boundary}",
+        f"newton {newton}",
+        f"processors {processors}" if processors else "",
+        f"read_data {data}",
+        f"pair_style {pair_style}",
+        f"pair_coeff * * {model} {elements}",
+        "neighbor 1.0 bin",
+        extra,
+        "compute pe all pe/atom",
+        "compute sa all stress/atom NULL virial" if per_atom_virial else "",
+        "compute press all pressure NULL virial",
+        "thermo_style custom step pe c_press[1] c_press[2] c_press[3] c_press[4] c_press[5] c_press[6] vol atoms",
+        "thermo_modify format float %.17g",
+        f"dump sp all custom 1 sp.dump id type x y z fx fy fz c_pe {sa_cols}",
+        "dump_modify sp sort id format float %.17g",
+        "run 0",
+        "undump sp",
+    ]
+    if md_steps:
+        lines += [
+            "velocity all create 300 4928459 loop geom mom yes",
+            "timestep 0.0005",
+            "fix md all nve",
+            "thermo 50",
+            f"run {md_steps}",
+            "write_dump all custom md.dump id xu yu zu vx vy vz modify sort id format float %.17g",
+        ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def single_point(log: str, workdir: Path, units: str = "metal") -> Dict[str, np.ndarray]:
+    th = thermo_blocks(log)[0]
+    vol = th["Volume"][0]
+    press = np.array([th[f"c_press[{k}]"][0] for k in range(1, 7)])
+    dump = read_dump(workdir / "sp.dump")
+    out = {
+        "energy": th["PotEng"][0],
+        "virial": press * vol / NKTV2P[units],
+        "forces": np.stack([dump["fx"], dump["fy"], dump["fz"]], 1),
+        "energies": dump["c_pe"],
+        "natoms": int(th["Atoms"][0]),
+    }
+    if "c_sa[1]" in dump:
+        out["atom_virial"] = -np.stack([dump[f"c_sa[{k}]"] for k in range(1, 7)], 1) / NKTV2P[units]
+    return out
+
+
+def assert_rel(actual, expected, rtol, what):
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    scale = max(np.abs(expected).max(), 1e-12)
+    err = np.abs(actual - expected).max()
+    assert err <= rtol * scale, f"{what}: max deviation {err:.3e} > {rtol:.0e} x {scale:.3e}"
