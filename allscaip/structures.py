@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.build import molecule
 
 from allscaip.geometry import random_rotation
-from allscaip.units import AVOGADRO, CM3_PER_A3
+from allscaip.units import volume_A3_at_density
 
 WATER_MOLAR_MASS_G = 18.01528  # g/mol, IUPAC standard atomic weights (O 15.999, H 1.008)
 DEFAULT_JITTER_A = 0.1  # Å, standard deviation of each molecule's displacement off its grid site
@@ -53,7 +53,7 @@ def water_box(
     rng = np.random.default_rng(seed) if rng is None else rng
     g = int(math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9))
     if spacing is None:
-        volume_A3 = n_molecules * WATER_MOLAR_MASS_G / (density_g_cm3 * AVOGADRO) / CM3_PER_A3
+        volume_A3 = volume_A3_at_density(n_molecules * WATER_MOLAR_MASS_G, density_g_cm3)
         spacing = volume_A3 ** (1.0 / 3.0) / g
     sites = np.array([(i, j, k) for i in range(g) for j in range(g) for k in range(g)], dtype=float)
     if n_molecules < len(sites):

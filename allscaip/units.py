@@ -40,3 +40,9 @@ def mass_density_g_cm3(mass_amu: float, volume_A3: float) -> float:
     ASE's masses.
     """
     return float(mass_amu) / AVOGADRO / (float(volume_A3) * CM3_PER_A3)
+
+
+def volume_A3_at_density(mass_amu: float, density_g_cm3: float) -> float:
+    """The volume (Å³) that ``mass_amu`` fills at ``density_g_cm3``: the inverse of
+    :func:`mass_density_g_cm3`."""
+    return float(mass_amu) / AVOGADRO / float(density_g_cm3) / CM3_PER_A3

@@ -35,7 +35,7 @@ from ase.neighborlist import natural_cutoffs, neighbor_list
 
 from allscaip.calculator import AllScAIPCalculator
 from allscaip.geometry import random_rotation
-from allscaip.units import AVOGADRO, mass_density_g_cm3
+from allscaip.units import mass_density_g_cm3, volume_A3_at_density
 from allscaip.workflows.liquid import experimental
 
 FILE_SUFFIXES = (".pdb", ".xyz", ".extxyz", ".sdf", ".mol", ".mol2", ".cif", ".traj", ".json", ".gro")
@@ -243,15 +243,13 @@ def check_elements(mol: Molecule, allowed: Sequence[int], what: str) -> None:
 
 def box_edge(n_molecules: int, molar_mass: float, density_g_cm3: float) -> float:
     """Å: edge of a cubic box holding ``n_molecules`` of ``molar_mass`` g/mol at the density."""
-    volume_cm3 = n_molecules * molar_mass / (density_g_cm3 * AVOGADRO)
-    return volume_cm3 ** (1.0 / 3.0) * 1e8
+    return volume_A3_at_density(n_molecules * molar_mass, density_g_cm3) ** (1.0 / 3.0)
 
 
 def min_molecules(cutoff: float, molar_mass: float, density_g_cm3: float, margin: float = 1.0) -> int:
     """Smallest number of molecules whose box edge exceeds ``2 * cutoff + margin`` Å."""
     edge = 2.0 * cutoff + margin
-    volume_cm3 = (edge * 1e-8) ** 3
-    return int(math.ceil(volume_cm3 * density_g_cm3 * AVOGADRO / molar_mass))
+    return int(math.ceil(edge**3 / volume_A3_at_density(molar_mass, density_g_cm3)))
 
 
 def check_box(n_molecules: int, mol: Molecule, density_g_cm3: float, cutoff: float, what: str) -> float:

@@ -59,9 +59,7 @@ from ase import Atoms
 from allscaip.geometry import random_rotation
 from allscaip.reproducible import seed_for
 from allscaip.structures import water_box
-from allscaip.units import ANGSTROM_PER_NM, AVOGADRO
-
-NM_PER_CM = 1e7
+from allscaip.units import ANGSTROM_PER_NM, volume_A3_at_density
 
 FORCE_FIELD_FILE = "tip3p.xml"
 CUTOFF_NM = 0.45
@@ -91,8 +89,7 @@ def water_molar_mass() -> float:
 
 def box_length_nm(n_molecules: int, density_g_cm3: float) -> float:
     """Edge of a cubic box holding ``n_molecules`` waters at the given mass density."""
-    volume_cm3 = n_molecules * water_molar_mass() / (density_g_cm3 * AVOGADRO)
-    return (volume_cm3 ** (1.0 / 3.0)) * NM_PER_CM
+    return volume_A3_at_density(n_molecules * water_molar_mass(), density_g_cm3) ** (1.0 / 3.0) / ANGSTROM_PER_NM
 
 
 def water_topology(n_molecules: int, box_nm: Optional[float]) -> app.Topology:
