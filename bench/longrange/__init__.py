@@ -1,0 +1,1 @@
+"""Moved: the long-range study is a workflow, :mod:`allscaip.workflows.longrange`."""
