@@ -100,14 +100,24 @@ class ModelConfig:
         return self.hidden // self.heads
 
 
+# Named sizes. "sm" and "md" are fairchem's published AllScAIP configurations, named after what
+# they switch on: sm_NeAnNoSi has the angular encoding of neighbour attention (our Legendre
+# encoding) and the sinc encoding of node attention (our smooth, finite-range sinc_pairs) on;
+# md_NeNo, the configuration of the OMol25 checkpoints, has both off. "lr" is ours: the small
+# size with both encodings on, for liquids and electrolytes, where physics beyond the local
+# receptive field needs distance-aware node attention (docs/longrange.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden=64, layers=2, heads=4),
     "small": dict(hidden=128, layers=3, heads=4),
-    "sm": dict(hidden=512, layers=6, heads=8, max_neighbors=30, legendre=False, distance_bias=False),
-    "md": dict(hidden=640, layers=10, heads=10, max_neighbors=30, legendre=False, distance_bias=False),
+    "lr": dict(hidden=128, layers=3, heads=4, legendre=True, node_encoding="sinc_pairs", encoding_range=12.0),
+    "sm": dict(hidden=512, layers=6, heads=8, max_neighbors=30, legendre=True, node_encoding="sinc_pairs"),
+    "md": dict(hidden=640, layers=10, heads=10, max_neighbors=30, legendre=False, node_encoding="none"),
 }
+PRESETS["sm_NeAnNoSi"] = PRESETS["sm"]  # fairchem's names for the same configurations
+PRESETS["md_NeNo"] = PRESETS["md"]
 
 
 def model_config(preset: str | None = None, **overrides: Any) -> ModelConfig:
-    """A :class:`ModelConfig` from a named preset (``tiny``, ``small``, ``sm``, ``md``) plus overrides."""
+    """A :class:`ModelConfig` from a named preset (``tiny``, ``small``, ``lr``, ``sm`` or
+    ``sm_NeAnNoSi``, ``md`` or ``md_NeNo``) plus overrides."""
     return from_dict(ModelConfig, {**preset_values(PRESETS, preset, "model.preset"), **overrides}, "model")

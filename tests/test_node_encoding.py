@@ -22,6 +22,7 @@ from allscaip.config import ConfigError, model_config
 from allscaip.data import atoms_to_batch
 from allscaip.model import AllScAIP, compute_properties
 from allscaip.neighbors import encoding_pairs
+from allscaip.train.config import load_config
 from allscaip_export import cli
 from allscaip_export.aoti import export_aoti
 from allscaip_export.torchscript import export_torchscript
@@ -324,3 +325,26 @@ def test_export_refuses_the_encoding(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "node_encoding='sinc_pairs'" in message and "OpenMM" in message
     assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "preset, legendre, encoding",
+    [
+        ("sm", True, "sinc_pairs"),
+        ("sm_NeAnNoSi", True, "sinc_pairs"),
+        ("md", False, "none"),
+        ("md_NeNo", False, "none"),
+    ],
+)
+def test_presets_name_the_published_configurations(preset, legendre, encoding):
+    """fairchem's sm_NeAnNoSi has the angular and the sinc encodings on, md_NeNo both off."""
+    cfg = model_config(preset, elements=[1, 8])
+    assert (cfg.legendre, cfg.node_encoding, cfg.distance_bias) == (legendre, encoding, False)
+    assert (cfg.hidden, cfg.layers) == ((512, 6) if preset.startswith("sm") else (640, 10))
+
+
+def test_long_range_preset_trains_from_a_config(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {preset: lr}\ndata: {train: t.extxyz}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.model_preset == "lr"
+    assert (cfg.model.hidden, cfg.model.legendre, cfg.model.node_encoding) == (128, True, "sinc_pairs")
