@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip_export.metadata import dumps
 from allscaip_export.torchscript import ExportedAllScAIP, load_torchscript
 from allscaip_openmm.forces import (
@@ -203,6 +204,7 @@ def _scripted_model(model_path: str | os.PathLike, device: str, dtype: Optional[
     if loaded.kind == "torchscript":
         module, _ = load_torchscript(loaded.path, device=str(loaded.device))  # own copy
     elif loaded.kind == "checkpoint":
+        refuse_node_encoding(loaded.eager.cfg.node_encoding, "a TorchForce module")
         module = torch.jit.script(ExportedAllScAIP(loaded.eager.eval(), dumps(loaded.metadata)))
     else:
         raise ValueError(
