@@ -186,7 +186,7 @@ def test_charge_pairs_differ_only_through_the_charge_input():
 
 
 @pytest.mark.slow
-def test_runner_trains_both_variants_briefly(tmp_path):
+def test_runner_trains_every_variant_briefly(tmp_path):
     """allscaip/workflows/longrange/run.py --small: tiny data, 1 epoch of each variant, evaluation, JSON, plots."""
 
     out = tmp_path / "lr"
@@ -195,14 +195,17 @@ def test_runner_trains_both_variants_briefly(tmp_path):
         == 0
     )
     for s in ("dimers", "boxes"):
-        for v in ("attention", "local"):
+        for v in ("attention", "local", "sinc_pairs"):
             assert (out / s / v / "last.ckpt").is_file() and (out / s / v / "metrics.csv").is_file()
     res = json.loads((tmp_path / "r.json").read_text())
-    assert set(res["dimers"]["variants"]) == set(res["boxes"]["variants"]) == {"attention", "local"}
+    assert set(res["dimers"]["variants"]) == set(res["boxes"]["variants"]) == {"attention", "local", "sinc_pairs"}
     cfg = {
         v: torch.load(out / "dimers" / v / "last.ckpt", weights_only=True)["model_config"]
-        for v in ("attention", "local")
+        for v in ("attention", "local", "sinc_pairs")
     }
+    smooth = cfg["sinc_pairs"]
+    assert smooth["node_attention"] and not smooth["distance_bias"] and smooth["node_encoding"] == "sinc_pairs"
+    assert smooth["encoding_range"] == run.SINC_PAIRS_RANGE_A
     assert cfg["attention"]["node_attention"] and not cfg["local"]["node_attention"]
     assert {k: x for k, x in cfg["attention"].items() if k != "node_attention"} == {
         k: x for k, x in cfg["local"].items() if k != "node_attention"

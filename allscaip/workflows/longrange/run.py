@@ -42,7 +42,18 @@ from allscaip.workflows.longrange.generate import Sizes, generate
 
 REPO = Path(__file__).resolve().parents[3]  # the source tree (allscaip/workflows/longrange/run.py)
 CONFIGS = Path(__file__).resolve().parent / "train_configs"
-VARIANTS = {"attention": "true", "local": "false"}
+SINC_PAIRS_RANGE_A = 16.0  # the smooth encoding's range: past the longest dimer separation (15 Å)
+# each variant is the shared config (train_configs/SET.yaml) plus these overrides
+VARIANTS = {
+    "attention": ["model.node_attention=true"],  # the legacy minimum-image sinc bias of the configs
+    "local": ["model.node_attention=false"],
+    "sinc_pairs": [
+        "model.node_attention=true",
+        "model.distance_bias=false",
+        "model.node_encoding=sinc_pairs",
+        f"model.encoding_range={SINC_PAIRS_RANGE_A}",
+    ],
+}
 SETS = ("dimers", "boxes")
 
 
@@ -67,7 +78,7 @@ def train(
         str(CONFIGS / f"{set_name}.yaml"),
         f"data.train=[{data / set_name / 'train.extxyz'}]",
         f"data.val=[{data / set_name / 'val.extxyz'}]",
-        f"model.node_attention={VARIANTS[variant]}",
+        *VARIANTS[variant],
         f"optim.epochs={epochs}",
         f"optim.seed={seed}",
         f"run.threads={threads}",
@@ -261,7 +272,8 @@ def print_tables(results: dict) -> None:
         print(
             f"  {'subset':44s} {'variant':10s} {'frames':>6s} {'E MAE meV':>10s} {'meV/atom':>9s} {'F MAE meV/Å':>12s} {'<|F|>':>7s}"
         )
-        for key in dm["variants"]["attention"]["mae"]:
+        first = next(iter(dm["variants"]))
+        for key in dm["variants"][first]["mae"]:
             for v in dm["variants"]:
                 m = dm["variants"][v]["mae"][key]
                 print(
@@ -274,8 +286,8 @@ def print_tables(results: dict) -> None:
             f"  {'region/kind':36s} {'frames':>6s} {'<|tail|> meV':>12s} "
             + " ".join(f"{v + ' err (frac)':>22s}" for v in dm["variants"])
         )
-        for key in dm["variants"]["attention"]["tail"]:
-            t = dm["variants"]["attention"]["tail"][key]
+        for key in dm["variants"][first]["tail"]:
+            t = dm["variants"][first]["tail"][key]
             cells = " ".join(
                 f"{dm['variants'][v]['tail'][key]['mean_abs_error_meV']:12.1f} ({dm['variants'][v]['tail'][key]['fraction']:5.2f})  "
                 for v in dm["variants"]
@@ -298,15 +310,18 @@ def print_tables(results: dict) -> None:
         print(
             f"  {'box':>14s} {'ions':>5s} {'set':13s} "
             + " ".join(f"{v + ' E/F':>22s}" for v in bx["variants"])
-            + f" {'F ratio loc/att':>16s}"
+            + "".join(f" {'F loc/' + v:>18s}" for v in bx["variants"] if v != "local")
         )
         for b, info in bx["sizes"].items():
             cells = " ".join(
                 f"{bx['variants'][v][b]['energy_mae_meV_atom']:8.1f} {bx['variants'][v][b]['force_mae_meV_A']:13.1f}"
                 for v in bx["variants"]
             )
-            ratio = bx["variants"]["local"][b]["force_mae_meV_A"] / bx["variants"]["attention"][b]["force_mae_meV_A"]
-            print(f"  {'L = ' + b + ' Å':>14s} {info['ions']:5d} {info['set']:13s} {cells} {ratio:16.2f}")
+            local = bx["variants"].get("local", {}).get(b, {}).get("force_mae_meV_A", float("nan"))
+            ratios = "".join(
+                f" {local / bx['variants'][v][b]['force_mae_meV_A']:18.2f}" for v in bx["variants"] if v != "local"
+            )
+            print(f"  {'L = ' + b + ' Å':>14s} {info['ions']:5d} {info['set']:13s} {cells}{ratios}")
         print("  (E in meV/atom, F in meV/Å)")
 
 
@@ -319,8 +334,12 @@ def make_plots(results: dict, img_dir: Path) -> List[str]:
 
     img_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    colors = {"attention": "tab:blue", "local": "tab:orange"}
-    labels = {"attention": "node attention", "local": "local only"}
+    colors = {"attention": "tab:blue", "local": "tab:orange", "sinc_pairs": "tab:green"}
+    labels = {
+        "attention": "node attention, minimum-image bias",
+        "local": "local only",
+        "sinc_pairs": "node attention, sinc_pairs",
+    }
     dm = results.get("dimers")
     if dm:
         sc = dm["scan"]
@@ -397,7 +416,7 @@ def make_plots(results: dict, img_dir: Path) -> List[str]:
         for v in bx["variants"]:
             y = [bx["variants"][v][s]["force_mae_meV_A"] for s in sizes]
             ax.plot(x, y, "o-", color=colors[v], label=labels[v])
-        y0 = [bx["variants"]["attention"][s]["force_mean_abs_meV_A"] for s in sizes]
+        y0 = [next(iter(bx["variants"].values()))[s]["force_mean_abs_meV_A"] for s in sizes]
         ax.plot(x, y0, "k:", label="mean |F| (zero model)")
         for s in sizes:
             if bx["sizes"][s]["set"] == "trained_size":
@@ -450,7 +469,10 @@ def _git_state() -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="AllScAIP long-range benchmark (node attention vs local only).")
+    p = argparse.ArgumentParser(
+        description="AllScAIP long-range benchmark: node attention with the legacy minimum-image bias, with the "
+        "smooth sinc_pairs encoding, and the local-only ablation."
+    )
     p.add_argument("--out", default="runs/longrange", help="data, checkpoints and logs")
     p.add_argument("--seed", type=int, default=0, help="data and training seed")
     p.add_argument("--epochs-dimers", type=int, default=100)
@@ -461,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=str(REPO / "bench/results/longrange.json"), help="results file ('' to skip)")
     p.add_argument("--img-dir", default=str(REPO / "docs/img"), help="plots ('' to skip)")
     p.add_argument("--small", action="store_true", help="tiny data and 1 epoch (smoke test)")
-    p.add_argument("--train-override", action="append", default=[], help="extra section.key=value for both variants")
+    p.add_argument("--train-override", action="append", default=[], help="extra section.key=value for every variant")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -503,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs = {"dimers": args.epochs_dimers, "boxes": args.epochs_boxes}
     for set_name in args.sets:
         results["training"][set_name] = {}
-        for variant in VARIANTS:
+        for variant in args.variants:
             if args.skip_train:
                 metrics = out / set_name / variant / "metrics.csv"
                 results["training"][set_name][variant] = dict(
@@ -515,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["training"][set_name][variant] = train(
                     set_name, variant, data, out, epochs[set_name], args.seed, args.train_override, args.threads
                 )
-        models = {v: load_model(out / set_name / v / "last.ckpt", dtype=torch.float64) for v in VARIANTS}
+        models = {v: load_model(out / set_name / v / "last.ckpt", dtype=torch.float64) for v in args.variants}
         for v, model in models.items():
             results["training"][set_name][v]["model_config"] = dataclasses.asdict(model.cfg)
         if set_name == "dimers":
