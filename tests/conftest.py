@@ -8,7 +8,9 @@ import torch
 from ase import Atoms
 
 from allscaip import structures
+from allscaip.data import atoms_to_batch
 from allscaip.geometry import random_rotation as _random_rotation  # noqa: F401 (tests import it from here)
+from allscaip.model import compute_properties
 
 
 def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: bool = False) -> Atoms:
@@ -75,3 +77,25 @@ def aoti_package(export_checkpoint):
 
     assert cli.main([str(export_checkpoint), "--format", "aoti"]) == 0
     return export_checkpoint.with_suffix(".pt2")
+
+
+def model_energy(model, atoms) -> float:
+    """Energy (eV) of one structure by the eager model (no forces)."""
+    return compute_properties(model, atoms_to_batch([atoms]), forces=False)["energy"].item()
+
+
+def strain_fd_stress(model, atoms, h: float = 1e-6) -> np.ndarray:
+    """[3, 3] stress (eV/Å³) by central finite differences of the energy under the strain
+    cell -> cell (1 + eps), atoms scaled with the cell: (1/V) dE/d eps_ab."""
+    fd = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = h
+            vals = []
+            for sgn in (1, -1):
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + sgn * eps), scale_atoms=True)
+                vals.append(model_energy(model, strained))
+            fd[a, b] = (vals[0] - vals[1]) / (2 * h) / atoms.get_volume()
+    return fd

@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-from conftest import small_model, water_box
+from conftest import small_model, strain_fd_stress, water_box
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from allscaip import structures
@@ -124,18 +124,7 @@ def test_stress_is_the_strain_derivative():
     model = encoding_model()
     atoms = crossing_atoms(0.2, np.array([0.0, 0.0, 1.0]))
     out = compute_properties(model, atoms_to_batch([atoms]), stress=True)
-    h, vol = 1e-6, atoms.get_volume()
-    fd = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(3):
-            eps = np.zeros((3, 3))
-            eps[a, b] = h
-            vals = []
-            for sgn in (1, -1):
-                at = atoms.copy()
-                at.set_cell(atoms.cell.array @ (np.eye(3) + sgn * eps), scale_atoms=True)
-                vals.append(energy(model, at))
-            fd[a, b] = (vals[0] - vals[1]) / (2 * h) / vol
+    fd = strain_fd_stress(model, atoms, h=1e-6)
     assert np.abs(fd - out["stress"][0].numpy()).max() < 1e-8
     unbiased = compute_properties(encoding_model(boost=0.0), atoms_to_batch([atoms]), stress=True)
     assert np.abs(unbiased["stress"][0].numpy() - fd).max() > 1e-5  # the encoding's share is visible
