@@ -215,6 +215,8 @@ class AllScAIPComputation:
         dev, dt = self.model.device, self.model.dtype
         self.periodic: bool = s["periodic"]
         self.cutoff = self.model.cutoff
+        # a node-encoding model (metadata encoding_range > 0) also takes its pairs within this range
+        self.encoding_range = float(self.model.metadata.get("encoding_range", 0.0))
         self.n_atoms = len(s["atomic_numbers"])
         self._numbers = torch.tensor(s["atomic_numbers"], dtype=torch.long, device=dev)
         self._pbc_np = np.array([self.periodic] * 3, dtype=bool)
@@ -249,9 +251,13 @@ class AllScAIPComputation:
         cell_t = torch.from_numpy(cell_a).to(device=dev, dtype=dt) if self.periodic else self._zero_cell
         edge_index = torch.from_numpy(np.stack((i, j))).to(dev)
         shifts = torch.from_numpy(s).to(device=dev, dtype=dt)
-        energy, forces, _, _ = self.model.module(
-            pos_t, self._numbers, cell_t, self._pbc, edge_index, shifts, self._charge, self._spin
-        )
+        args = [pos_t, self._numbers, cell_t, self._pbc, edge_index, shifts, self._charge, self._spin]
+        if self.encoding_range > 0.0:
+            pi, pj, ps = system_neighbor_pairs(pos_a, cell_a, self._pbc_np, self.encoding_range)
+            keep = (pi != pj) | (ps != 0).any(1)  # no self pair of zero shift
+            args.append(torch.from_numpy(np.stack((pi[keep], pj[keep]))).to(dev))
+            args.append(torch.from_numpy(ps[keep]).to(device=dev, dtype=dt))
+        energy, forces, _, _ = self.model.module(*args)
         f = forces.detach()
         if not self._on_cpu:
             f = f.cpu()

@@ -115,11 +115,14 @@ class _AllScAIPTorchForceBase(nn.Module):
         spin: int,
         cutoff: float,
         dtype: torch.dtype,
+        encoding_range: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.periodic: bool = bool(periodic)
         self.cutoff: float = float(cutoff)
+        # a node-encoding model (metadata encoding_range > 0) also takes its pairs within this range
+        self.encoding_range: float = float(encoding_range)
         self.n_particles: int = int(n_particles)
         self.subset: bool = indices is not None
         self.ev_to_kj_per_mol: float = float(EV_TO_KJ_PER_MOL)
@@ -157,9 +160,25 @@ class _AllScAIPTorchForceBase(nn.Module):
             edge_index, shifts = neighbor_pairs(x, cell, self.periodic, self.cutoff)
             x_model = x.clone()  # the model differentiates with respect to its own copy
             x_const = x.clone()
-        energy, forces, _virial, _energies = self.model(
-            x_model, self.numbers, cell, self.pbc, edge_index, shifts, self.charge, self.spin
-        )
+        if self.encoding_range > 0.0:
+            with torch.no_grad():  # neighbor_pairs leaves out the self pairs of zero shift already
+                pair_index, pair_shifts = neighbor_pairs(x, cell, self.periodic, self.encoding_range)
+            energy, forces, _virial, _energies = self.model(
+                x_model,
+                self.numbers,
+                cell,
+                self.pbc,
+                edge_index,
+                shifts,
+                self.charge,
+                self.spin,
+                pair_index,
+                pair_shifts,
+            )
+        else:  # the eight-input call of every export (also those made before the node encoding)
+            energy, forces, _virial, _energies = self.model(
+                x_model, self.numbers, cell, self.pbc, edge_index, shifts, self.charge, self.spin
+            )
         with torch.no_grad():
             energy = energy.clone()
             forces = forces.clone()
@@ -249,7 +268,10 @@ def build_torchforce_module(
     check_elements(numbers, loaded)
     check_charge_spin(loaded, charge, spin)
     cls = AllScAIPTorchForceWithForces if outputs_forces else AllScAIPTorchForceEnergy
-    wrapper = cls(module, numbers, indices, n_particles, periodic, charge, spin, loaded.cutoff, loaded.dtype)
+    encoding_range = float(loaded.metadata.get("encoding_range", 0.0))
+    wrapper = cls(
+        module, numbers, indices, n_particles, periodic, charge, spin, loaded.cutoff, loaded.dtype, encoding_range
+    )
     scripted = torch.jit.script(wrapper.to(loaded.device).eval())
     info = {
         "torchforce_format_version": TORCHFORCE_FORMAT_VERSION,

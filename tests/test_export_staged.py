@@ -9,6 +9,7 @@ import torch
 from ase.build import molecule
 from conftest import small_model, water_box
 
+from allscaip.calculator import AllScAIPCalculator
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
 from allscaip.neighbors import (
@@ -104,10 +105,16 @@ def eager_whole_system(model, atoms):
 
 
 @pytest.fixture(scope="module")
-def encoded_export(tmp_path_factory):
+def encoded_file(tmp_path_factory):
     model = encoding_model()
     path = tmp_path_factory.mktemp("export_encoding") / "model.pt"
     export_torchscript(model, path, build_metadata(model, "float64", "cpu", "torchscript"))
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def encoded_export(encoded_file):
+    model, path = encoded_file
     module, meta = load_torchscript(path)
     return model, module, meta
 
@@ -187,3 +194,14 @@ def eager_without_encoding(model, atoms):
     finally:
         with torch.no_grad():
             model.encoding_weights.copy_(weights)
+
+
+def test_ase_calculator_runs_the_encoding_export(encoded_file):
+    """AllScAIPCalculator on the .pt passes the encoding pairs (metadata encoding_range)."""
+    model, path = encoded_file
+    atoms = encoding_systems()["triclinic"]
+    atoms.calc = AllScAIPCalculator(path)
+    ref = compute_properties(model, atoms_to_batch([atoms]), stress=True)
+    assert abs(atoms.get_potential_energy() - ref["energy"].item()) <= 1e-10 * abs(ref["energy"].item())
+    np.testing.assert_allclose(atoms.get_forces(), ref["forces"].numpy(), atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(voigt=False), ref["stress"][0].numpy(), atol=1e-10)
