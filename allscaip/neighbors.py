@@ -11,7 +11,7 @@ model itself reads the padded per-centre layout (:func:`pad_neighbors`).
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,20 @@ WholeSystemInputs = Tuple[
 ]
 """(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin): the arguments of the
 exported whole-system call, in its order (allscaip_export.metadata.WHOLE_SYSTEM_INPUTS)."""
+
+EncodedWholeSystemInputs = Tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]
+""":data:`WholeSystemInputs` followed by the node encoding's ``encoding_index`` and ``encoding_shifts``."""
 
 
 def system_neighbor_pairs(
@@ -60,6 +74,16 @@ def batch_neighbor_pairs(batch: AtomsBatch, cutoff: float) -> Tuple[torch.Tensor
         torch.from_numpy(np.concatenate(cj)).to(dev),
         torch.from_numpy(np.concatenate(cs).reshape(-1, 3)).to(dev),
     )
+
+
+def system_encoding_pairs(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, encoding_range: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The node encoding's pairs of one system, :func:`system_neighbor_pairs` within
+    ``encoding_range`` without the self pairs of zero shift: (i, j, integer cell shift)."""
+    i, j, s = system_neighbor_pairs(positions, cell, pbc, encoding_range)
+    keep = (i != j) | (s != 0).any(1)
+    return i[keep], j[keep], s[keep].reshape(-1, 3)
 
 
 def encoding_pairs(batch: AtomsBatch, encoding_range: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +123,27 @@ def pad_neighbors(
 
 
 def whole_system_inputs(
+    atoms: Atoms, cutoff: float, dtype: torch.dtype, device: torch.device | str, encoding_range: float = 0.0
+) -> Union[WholeSystemInputs, EncodedWholeSystemInputs]:
+    """The exported whole-system call's arguments for ``atoms``: full neighbour list within
+    ``cutoff``, charge and spin multiplicity from ``atoms.info`` (defaults 0 and 1). With
+    ``encoding_range`` > 0 (a model with a node encoding, metadata ``encoding_range``) two more: the
+    encoding pairs within it (``encoding_index`` [2, P], ``encoding_shifts`` [P, 3]), self pairs of
+    zero shift left out as in :func:`encoding_pairs`."""
+    inputs = _whole_system_inputs(atoms, cutoff, dtype, device)
+    if encoding_range <= 0.0:
+        return inputs
+    i, j, s = system_encoding_pairs(atoms.positions, atoms.cell.array, atoms.pbc, encoding_range)
+    return inputs + (
+        torch.tensor(np.stack([i, j]), dtype=torch.long, device=device),
+        torch.tensor(s, dtype=dtype, device=device),
+    )
+
+
+def _whole_system_inputs(
     atoms: Atoms, cutoff: float, dtype: torch.dtype, device: torch.device | str
 ) -> WholeSystemInputs:
-    """The exported whole-system call's arguments for ``atoms``: full neighbour list within
-    ``cutoff``, charge and spin multiplicity from ``atoms.info`` (defaults 0 and 1)."""
+    """The eight arguments every exported whole-system call takes (see :func:`whole_system_inputs`)."""
     i, j, s = system_neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
     return (
         torch.tensor(atoms.positions, dtype=dtype, device=device),

@@ -139,7 +139,9 @@ def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = Fal
     kind = "relative" if dtype_name == "float32" else "absolute"
     ok = True
     for name, atoms in test_structures(list(metadata["atomic_numbers"])):
-        args = whole_system_inputs(atoms, float(metadata["cutoff"]), dtype, device)
+        args = whole_system_inputs(
+            atoms, float(metadata["cutoff"]), dtype, device, float(metadata.get("encoding_range", 0.0))
+        )
         out = call(*args)
         ref = eager_reference(model, atoms, dtype, device)
         res = compare(out, ref, dtype_name)
@@ -205,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{ckpt}: cannot rebuild the model from the checkpoint: {first}") from None
     try:
-        refuse_node_encoding(model.cfg.node_encoding, "allscaip-export")
+        if args.format == "aoti":
+            refuse_node_encoding(model.cfg.node_encoding, "allscaip-export --format aoti")
     except ValueError as err:
         raise UsageError(f"{ckpt}: {err}") from None
     sha = checkpoint_hash(ckpt)

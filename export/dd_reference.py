@@ -15,11 +15,19 @@ per rank r (owned atoms first, then ghosts = periodic images within one cutoff):
       h = dd_global_finish(l, h, q, K, V)
   e_owned = dd_readout(h, Z_owned) + dd_core(vec, mask, index, Z_all);  E_rank = e_owned.sum()
 backward: dE/dvec -> forces f_i += dE/dvec_ij, f_j -= dE/dvec_ij; virial W = -sum vec (x) dE/dvec.
+
+A model with a node encoding (``module.encoding_range`` R > 0) also needs, per rank, the pairs
+(owned i, any atom j, owned or ghost image, within R; no self pair of zero shift):
+  pair_vec = x_j - x_i                               (leaf, requires grad; ghosts out to max(cutoff, R))
+  pair_row = i's owned row, pair_col = the row of j's owner in the gathered K, V (rank order)
+  basis = dd_encoding_basis(pair_vec)                (once)
+  h = dd_global_finish_encoded(l, h, q, K, V, basis, pair_row, pair_col)   instead of dd_global_finish
+and dE/dpair_vec is tallied exactly like dE/dvec (forces on i and j, virial -pair_vec (x) g).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -41,14 +49,25 @@ def dd_evaluate(
     nranks: int,
     charge: int = 0,
     spin: int = 1,
+    pbc: Sequence[bool] = (True, True, True),
 ) -> Dict[str, torch.Tensor]:
-    """Energy, forces, virial, per-atom energies of a periodic system split over ``nranks``."""
+    """Energy, forces, virial, per-atom energies of a system (periodic along ``pbc``; a molecule:
+    all False) split over ``nranks``."""
     cutoff = float(module.cutoff)
+    encoding_range = float(getattr(module, "encoding_range", 0.0))
     dtype = torch.float64
     n = len(numbers)
-    ci, cj, cs = system_neighbor_pairs(positions, cell, np.array([True] * 3), cutoff)
+    pbc_np = np.asarray(pbc, dtype=bool)
+    ci, cj, cs = system_neighbor_pairs(positions, cell, pbc_np, cutoff)
     pos = torch.tensor(positions, dtype=dtype)
     cell_t = torch.tensor(cell, dtype=dtype)
+    # row of each atom in the gathered keys/values: ranks in order, each rank's owned atoms in order
+    gathered_row = np.zeros(n, dtype=np.int64)
+    gathered_row[np.concatenate([np.nonzero(owner_rank == r)[0] for r in range(nranks)])] = np.arange(n)
+    if encoding_range > 0:
+        pi, pj, ps = system_neighbor_pairs(positions, cell, pbc_np, encoding_range)
+        keep = (pi != pj) | (ps != 0).any(1)
+        pi, pj, ps = pi[keep], pj[keep], ps[keep]
     ranks: List[dict] = []
     for r in range(nranks):
         owned = np.nonzero(owner_rank == r)[0]
@@ -79,21 +98,35 @@ def dd_evaluate(
         x_all = torch.cat([pos[torch.tensor(owned, dtype=torch.long)], pos[gatom] + gshift @ cell_t])
         vec = (x_all[index] - x_all[: len(owned)].unsqueeze(1)).detach().requires_grad_(True)
         z_all = torch.tensor(np.concatenate([numbers[owned], numbers[gatom.numpy()]]), dtype=torch.long)
-        ranks.append(
-            dict(
-                owned=torch.tensor(owned, dtype=torch.long),
-                ghost_atom=gatom,
-                index=index,
-                mask=mask,
-                vec=vec,
-                z_all=z_all,
-            )
+        rank = dict(
+            owned=torch.tensor(owned, dtype=torch.long),
+            ghost_atom=gatom,
+            index=index,
+            mask=mask,
+            vec=vec,
+            z_all=z_all,
         )
+        if encoding_range > 0:
+            mine = np.nonzero(np.isin(pi, owned))[0]
+            i_atom = torch.tensor(pi[mine], dtype=torch.long)
+            j_atom = torch.tensor(pj[mine], dtype=torch.long)
+            # x_j of the ghost image (or owned atom) minus x_i: what an engine has on the rank
+            x_j = pos[j_atom] + torch.tensor(ps[mine], dtype=dtype).reshape(-1, 3) @ cell_t
+            rank.update(
+                pair_i=i_atom,
+                pair_j=j_atom,
+                pair_row=torch.tensor([local_of[int(a)] for a in pi[mine]], dtype=torch.long),
+                pair_col=torch.tensor(gathered_row[pj[mine]], dtype=torch.long),
+                pair_vec=(x_j - pos[i_atom]).detach().requires_grad_(True),
+            )
+        ranks.append(rank)
 
     state = []
     for rk in ranks:
         idx, bias, P, h, E = module.dd_prepare(rk["vec"], rk["mask"], rk["index"], rk["z_all"], charge, spin)
         state.append([idx, bias, P, h, E])
+        if encoding_range > 0:
+            rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
     # The layer loop is written three times: here (the staged calls, one process),
     # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
     # (these calls under MPI). A change here goes to all three.
@@ -113,8 +146,13 @@ def dd_evaluate(
             vs.append(v)
         k_all = torch.cat(ks, 1)  # all-gather over ranks
         v_all = torch.cat(vs, 1)
-        for st, q in zip(state, qs):
-            st[3] = module.dd_global_finish(layer, st[3], q, k_all, v_all)
+        for rk, st, q in zip(ranks, state, qs):
+            if encoding_range > 0:
+                st[3] = module.dd_global_finish_encoded(
+                    layer, st[3], q, k_all, v_all, rk["basis"], rk["pair_row"], rk["pair_col"]
+                )
+            else:
+                st[3] = module.dd_global_finish(layer, st[3], q, k_all, v_all)
     energies = torch.zeros(n, dtype=dtype)
     total = torch.zeros((), dtype=dtype)
     for rk, st in zip(ranks, state):
@@ -123,10 +161,18 @@ def dd_evaluate(
             e = e + module.dd_core(rk["vec"], rk["mask"], rk["index"], rk["z_all"])
         energies = energies.index_put((rk["owned"],), e.detach())
         total = total + e.sum()
-    grads = torch.autograd.grad(total, [rk["vec"] for rk in ranks], allow_unused=True)
+    leaves = [rk["vec"] for rk in ranks] + [rk["pair_vec"] for rk in ranks if "pair_vec" in rk]
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
     forces = torch.zeros((n, 3), dtype=dtype)
     virial = torch.zeros((3, 3), dtype=dtype)
-    for rk, g in zip(ranks, grads):
+    # encoding pairs: an edge gradient like any other, on i and on j's atom
+    for rk, g in zip([rk for rk in ranks if "pair_vec" in rk], grads[len(ranks) :]):
+        if g is None:
+            continue
+        forces = forces.index_add(0, rk["pair_i"], g)
+        forces = forces.index_add(0, rk["pair_j"], -g)
+        virial = virial - torch.einsum("pa,pb->ab", rk["pair_vec"].detach(), g)
+    for rk, g in zip(ranks, grads[: len(ranks)]):
         if g is None:
             continue
         g = g * rk["mask"].unsqueeze(-1)

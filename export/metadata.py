@@ -15,6 +15,11 @@ from allscaip.reproducible import sha256_file
 
 # Bumped whenever the calling convention of exported modules changes; engines check it.
 INTERFACE_VERSION = 1
+ENCODING_INTERFACE_VERSION = 2
+"""Interface of models with a node encoding: version 1 plus the encoding pairs of the whole-system
+call and dd_encoding_basis / dd_global_finish_encoded. Only these models carry it, so that engines
+built before it refuse them (instead of running them without their encoding) while every other
+export keeps version 1."""
 
 WHOLE_SYSTEM_INPUTS = [
     "positions [N,3] float (Å)",
@@ -26,6 +31,12 @@ WHOLE_SYSTEM_INPUTS = [
     "charge [] int64 (total charge, e)",
     "spin [] int64 (spin multiplicity 2S+1)",
 ]
+ENCODING_INPUTS = [
+    "encoding_index [2,P] int64 (pairs i, j within encoding_range, periodic images included, no self pair "
+    "of zero shift)",
+    "encoding_shifts [P,3] float (their integer lattice shifts, as cell_shifts)",
+]
+"""The two more inputs of a node-encoding model's whole-system call (listed only in its metadata)."""
 WHOLE_SYSTEM_OUTPUTS = [
     "energy [] float (eV)",
     "forces [N,3] float (eV/Å) on every atom given",
@@ -51,18 +62,27 @@ def core_radius_table(model: AllScAIP) -> Dict[str, float]:
     }
 
 
+def interface_version(model: AllScAIP) -> int:
+    """The interface version an export of ``model`` implements (see ENCODING_INTERFACE_VERSION)."""
+    return ENCODING_INTERFACE_VERSION if model.use_encoding else INTERFACE_VERSION
+
+
 def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sha256: str = "") -> Dict[str, Any]:
     """The metadata dictionary stored in ``metadata.json`` inside each artefact."""
     cfg = model.cfg
+    encoding_range = float(cfg.encoding_range) if model.use_encoding else 0.0
     return {
         "allscaip_version": allscaip.__version__,
-        "interface_version": INTERFACE_VERSION,
+        "interface_version": interface_version(model),
         "format": fmt,
         "elements": [chemical_symbols[z] for z in cfg.elements],
         "atomic_numbers": list(cfg.elements),
         "cutoff": float(cfg.cutoff),
-        # each layer's local stage reads node states of atoms within one cutoff of a centre
-        "ghost_cutoff": float(cfg.cutoff),
+        # each layer's local stage reads node states of atoms within one cutoff of a centre; the node
+        # encoding reads the positions of atoms within encoding_range
+        "ghost_cutoff": max(float(cfg.cutoff), encoding_range),
+        "node_encoding": str(cfg.node_encoding),
+        "encoding_range": encoding_range,
         "num_layers": int(cfg.layers),
         "hidden": int(cfg.hidden),
         "heads": int(cfg.heads),
@@ -77,7 +97,7 @@ def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sh
         "device": device,
         "source_checkpoint_sha256": source_sha256,
         "model_config": dataclasses.asdict(cfg),
-        "inputs": WHOLE_SYSTEM_INPUTS,
+        "inputs": WHOLE_SYSTEM_INPUTS + (ENCODING_INPUTS if model.use_encoding else []),
         "outputs": WHOLE_SYSTEM_OUTPUTS,
     }
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from allscaip.model import AllScAIP
-from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip.neighbors import pad_neighbors
-from allscaip_export.metadata import INTERFACE_VERSION, dumps
+from allscaip_export.metadata import dumps, interface_version
 
 
 class ExportedAllScAIP(nn.Module):
@@ -22,6 +21,8 @@ class ExportedAllScAIP(nn.Module):
     ``forward`` is the whole-system call (see ``metadata.json`` for the layout). The ``dd_*``
     methods are the stages of one evaluation on a domain-decomposed rank: centres are the
     rank's owned atoms (first ``Nc`` rows of every all-atom array), neighbours may be ghosts.
+    A model with a node encoding (``encoding_range`` > 0) adds ``dd_encoding_basis`` and
+    ``dd_global_finish_encoded``, which replace ``dd_global_finish``.
     """
 
     def __init__(self, model: AllScAIP, metadata_json: str) -> None:
@@ -31,7 +32,9 @@ class ExportedAllScAIP(nn.Module):
         self.num_layers: int = int(model.num_layers)
         self.hidden: int = int(model.hidden)
         self.node_attention: bool = bool(model.node_attention)
-        self.interface_version: int = INTERFACE_VERSION
+        self.interface_version: int = interface_version(model)
+        # 0 without a node encoding; otherwise its range (Å): the pairs it needs, and the ghost atoms
+        self.encoding_range: float = float(model.encoding_range) if model.use_encoding else 0.0
         self.atomic_numbers: List[int] = [int(z) for z in model.cfg.elements]
         self.metadata_json: str = metadata_json
 
@@ -49,15 +52,25 @@ class ExportedAllScAIP(nn.Module):
         cell_shifts: torch.Tensor,
         charge: torch.Tensor,
         spin: torch.Tensor,
+        encoding_index: Optional[torch.Tensor] = None,
+        encoding_shifts: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Whole system -> (energy [], forces [N,3], virial [3,3], energies [N]).
 
+        ``encoding_index`` [2, P] / ``encoding_shifts`` [P, 3]: the pairs (i, j, S) within
+        ``encoding_range`` without the self pairs of zero shift, in the layout of ``edge_index`` /
+        ``cell_shifts`` (:func:`allscaip.neighbors.whole_system_inputs` with ``encoding_range``);
+        needed by a model with a node encoding only, ignored otherwise. Its node attention runs
+        dense here: memory O(heads N^2) per layer.
         Callers must not run this under ``no_grad`` (TorchScript has no ``enable_grad`` context)."""
         n = positions.shape[0]
         species = self.model.species_of(numbers)
         if bool((species < 0).any()):
             raise RuntimeError("allscaip: an atomic number is not in this model's elements (see metadata)")
         index, shift, mask = pad_neighbors(edge_index[0], edge_index[1], cell_shifts.to(positions.dtype), n)
+        pair_shift: Optional[torch.Tensor] = None
+        if encoding_shifts is not None:
+            pair_shift = encoding_shifts.to(positions.dtype)
         out = self.model.energy_forces_virial(
             positions,
             species,
@@ -69,6 +82,8 @@ class ExportedAllScAIP(nn.Module):
             mask,
             charge.reshape(1).to(torch.long),
             spin.reshape(1).to(torch.long),
+            pair_index=encoding_index,
+            pair_shift=pair_shift,
         )
         forces = out.forces
         virial = out.virial
@@ -126,6 +141,30 @@ class ExportedAllScAIP(nn.Module):
         return self.model.global_finish(layer, h, q, k_all, v_all, None)
 
     @torch.jit.export
+    def dd_encoding_basis(self, pair_vec: torch.Tensor) -> torch.Tensor:
+        """Node encoding: basis [P, F] of the pair vectors ``pair_vec`` [P, 3] (differentiable,
+        ``x_j - x_i`` for each owned atom i and every atom j, owned or ghost, within
+        ``encoding_range``, self pairs of zero shift left out); computed once per evaluation."""
+        return self.model.encoding_basis(pair_vec)
+
+    @torch.jit.export
+    def dd_global_finish_encoded(
+        self,
+        layer: int,
+        h: torch.Tensor,
+        q: torch.Tensor,
+        k_all: torch.Tensor,
+        v_all: torch.Tensor,
+        basis: torch.Tensor,
+        pair_row: torch.Tensor,
+        pair_col: torch.Tensor,
+    ) -> torch.Tensor:
+        """``dd_global_finish`` of a model with a node encoding: owned queries over the gathered
+        keys/values with the pair bias of ``basis`` between owned atom ``pair_row`` [P] and gathered
+        row ``pair_col`` [P] (the row of atom j's owner in k_all/v_all). Logits [heads, Nc, N]."""
+        return self.model.global_finish_encoded(layer, h, q, k_all, v_all, basis, pair_row, pair_col)
+
+    @torch.jit.export
     def dd_core(
         self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, numbers_all: torch.Tensor
     ) -> torch.Tensor:
@@ -141,9 +180,7 @@ class ExportedAllScAIP(nn.Module):
 
 
 def export_torchscript(model: AllScAIP, path: str | Path, metadata: Dict[str, Any]) -> Path:
-    """Script and save ``model`` with ``metadata.json`` as an extra file (not a model with a node
-    encoding: a ValueError naming the engines that run it)."""
-    refuse_node_encoding(model.cfg.node_encoding, "the TorchScript export")
+    """Script and save ``model`` with ``metadata.json`` as an extra file."""
     path = Path(path)
     meta = dumps(metadata)
     scripted = torch.jit.script(ExportedAllScAIP(model.eval(), meta))

@@ -62,6 +62,31 @@ void GatherContext::setup(MPI_Comm world, int local_count)
   }
 }
 
+/* ---------------------------------------------------------------------- */
+
+void gather_rows_by_tag(MPI_Comm world, const std::vector<int64_t> &centre_tags,
+                        std::unordered_map<int64_t, int64_t> &row_of_tag)
+{
+  int nranks = 1;
+  MPI_Comm_size(world, &nranks);
+  const int local = static_cast<int>(centre_tags.size());
+  std::vector<int> counts(nranks, 0), displs(nranks, 0);
+  MPI_Allgather(&local, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
+  int64_t total = 0;
+  for (int r = 0; r < nranks; ++r) {
+    if (total > std::numeric_limits<int>::max())
+      throw std::runtime_error("allscaip: tag gather exceeds 2^31 atoms");
+    displs[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  std::vector<int64_t> tags(total);
+  MPI_Allgatherv(centre_tags.data(), local, MPI_INT64_T, tags.data(), counts.data(),
+                 displs.data(), MPI_INT64_T, world);
+  row_of_tag.clear();
+  row_of_tag.reserve(static_cast<size_t>(total));
+  for (int64_t row = 0; row < total; ++row) row_of_tag[tags[row]] = row;
+}
+
 /* ----------------------------------------------------------------------
    GhostExchange
 ------------------------------------------------------------------------- */

@@ -27,6 +27,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace allscaip {
@@ -66,6 +67,13 @@ struct GatherContext {
   // MPI_Allgather of the local count over comm (collective: every rank calls it)
   void setup(MPI_Comm world, int local_count);
 };
+
+// The rows of the all-gathered keys/values by atom tag: every rank's centre tags in rank order
+// (MPI_Allgather of the counts, MPI_Allgatherv of the tags; collective) -> row_of_tag[tag] =
+// first row of the owner rank + centre index, the order of AllGather. Used by the node encoding
+// to find the key of a pair's atom j, owned by any rank.
+void gather_rows_by_tag(MPI_Comm world, const std::vector<int64_t> &centre_tags,
+                        std::unordered_map<int64_t, int64_t> &row_of_tag);
 
 class GhostExchange : public torch::autograd::Function<GhostExchange> {
  public:

@@ -95,10 +95,10 @@ void Model::load_torchscript()
   // the module's own attributes must agree with its metadata
   try {
     const auto attr_version = module_.attr("interface_version").toInt();
-    if (attr_version != kInterfaceVersion)
+    if (attr_version != info_.interface_version)
       throw ModelError("model " + path + " implements interface_version " +
-                       std::to_string(attr_version) + " but this plugin build implements " +
-                       std::to_string(kInterfaceVersion) +
+                       std::to_string(attr_version) + " but its metadata says " +
+                       std::to_string(info_.interface_version) +
                        "; export the model with the matching allscaip-export");
     const double attr_cutoff = module_.attr("cutoff").toDouble();
     if (std::abs(attr_cutoff - info_.cutoff) > 1e-12 * std::max(1.0, attr_cutoff))
@@ -122,6 +122,14 @@ void Model::load_torchscript()
     if (!module_.find_method(name))
       throw ModelError("model " + path + " has no method " + name +
                        "; re-export it with allscaip-export --format torchscript");
+  }
+
+  if (info_.encoding_range > 0.0) {
+    for (const char *name : {"dd_encoding_basis", "dd_global_finish_encoded"}) {
+      if (!module_.find_method(name))
+        throw ModelError("model " + path + " has a node encoding but no method " + name +
+                         "; re-export it with allscaip-export --format torchscript");
+    }
   }
 
   has_core_ = module_.find_method("dd_core").has_value();
@@ -214,6 +222,22 @@ torch::Tensor Model::global_finish(int64_t layer, const torch::Tensor &h, const 
                                    const torch::Tensor &k_all, const torch::Tensor &v_all)
 {
   return module_.get_method("dd_global_finish")({layer, h, q, k_all, v_all}).toTensor();
+}
+
+torch::Tensor Model::encoding_basis(const torch::Tensor &pair_vec)
+{
+  return module_.get_method("dd_encoding_basis")({pair_vec}).toTensor();
+}
+
+torch::Tensor Model::global_finish_encoded(int64_t layer, const torch::Tensor &h,
+                                           const torch::Tensor &q, const torch::Tensor &k_all,
+                                           const torch::Tensor &v_all, const torch::Tensor &basis,
+                                           const torch::Tensor &pair_row,
+                                           const torch::Tensor &pair_col)
+{
+  return module_.get_method("dd_global_finish_encoded")(
+                    {layer, h, q, k_all, v_all, basis, pair_row, pair_col})
+      .toTensor();
 }
 
 torch::Tensor Model::readout(const torch::Tensor &h, const torch::Tensor &numbers_c)

@@ -67,6 +67,15 @@ class Model {
                                                                          const torch::Tensor &h);
   torch::Tensor global_finish(int64_t layer, const torch::Tensor &h, const torch::Tensor &q,
                               const torch::Tensor &k_all, const torch::Tensor &v_all);
+  // node encoding (info().encoding_range > 0): the pair basis [P, F] of pair vectors [P, 3]
+  // (once per evaluation), and global_finish with the pair bias between owned row pair_row and
+  // gathered row pair_col [P]
+  bool has_encoding() const { return info_.encoding_range > 0.0; }
+  torch::Tensor encoding_basis(const torch::Tensor &pair_vec);
+  torch::Tensor global_finish_encoded(int64_t layer, const torch::Tensor &h, const torch::Tensor &q,
+                                      const torch::Tensor &k_all, const torch::Tensor &v_all,
+                                      const torch::Tensor &basis, const torch::Tensor &pair_row,
+                                      const torch::Tensor &pair_col);
   torch::Tensor readout(const torch::Tensor &h, const torch::Tensor &numbers_c);
   // core-repulsion energies [Nc] from the same vec/mask/index as prepare(); exports made
   // before dd_core existed have no core repulsion (has_core() is false)

@@ -172,10 +172,11 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
   info.json = text;
   // the interface version first: everything else may legitimately differ in other versions
   info.interface_version = require_int(root, "interface_version", path);
-  if (info.interface_version != kInterfaceVersion)
+  if (info.interface_version != kInterfaceVersion && info.interface_version != kEncodingInterfaceVersion)
     throw ModelError("model " + path + " has interface_version " +
                      std::to_string(info.interface_version) + " but this plugin build implements " +
-                     "interface_version " + std::to_string(kInterfaceVersion) +
+                     "interface_version " + std::to_string(kInterfaceVersion) + " (and " +
+                     std::to_string(kEncodingInterfaceVersion) + " for node-encoding models)" +
                      "; export the model with the allscaip-export matching this plugin, or rebuild "
                      "the plugin from the allscaip version that exported the model");
 
@@ -202,6 +203,23 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
   info.node_attention = require_bool(root, "node_attention", path);
   info.distance_bias = require_bool(root, "distance_bias", path);
   info.supports_domain_decomposition = require_bool(root, "supports_domain_decomposition", path);
+  if (const Json *v = optional(root, "node_encoding", Kind::String))
+    info.node_encoding = v->get<std::string>();
+  if (const Json *v = optional(root, "encoding_range", Kind::Number))
+    info.encoding_range = v->get<double>();
+  if (info.node_encoding != "none" && info.node_encoding != "sinc_pairs")
+    throw ModelError("metadata.json of " + path + ": node_encoding \"" + info.node_encoding +
+                     "\" is not known to this plugin build (none, sinc_pairs); rebuild the plugin "
+                     "from the allscaip version that exported the model");
+  const bool encoded = info.node_encoding != "none";
+  if (encoded != (info.interface_version == kEncodingInterfaceVersion) ||
+      encoded != (info.encoding_range > 0.0) || !std::isfinite(info.encoding_range))
+    throw ModelError("metadata.json of " + path + ": node_encoding \"" + info.node_encoding +
+                     "\", encoding_range " + std::to_string(info.encoding_range) +
+                     " and interface_version " + std::to_string(info.interface_version) +
+                     " disagree (a node-encoding model has interface_version " +
+                     std::to_string(kEncodingInterfaceVersion) +
+                     " and a positive range); re-export it with allscaip-export");
   if (const Json *v = optional(root, "charge_spin", Kind::Boolean)) info.charge_spin = v->get<bool>();
   if (const Json *cfg = optional(root, "model_config", Kind::Object)) {
     if (const Json *v = optional(*cfg, "max_charge", Kind::Number))

@@ -22,6 +22,9 @@ namespace allscaip {
 // calling convention of the exported modules this build understands
 // (must equal allscaip_export.metadata.INTERFACE_VERSION)
 constexpr int kInterfaceVersion = 1;
+// the same plus the node encoding's staged methods (dd_encoding_basis, dd_global_finish_encoded);
+// carried only by models with a node encoding (allscaip_export.metadata.ENCODING_INTERFACE_VERSION)
+constexpr int kEncodingInterfaceVersion = 2;
 
 class ModelError : public std::runtime_error {
  public:
@@ -45,6 +48,8 @@ struct ModelInfo {
   bool distance_bias = false;
   bool charge_spin = true;
   bool supports_domain_decomposition = false;
+  std::string node_encoding = "none";     // "none" | "sinc_pairs"
+  double encoding_range = 0.0;            // Angstrom; > 0 exactly when the model has a node encoding
   int max_charge = 0;                     // |charge| allowed (0: unknown)
   int max_spin = 0;                       // spin multiplicity allowed (0: unknown)
   std::string dtype;                      // "float32" | "float64"

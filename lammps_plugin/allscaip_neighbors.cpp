@@ -97,6 +97,50 @@ void NeighborLayout::build(const LAMMPS_NS::NeighList *list, double *const *x, c
   for (size_t g = 0; g < ghosts.size(); g++) numbers[nc + g] = type_z[type[ghosts[g]]];
 }
 
+void EncodingPairs::build(const LAMMPS_NS::NeighList *list, double *const *x, const int *type,
+                          const LAMMPS_NS::tagint *tag_of_atom, const NeighborLayout &layout,
+                          const std::vector<int> &type_species,
+                          const std::unordered_map<int64_t, int64_t> &gathered_row_of_tag,
+                          double range_sq)
+{
+  const int *numneigh = list->numneigh;
+  int *const *firstneigh = list->firstneigh;
+  centre.clear();
+  atom.clear();
+  row.clear();
+  col.clear();
+  vec.clear();
+  for (int64_t c = 0; c < layout.num_centres(); c++) {
+    const int i = layout.centres[c];
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (j == i || type_species[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= range_sq) continue;
+      auto it = gathered_row_of_tag.find(tag_of_atom[j]);
+      if (it == gathered_row_of_tag.end())
+        throw std::runtime_error("atom " + std::to_string(tag_of_atom[j]) +
+                                 " within the node encoding's range is not owned by any rank's "
+                                 "centres (unsupported neighbour list filtering)");
+      centre.push_back(static_cast<int>(c));
+      atom.push_back(j);
+      row.push_back(c);
+      col.push_back(it->second);
+      vec.push_back(dx);
+      vec.push_back(dy);
+      vec.push_back(dz);
+    }
+  }
+}
+
+double EncodingPairs::memory_usage() const
+{
+  return (double) vec.capacity() * sizeof(double) +
+      (double) (row.capacity() + col.capacity()) * sizeof(int64_t) +
+      (double) (centre.capacity() + atom.capacity()) * sizeof(int);
+}
+
 double NeighborLayout::memory_usage() const
 {
   double bytes = (double) vec.capacity() * sizeof(double);

@@ -18,8 +18,11 @@
 #ifndef ALLSCAIP_NEIGHBORS_H
 #define ALLSCAIP_NEIGHBORS_H
 
+#include "lmptype.h"
+
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -54,6 +57,30 @@ struct NeighborLayout {
              double cutoff_sq);
 
   double memory_usage() const;    // bytes of the per-slot and per-atom arrays
+};
+
+// The pairs of a node encoding on one rank: every centre i with every atom j (owned or ghost
+// image, mapped type) within the encoding range, j != i; vec = x_j - x_i. The pair bias enters
+// node attention between i's query (row = centre) and the key of j's owner (col = its row in the
+// keys/values gathered over all ranks, found by atom tag); its gradient is tallied like an edge's.
+struct EncodingPairs {
+  std::vector<int> centre;         // [P] centre c of i
+  std::vector<int> atom;           // [P] LAMMPS atom index of j
+  std::vector<int64_t> row;        // [P] = centre, as the model's index dtype
+  std::vector<int64_t> col;        // [P] gathered row of j's owner
+  std::vector<double> vec;         // [P * 3] x_j - x_i
+
+  int64_t size() const { return static_cast<int64_t>(centre.size()); }
+
+  // From the same full neighbour list as the layout (built with a cutoff >= the encoding
+  // range); gathered_row_of_tag: atom tag -> row in the gathered keys/values. Throws
+  // std::runtime_error if a neighbour's tag has no gathered row.
+  void build(const LAMMPS_NS::NeighList *list, double *const *x, const int *type,
+             const LAMMPS_NS::tagint *tag_of_atom, const NeighborLayout &layout,
+             const std::vector<int> &type_species,
+             const std::unordered_map<int64_t, int64_t> &gathered_row_of_tag, double range_sq);
+
+  double memory_usage() const;
 };
 
 }    // namespace allscaip

@@ -10,6 +10,10 @@
                  h = dd_global_finish(h, q, K, V)
      e = dd_readout(h) + dd_core(vec, ...);  E_rank = sum(e)
    dE_rank/dvec by autograd; its backward runs the reverse communications.
+   With a node encoding: pair_vec[p] = x_j - x_i for the encoding pairs (leaf
+   tensor), basis = dd_encoding_basis(pair_vec) once, and per layer
+     h = dd_global_finish_encoded(h, q, K, V, basis, pair_row, pair_col)
+   instead of dd_global_finish; dE_rank/dpair_vec comes back with dE_rank/dvec.
 ------------------------------------------------------------------------- */
 
 #include "allscaip_staged.h"
@@ -23,7 +27,7 @@ namespace allscaip {
 
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
-                             GatherContext &gather)
+                             GatherContext &gather, const EncodingPairs *pairs)
 {
   const ModelInfo &info = model.info();
   const torch::Device device = model.device();
@@ -50,6 +54,19 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   torch::Tensor numbers = torch::from_blob(host(layout.numbers), {na}, i64)
                               .to(device, torch::kInt64, false, true);
 
+  const bool encoded = model.has_encoding();
+  if (encoded && (pairs == nullptr || !info.node_attention))
+    throw std::runtime_error("internal error: a node-encoding model needs its pairs and node attention");
+  torch::Tensor pair_vec, pair_row, pair_col, basis;
+  if (encoded) {
+    const int64_t np = pairs->size();
+    pair_vec = torch::from_blob(host(pairs->vec), {np, 3}, f64)
+                   .to(device, dtype, false, true)
+                   .requires_grad_(true);
+    pair_row = torch::from_blob(host(pairs->row), {np}, i64).to(device, torch::kInt64, false, true);
+    pair_col = torch::from_blob(host(pairs->col), {np}, i64).to(device, torch::kInt64, false, true);
+  }
+
   const int64_t halo_fwd0 = ghost.forward_calls, halo_rev0 = ghost.reverse_calls;
   const int64_t gather_fwd0 = gather.forward_calls, gather_bwd0 = gather.backward_calls;
 
@@ -59,13 +76,17 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   auto geometry = model.prepare(vec, mask, index, numbers, charge, spin);
   torch::Tensor h = geometry.h;
   torch::Tensor edges = geometry.edges;
+  if (encoded) basis = model.encoding_basis(pair_vec);
   for (int64_t layer = 0; layer < info.num_layers; layer++) {
     torch::Tensor ghost_h = GhostExchange::apply(h, &ghost);
     std::tie(h, edges) = model.local(layer, torch::cat({h, ghost_h}, 0), edges, geometry);
     auto [q, k, v] = model.global_project(layer, h);
     if (info.node_attention) {
       auto kv = AllGather::apply(k, v, &gather);
-      h = model.global_finish(layer, h, q, kv[0], kv[1]);
+      if (encoded)
+        h = model.global_finish_encoded(layer, h, q, kv[0], kv[1], basis, pair_row, pair_col);
+      else
+        h = model.global_finish(layer, h, q, kv[0], kv[1]);
     } else {
       h = model.global_finish(layer, h, q, k, v);    // node FFN only; keys/values unused
     }
@@ -73,7 +94,9 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   torch::Tensor energies = model.readout(h, numbers.slice(0, 0, nc));
   if (model.has_core()) energies = energies + model.core(vec, mask, index, numbers);
   torch::Tensor e_rank = energies.sum();
-  auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
+  std::vector<torch::Tensor> leaves{vec};
+  if (encoded) leaves.push_back(pair_vec);
+  auto grads = torch::autograd::grad({e_rank}, leaves, {}, false, false, true);
 
   // every rank must have run each communication once per layer, forward and backward (the
   // backward order is fixed by the data dependencies layer L-1 -> 0; see docs/lammps.md)
@@ -86,7 +109,7 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
         std::to_string(gather.backward_calls - gather_bwd0) + " all-gathers backward for " +
         std::to_string(nl) + " layers)");
 
-  return {energies, grads[0]};
+  return {energies, grads[0], encoded ? grads[1] : torch::Tensor()};
 }
 
 }    // namespace allscaip

@@ -24,14 +24,17 @@ struct StagedResult {
   torch::Tensor energies;    // [nc] per-centre energies (eV), model dtype and device
   torch::Tensor dE_dvec;     // [nc, kmax, 3] gradient of the rank's energy; undefined when
                              // the energy does not depend on any edge vector
+  torch::Tensor dE_dpair;    // [P, 3] gradient with respect to the encoding pairs' vectors;
+                             // undefined without a node encoding or without pairs
 };
 
 // Runs the staged evaluation of `layout` (its centres and ghosts become the rows of the
-// ghost exchange; ghost.halo must be set by the caller). Throws std::runtime_error if the
-// backward pass skipped a communication step.
+// ghost exchange; ghost.halo must be set by the caller). `pairs`: the node encoding's pairs
+// (required exactly when model.has_encoding(); their col indexes the all-gathered rows).
+// Throws std::runtime_error if the backward pass skipped a communication step.
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
-                             GatherContext &gather);
+                             GatherContext &gather, const EncodingPairs *pairs = nullptr);
 
 }    // namespace allscaip
 

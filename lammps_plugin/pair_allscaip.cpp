@@ -10,7 +10,12 @@
      whole system (allscaip_whole_system.h), one rank only, for models whose
        node attention depends on distances (distance_bias) and AOTInductor
        packages: energies, forces and the model's virial W = -dE/dstrain.
-   Both virials reach LAMMPS through symmetric_voigt and tally_global_virial.
+   A model with a node encoding (sinc_pairs) runs staged on any number of
+   ranks: ghosts and the neighbour list reach max(cutoff, encoding range); its
+   pairs (centre i, any atom j within the range) give g = dE/dpair_vec, tallied
+   like an edge's.
+   Both virials reach LAMMPS through symmetric_voigt and tally_global_virial
+   (pair_allscaip_tally.cpp, with the other tallies).
 ------------------------------------------------------------------------- */
 
 #include "pair_allscaip.h"
@@ -18,6 +23,7 @@
 #include "allscaip_heap.h"
 #include "allscaip_staged.h"
 #include "allscaip_threads.h"
+#include "allscaip_voigt.h"
 #include "allscaip_whole_system.h"
 
 #include "atom.h"
@@ -36,26 +42,13 @@
 
 using namespace LAMMPS_NS;
 
-namespace {
-
-// The virial matrix W (3x3, row-major, either path) as LAMMPS's six components xx yy zz xy
-// xz yz: LAMMPS's virial is symmetric, so the off-diagonal pairs are averaged.
-void symmetric_voigt(const double w[9], double v[6])
-{
-  v[0] = w[0];
-  v[1] = w[4];
-  v[2] = w[8];
-  v[3] = 0.5 * (w[1] + w[3]);
-  v[4] = 0.5 * (w[2] + w[6]);
-  v[5] = 0.5 * (w[5] + w[7]);
-}
-
-}    // namespace
+using allscaip::symmetric_voigt;
 
 /* ---------------------------------------------------------------------- */
 
 PairAllscaip::PairAllscaip(LAMMPS *lmp) :
     Pair(lmp), device_name("cpu"), charge(0), spin(1), cutoff(0.0), cutoff_sq(0.0),
+    encoding_range_sq(0.0),
     threads_configured(false), halo(nullptr), halo_cols(0), halo_nall(0), halo_nmax(0)
 {
   single_enable = 0;
@@ -186,6 +179,7 @@ void PairAllscaip::coeff(int narg, char **arg)
 
   cutoff = info.cutoff;
   cutoff_sq = cutoff * cutoff;
+  encoding_range_sq = info.encoding_range * info.encoding_range;
   halo_cols = info.hidden;
   comm_forward = info.hidden;
   comm_reverse = info.hidden;
@@ -208,6 +202,10 @@ void PairAllscaip::coeff(int narg, char **arg)
                    device_name, model->element_list(), cutoff, info.num_layers, info.hidden,
                    info.node_attention ? "yes" : "no",
                    info.supports_domain_decomposition ? "supported" : "not supported");
+  if (comm->me == 0 && model->has_encoding())
+    utils::logmesg(lmp, "allscaip: node encoding {} with range {} A: the neighbour list and the "
+                   "ghost atoms reach {} A\n", info.node_encoding, info.encoding_range,
+                   std::max(cutoff, info.encoding_range));
 
   // every rank: freed tensor memory stays in the heap between steps (allscaip_heap.h)
   std::string heap_note;
@@ -262,7 +260,9 @@ void PairAllscaip::init_style()
 double PairAllscaip::init_one(int i, int j)
 {
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
-  return cutoff;
+  // the neighbour list and the ghost atoms reach the node encoding's range too (the layout
+  // keeps only the neighbours within the model cutoff)
+  return model && model->has_encoding() ? std::max(cutoff, model->info().encoding_range) : cutoff;
 }
 
 /* ----------------------------------------------------------------------
@@ -325,9 +325,28 @@ void PairAllscaip::compute_staged()
   halo_nall = nall;
   ghost_ctx.halo = this;
 
-  auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx, gather_ctx);
+  const bool encoded = model->has_encoding();
+  if (encoded) build_encoding_pairs();    // collective (tag gather)
+
+  auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx,
+                                          gather_ctx, encoded ? &encoding_pairs : nullptr);
   tally_energies(result.energies, torch::Tensor());
   if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);
+  if (result.dE_dpair.defined() && encoding_pairs.size() > 0) tally_pair_gradients(result.dE_dpair);
+}
+
+/* ----------------------------------------------------------------------
+   node encoding: the rows of every rank's centres in the all-gathered
+   keys/values (by tag), then the pairs (centre i, atom j within range)
+------------------------------------------------------------------------- */
+
+void PairAllscaip::build_encoding_pairs()
+{
+  centre_tags.resize(layout.centres.size());
+  for (size_t c = 0; c < layout.centres.size(); c++) centre_tags[c] = atom->tag[layout.centres[c]];
+  allscaip::gather_rows_by_tag(world, centre_tags, gathered_row_of_tag);
+  encoding_pairs.build(list, atom->x, atom->type, atom->tag, layout, type_species,
+                       gathered_row_of_tag, encoding_range_sq);
 }
 
 /* ----------------------------------------------------------------------
@@ -361,84 +380,6 @@ void PairAllscaip::compute_whole_system()
     symmetric_voigt(w_host.data_ptr<double>(), v);
     tally_global_virial(v, conv);
   }
-}
-
-/* ----------------------------------------------------------------------
-   energies of the centres (eV -> engine units): per atom, and in total the
-   model's `total` if given (whole system) or the sum over the centres
-------------------------------------------------------------------------- */
-
-void PairAllscaip::tally_energies(const torch::Tensor &energies, const torch::Tensor &total)
-{
-  const double conv = units->energy();
-  const int64_t nc = layout.num_centres();
-  auto e_host = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *ep = e_host.data_ptr<double>();
-  if (eflag_global) {
-    double sum = 0.0;
-    if (total.defined())
-      sum = total.item<double>();
-    else
-      for (int64_t c = 0; c < nc; c++) sum += ep[c];
-    eng_vdwl += conv * sum;
-  }
-  if (eflag_atom)
-    for (int64_t c = 0; c < nc; c++) eatom[layout.centres[c]] += conv * ep[c];
-}
-
-/* ----------------------------------------------------------------------
-   forces and virials from g = dE/dvec of each edge i -> j (vec = x_j - x_i):
-   f_i += g, f_j -= g; the edge's virial W = -vec (x) g, half to i and half
-   to j per atom
-------------------------------------------------------------------------- */
-
-void PairAllscaip::tally_edge_gradients(const torch::Tensor &dE_dvec)
-{
-  const double conv = units->energy();
-  double **f = atom->f;
-  auto g_host = dE_dvec.to(torch::kCPU, torch::kFloat64).contiguous();
-  const double *gp = g_host.data_ptr<double>();
-  double total[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  for (int64_t c = 0; c < layout.num_centres(); c++) {
-    const int i = layout.centres[c];
-    for (int k = 0; k < layout.count[c]; k++) {
-      const size_t s = layout.slot(c, k);
-      const int j = layout.atom[s];
-      const double gx = conv * gp[3 * s], gy = conv * gp[3 * s + 1], gz = conv * gp[3 * s + 2];
-      f[i][0] += gx;
-      f[i][1] += gy;
-      f[i][2] += gz;
-      f[j][0] -= gx;
-      f[j][1] -= gy;
-      f[j][2] -= gz;
-      if (!vflag_either) continue;
-      const double *d = &layout.vec[3 * s];
-      const double w[9] = {-d[0] * gx, -d[0] * gy, -d[0] * gz,
-                           -d[1] * gx, -d[1] * gy, -d[1] * gz,
-                           -d[2] * gx, -d[2] * gy, -d[2] * gz};
-      double v[6];
-      symmetric_voigt(w, v);
-      for (int m = 0; m < 6; m++) total[m] += v[m];
-      if (vflag_atom) {
-        for (int m = 0; m < 6; m++) {
-          vatom[i][m] += 0.5 * v[m];
-          vatom[j][m] += 0.5 * v[m];
-        }
-      }
-    }
-  }
-  tally_global_virial(total, 1.0);
-}
-
-/* ----------------------------------------------------------------------
-   the global virial (six components, energy units of the model) times
-   `scale` into LAMMPS
-------------------------------------------------------------------------- */
-
-void PairAllscaip::tally_global_virial(const double v[6], double scale)
-{
-  if (vflag_global)
-    for (int m = 0; m < 6; m++) virial[m] += scale * v[m];
 }
 
 /* ----------------------------------------------------------------------
@@ -493,5 +434,6 @@ double PairAllscaip::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += (double) halo_nmax * sizeof(double);
   bytes += layout.memory_usage();
+  bytes += encoding_pairs.memory_usage();
   return bytes;
 }

@@ -27,6 +27,7 @@ PairStyle(allscaip,PairAllscaip);
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -62,6 +63,7 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   std::string device_name;
   int64_t charge, spin;
   double cutoff, cutoff_sq;
+  double encoding_range_sq;    // node encoding: its range squared (0 without one)
   std::vector<int> type_species;    // LAMMPS type -> model element index, -1 for NULL
   std::vector<int64_t> type_z;      // LAMMPS type -> atomic number, 0 for NULL
   bool threads_configured;
@@ -73,6 +75,9 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
 
   // per-step work arrays, kept between steps to reuse their storage
   allscaip::NeighborLayout layout;
+  allscaip::EncodingPairs encoding_pairs;
+  std::unordered_map<int64_t, int64_t> gathered_row_of_tag;
+  std::vector<int64_t> centre_tags;
   allscaip::GhostExchangeContext ghost_ctx;
   allscaip::GatherContext gather_ctx;
 
@@ -82,7 +87,10 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   void compute_staged();
   void compute_whole_system();
   void tally_energies(const torch::Tensor &energies, const torch::Tensor &total);
+  void build_encoding_pairs();
   void tally_edge_gradients(const torch::Tensor &dE_dvec);
+  void tally_pair_gradients(const torch::Tensor &dE_dpair);
+  void tally_pair(int i, int j, const double *d, const double *g, double total[6]);
   void tally_global_virial(const double v[6], double scale);
 };
 

@@ -24,14 +24,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import openmm
 import torch
-from ase import Atoms
 from ase.data import chemical_symbols
 
-from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES
 from allscaip.engines.ase_calculator import AllScAIPCalculator, check_device
-from allscaip.model import compute_properties
-from allscaip.neighbors import system_neighbor_pairs
+from allscaip.neighbors import system_encoding_pairs, system_neighbor_pairs
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # also re-exported
 from allscaip_export.metadata import build_metadata, dumps
 from allscaip_export.torchscript import ExportedAllScAIP
@@ -218,6 +215,8 @@ class AllScAIPComputation:
         dev, dt = self.model.device, self.model.dtype
         self.periodic: bool = s["periodic"]
         self.cutoff = self.model.cutoff
+        # a node-encoding model (metadata encoding_range > 0) also takes its pairs within this range
+        self.encoding_range = float(self.model.metadata.get("encoding_range", 0.0))
         self.n_atoms = len(s["atomic_numbers"])
         self._numbers = torch.tensor(s["atomic_numbers"], dtype=torch.long, device=dev)
         self._pbc_np = np.array([self.periodic] * 3, dtype=bool)
@@ -227,10 +226,6 @@ class AllScAIPComputation:
         self._zero_cell_np = np.zeros((3, 3))
         self._zero_cell = torch.zeros((3, 3), dtype=dt, device=dev)
         self._on_cpu = dev.type == "cpu"
-        # a checkpoint with the distance-aware node encoding also needs its encoding pairs: it
-        # runs through the whole-system evaluation of the eager model (compute_properties)
-        eager = self.model.eager
-        self._eager_encoded = eager is not None and getattr(eager.cfg, "node_encoding", "none") != "none"
 
     def __getstate__(self) -> Dict[str, Any]:
         return dict(self._settings)
@@ -251,30 +246,22 @@ class AllScAIPComputation:
             cell_a = np.multiply(box_nm, ANGSTROM_PER_NM)
         else:
             cell_a = self._zero_cell_np
-        if self._eager_encoded:
-            return self._evaluate_eager(pos_a, cell_a)
         i, j, s = system_neighbor_pairs(pos_a, cell_a, self._pbc_np, self.cutoff)
         pos_t = torch.from_numpy(pos_a).to(device=dev, dtype=dt)
         cell_t = torch.from_numpy(cell_a).to(device=dev, dtype=dt) if self.periodic else self._zero_cell
         edge_index = torch.from_numpy(np.stack((i, j))).to(dev)
         shifts = torch.from_numpy(s).to(device=dev, dtype=dt)
-        energy, forces, _, _ = self.model.module(
-            pos_t, self._numbers, cell_t, self._pbc, edge_index, shifts, self._charge, self._spin
-        )
+        args = [pos_t, self._numbers, cell_t, self._pbc, edge_index, shifts, self._charge, self._spin]
+        if self.encoding_range > 0.0:
+            pi, pj, ps = system_encoding_pairs(pos_a, cell_a, self._pbc_np, self.encoding_range)
+            args.append(torch.from_numpy(np.stack((pi, pj))).to(dev))
+            args.append(torch.from_numpy(ps).to(device=dev, dtype=dt))
+        energy, forces, _, _ = self.model.module(*args)
         f = forces.detach()
         if not self._on_cpu:
             f = f.cpu()
         f = f.double().numpy() * EV_PER_A_TO_KJ_PER_MOL_NM
         return float(energy) * EV_TO_KJ_PER_MOL, f
-
-    def _evaluate_eager(self, pos_a: np.ndarray, cell_a: np.ndarray) -> Tuple[float, np.ndarray]:
-        s = self._settings
-        atoms = Atoms(numbers=s["atomic_numbers"], positions=pos_a, cell=cell_a, pbc=self._pbc_np)
-        atoms.info.update(charge=s["charge"], spin=s["spin"])
-        batch = atoms_to_batch([atoms], dtype=self.model.dtype).to(self.model.device)
-        out = compute_properties(self.model.eager, batch, forces=True)
-        f = out["forces"].detach().cpu().double().numpy() * EV_PER_A_TO_KJ_PER_MOL_NM
-        return float(out["energy"][0]) * EV_TO_KJ_PER_MOL, f
 
     def __call__(self, state) -> Tuple[float, np.ndarray]:
         # OpenMM States hold nm; ``_value`` skips the unit machinery (a copy and a conversion)

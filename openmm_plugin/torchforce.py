@@ -30,7 +30,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip_export.metadata import dumps
 from allscaip_export.torchscript import ExportedAllScAIP, load_torchscript
 from allscaip_openmm.forces import (
@@ -116,11 +115,14 @@ class _AllScAIPTorchForceBase(nn.Module):
         spin: int,
         cutoff: float,
         dtype: torch.dtype,
+        encoding_range: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.periodic: bool = bool(periodic)
         self.cutoff: float = float(cutoff)
+        # a node-encoding model (metadata encoding_range > 0) also takes its pairs within this range
+        self.encoding_range: float = float(encoding_range)
         self.n_particles: int = int(n_particles)
         self.subset: bool = indices is not None
         self.ev_to_kj_per_mol: float = float(EV_TO_KJ_PER_MOL)
@@ -158,9 +160,25 @@ class _AllScAIPTorchForceBase(nn.Module):
             edge_index, shifts = neighbor_pairs(x, cell, self.periodic, self.cutoff)
             x_model = x.clone()  # the model differentiates with respect to its own copy
             x_const = x.clone()
-        energy, forces, _virial, _energies = self.model(
-            x_model, self.numbers, cell, self.pbc, edge_index, shifts, self.charge, self.spin
-        )
+        if self.encoding_range > 0.0:
+            with torch.no_grad():  # neighbor_pairs leaves out the self pairs of zero shift already
+                pair_index, pair_shifts = neighbor_pairs(x, cell, self.periodic, self.encoding_range)
+            energy, forces, _virial, _energies = self.model(
+                x_model,
+                self.numbers,
+                cell,
+                self.pbc,
+                edge_index,
+                shifts,
+                self.charge,
+                self.spin,
+                pair_index,
+                pair_shifts,
+            )
+        else:  # the eight-input call of every export (also those made before the node encoding)
+            energy, forces, _virial, _energies = self.model(
+                x_model, self.numbers, cell, self.pbc, edge_index, shifts, self.charge, self.spin
+            )
         with torch.no_grad():
             energy = energy.clone()
             forces = forces.clone()
@@ -204,7 +222,6 @@ def _scripted_model(model_path: str | os.PathLike, device: str, dtype: Optional[
     if loaded.kind == "torchscript":
         module, _ = load_torchscript(loaded.path, device=str(loaded.device))  # own copy
     elif loaded.kind == "checkpoint":
-        refuse_node_encoding(loaded.eager.cfg.node_encoding, "a TorchForce module")
         module = torch.jit.script(ExportedAllScAIP(loaded.eager.eval(), dumps(loaded.metadata)))
     else:
         raise ValueError(
@@ -251,7 +268,10 @@ def build_torchforce_module(
     check_elements(numbers, loaded)
     check_charge_spin(loaded, charge, spin)
     cls = AllScAIPTorchForceWithForces if outputs_forces else AllScAIPTorchForceEnergy
-    wrapper = cls(module, numbers, indices, n_particles, periodic, charge, spin, loaded.cutoff, loaded.dtype)
+    encoding_range = float(loaded.metadata.get("encoding_range", 0.0))
+    wrapper = cls(
+        module, numbers, indices, n_particles, periodic, charge, spin, loaded.cutoff, loaded.dtype, encoding_range
+    )
     scripted = torch.jit.script(wrapper.to(loaded.device).eval())
     info = {
         "torchforce_format_version": TORCHFORCE_FORMAT_VERSION,

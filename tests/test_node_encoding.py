@@ -25,7 +25,6 @@ from allscaip.neighbors import encoding_pairs
 from allscaip.train.config import load_config
 from allscaip_export import cli
 from allscaip_export.aoti import export_aoti
-from allscaip_export.torchscript import export_torchscript
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(hidden=16, bond_order_lmax=2, legendre_lmax=2, cutoff=3.5)
@@ -302,18 +301,20 @@ def _forward_inputs_without_pairs(model):
     )
 
 
-def test_export_refuses_the_encoding(tmp_path, capsys):
+def test_aoti_export_refuses_the_encoding(tmp_path, capsys):
+    """The AOTInductor export refuses a node-encoding model and names the engines that run it (the
+    TorchScript export runs it: tests/test_export_staged.py)."""
     model = encoding_model()
-    for export in (export_torchscript, export_aoti):
-        with pytest.raises(ValueError) as err:
-            export(model, tmp_path / "model.pt2", {})
-        assert "node_encoding='sinc_pairs'" in str(err.value) and "ASE calculator" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        export_aoti(model, tmp_path / "model.pt2", {})
+    assert "node_encoding='sinc_pairs'" in str(err.value) and "ASE calculator" in str(err.value)
+    assert "TorchScript" in str(err.value)
     ckpt = tmp_path / "model.ckpt"
     save_checkpoint(ckpt, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
-    assert cli.main([str(ckpt)]) == 2
+    assert cli.main([str(ckpt), "--format", "aoti"]) == 2
     message = capsys.readouterr().err
     assert "node_encoding='sinc_pairs'" in message and "OpenMM" in message
-    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.pt2").exists()
 
 
 @pytest.mark.parametrize(

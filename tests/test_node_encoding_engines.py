@@ -1,5 +1,5 @@
-"""sinc_pairs models in the engines that run them today: the ASE calculator and OpenMM
-(PythonForce) from a checkpoint agree with the eager model; the TorchForce route refuses."""
+"""sinc_pairs checkpoints in the Python engines: the ASE calculator, OpenMM's PythonForce and a
+TorchForce module written from the checkpoint agree with the eager model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 openmm = pytest.importorskip("openmm")
 from conftest import small_model, water_box  # noqa: E402
-from test_openmm import context_for, energy_forces, topology_of  # noqa: E402
+from test_openmm import call_like_torchforce, context_for, energy_forces, topology_of  # noqa: E402
 
 from allscaip.calculator import AllScAIPCalculator  # noqa: E402
 from allscaip.checkpoint import save_checkpoint  # noqa: E402
@@ -82,8 +82,13 @@ def test_openmm_pythonforce_equals_eager(encoded, periodic):
     assert np.abs(f_mm / EV_PER_A_TO_KJ_PER_MOL_NM - f).max() <= ENGINE_AGREEMENT_EV_A
 
 
-def test_torchforce_route_refuses_the_encoding(encoded, tmp_path):
-    _, path = encoded
-    atoms = water_box(2, seed=1)
-    with pytest.raises(Exception, match="node_encoding"):
-        write_torchforce_module(path, topology_of(atoms, 3), tmp_path / "tf.pt")
+@pytest.mark.parametrize("kernel", ["reference", "cuda-float64"])
+def test_torchforce_module_from_the_checkpoint_equals_eager(encoded, tmp_path, kernel):
+    """The TorchForce module (scripted, computing its own encoding pairs) as openmm-torch calls it."""
+    model, path = encoded
+    atoms = water_box(2, cell_skew=True, seed=6)
+    e, f, _ = _eager(model, atoms)
+    module = torch.jit.load(str(write_torchforce_module(path, topology_of(atoms, 3), tmp_path / "tf.pt")))
+    e_tf, f_tf, _ = call_like_torchforce(module, atoms.positions * 0.1, atoms.cell.array * 0.1, kernel, True)
+    assert abs(e_tf - e * EV_TO_KJ_PER_MOL) <= 1e-9 * abs(e * EV_TO_KJ_PER_MOL)
+    assert np.abs(f_tf / EV_PER_A_TO_KJ_PER_MOL_NM - f).max() <= ENGINE_AGREEMENT_EV_A

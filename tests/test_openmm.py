@@ -425,3 +425,26 @@ def test_ml_mm_one_ml_water_in_tip3p(model_pt):
     nb = next(f for f in mixed.getForces() if isinstance(f, openmm.NonbondedForce))
     pairs = {tuple(sorted(nb.getExceptionParameters(k)[:2])) for k in range(nb.getNumExceptions())}
     assert {(0, 1), (0, 2), (1, 2)} <= pairs and (0, 3) not in pairs
+
+
+def test_node_encoding_model_runs_in_both_forces(tmp_path):
+    """A sinc_pairs model exported to TorchScript: the PythonForce and the TorchForce module pass
+    its encoding pairs and agree with the ASE calculator on the .pt."""
+    model = small_model(node_encoding="sinc_pairs", encoding_range=7.5, encoding_freqs=8)
+    with torch.no_grad():
+        model.encoding_weights.mul_(10.0)  # a bias of order one, as in tests/test_node_encoding.py
+    path = tmp_path / "encoding.pt"
+    export_torchscript(model, path, build_metadata(model, "float64", "cpu", "torchscript"))
+    atoms = water_box(2, cell_skew=True, seed=5)  # cell smaller than the encoding range
+    atoms.info.update(charge=0, spin=1)
+    atoms.calc = AllScAIPCalculator(path)
+    e_ref = atoms.get_potential_energy() * EV_TO_KJ_PER_MOL
+    f_ref = atoms.get_forces() * KJ_NM_PER_EV_A
+    pos_nm, box_nm = atoms.positions * 0.1, atoms.cell.array * 0.1
+    e, f = AllScAIPComputation(path, atoms.numbers, True).evaluate(pos_nm, box_nm)
+    assert abs(e - e_ref) <= 1e-10 * abs(e_ref)
+    np.testing.assert_allclose(f, f_ref, atol=1e-9 * np.abs(f_ref).max())
+    tf = write_torchforce_module(path, topology_of(atoms, 3), tmp_path / "tf.pt", outputs_forces=True)
+    e, f, _ = call_like_torchforce(torch.jit.load(str(tf)), pos_nm, box_nm, "cuda-float64", True)
+    assert abs(e - e_ref) <= 1e-10 * abs(e_ref)
+    np.testing.assert_allclose(f, f_ref, atol=1e-9 * np.abs(f_ref).max())

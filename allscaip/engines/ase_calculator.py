@@ -92,7 +92,9 @@ class AllScAIPCalculator(Calculator):
             stress = out["stress"][0] if periodic else None
         else:
             energy, forces, virial, energies = self._module(
-                *whole_system_inputs(atoms, self.cutoff, self.dtype, self.device)
+                *whole_system_inputs(
+                    atoms, self.cutoff, self.dtype, self.device, float(self.metadata.get("encoding_range", 0.0))
+                )
             )
             stress = -virial / atoms.get_volume() if periodic else None
         self.results["energy"] = float(energy)

@@ -59,8 +59,10 @@ from allscaip.model.neighbor_geometry import (
 from allscaip.model.node_encoding import (
     BLOCK_LOGITS_ELEMENTS,
     EncodingPairs,
+    dense_pair_bias_attention,
     encoded_attention,
     encoding_pair_inputs,
+    sinc_pair_basis,
     system_bounds,
 )
 
@@ -357,6 +359,34 @@ class AllScAIP(nn.Module):
         for i, block in enumerate(self.blocks):
             if i == layer:
                 return block.global_finish(nodes, q, k, v, mask)
+        raise RuntimeError("layer index out of range")
+
+    @torch.jit.export
+    def encoding_basis(self, pair_vec: torch.Tensor) -> torch.Tensor:
+        """Basis [P, F] of the node encoding (:func:`sinc_pair_basis`) of pair vectors ``pair_vec``
+        [P, 3] (``x_j - x_i`` of pairs within ``encoding_range``); the same for every layer."""
+        return sinc_pair_basis(pair_vec, self.encoding_range, self.encoding_freqs)
+
+    @torch.jit.export
+    def global_finish_encoded(
+        self,
+        layer: int,
+        nodes: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        basis: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
+        """Node attention of ``nodes``' queries q [heads, m, d] over keys/values [heads, n, d] of all
+        atoms with the encoding's pair bias ``basis @ encoding_weights[layer]`` between query ``rows``
+        and key ``cols`` [P] (dense: logits [heads, m, n]), then node FFN."""
+        pair_bias = torch.matmul(basis, self.encoding_weights[layer])
+        o = dense_pair_bias_attention(q, k, v, pair_bias, rows, cols)
+        for i, block in enumerate(self.blocks):
+            if i == layer:
+                return block.global_finish_heads(nodes, o)
         raise RuntimeError("layer index out of range")
 
     @torch.jit.export

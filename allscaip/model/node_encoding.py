@@ -39,8 +39,11 @@ DENSE_LOGITS_ELEMENTS = 1 << 18
 """Systems whose logits [heads, n, n] hold at most this many values (n = 256 at four heads) take the
 dense evaluation outside training too: one block either way, and no Python block loop."""
 
-ENCODING_ENGINES = "the eager model: the ASE calculator (AllScAIPCalculator) and OpenMM with the .ckpt"
-"""Where a model with a node encoding runs today (the exports and the LAMMPS plugin do not yet)."""
+ENCODING_ENGINES = (
+    "the eager model (the ASE calculator AllScAIPCalculator and OpenMM with the .ckpt) and the TorchScript "
+    "export (allscaip-export --format torchscript: .pt, also pair_style allscaip on any number of MPI ranks)"
+)
+"""Where a model with a node encoding runs today (the AOTInductor export does not yet)."""
 
 
 def smooth_switch(u: torch.Tensor) -> torch.Tensor:
@@ -68,9 +71,11 @@ def add_pair_bias(logits: torch.Tensor, pair_bias: torch.Tensor, flat: torch.Ten
 def dense_pair_bias_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pair_bias: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
-    """Attention of one system with the whole logits materialised: q/k/v [h, n, d], pair bias [P, h]
-    between query ``rows`` [P] and key ``cols`` [P] (indices within the system) -> [h, n, d]."""
-    n = q.shape[1]
+    """Attention of one system with the whole logits materialised: q [h, m, d] over k/v [h, n, d], pair
+    bias [P, h] between query ``rows`` [P] and key ``cols`` [P] (indices within q and k) -> [h, m, d].
+    A whole system has m = n; a domain-decomposed rank has its m owned queries over the n keys
+    gathered from every rank (memory O(m n) per layer)."""
+    n = k.shape[1]
     logits = torch.matmul(q, k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
     logits = add_pair_bias(logits, pair_bias, rows * n + cols)
     return torch.matmul(torch.softmax(logits, dim=-1), v)
@@ -204,7 +209,6 @@ class EncodingPairs(NamedTuple):
     pair_bounds: List[int]
 
 
-@torch.jit.unused
 def encoding_pair_inputs(
     positions: torch.Tensor,
     cell: torch.Tensor,
@@ -218,12 +222,11 @@ def encoding_pair_inputs(
     """Pair vectors ``x_j - x_i + S @ cell`` (differentiable in positions and cell, so forces and the
     strain derivative flow through them as through the local graph) and their basis.
 
-    This and :func:`encoded_attention` are eager only: TorchScript compiles them as "unused"
-    (raising), and the exports refuse a model with a node encoding (:func:`refuse_node_encoding`)."""
+    TorchScript compiles it as it is (the TorchScript export's whole-system call)."""
     index, shift = sorted_pairs(pair_index, pair_shift)
     rows, cols = index[0], index[1]
     vec = positions[cols] - positions[rows] + torch.einsum("px,pxy->py", shift, cell[system[rows]])
-    pair_bounds = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
+    pair_bounds: List[int] = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
     return EncodingPairs(sinc_pair_basis(vec, encoding_range, num_freqs), rows, cols, pair_bounds)
 
 
@@ -240,6 +243,25 @@ def use_dense(path: str, training: bool, heads: int, n: int) -> bool:
 
 
 @torch.jit.unused
+def _eager_system_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pair_bias: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    path: str,
+    training: bool,
+    block_elements: int,
+) -> torch.Tensor:
+    """Encoded attention of one system in the eager model: dense or blocked (:func:`use_dense`).
+    Behind ``torch.jit.unused``, since the blocked autograd Function does not script; scripted code
+    takes the dense evaluation instead (see :func:`encoded_attention`)."""
+    if use_dense(path, training, q.shape[0], q.shape[1]):
+        return dense_pair_bias_attention(q, k, v, pair_bias, rows, cols)
+    return blocked_pair_bias_attention(q, k, v, pair_bias, rows, cols, block_elements=block_elements)
+
+
 def encoded_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -253,15 +275,19 @@ def encoded_attention(
 ) -> torch.Tensor:
     """Node attention of every system of a batch with its pair bias ``basis @ weights`` (``weights``
     [F, heads] of one layer): q/k/v [h, N, d] -> [h, N, d]. ``path`` and ``training`` choose the
-    evaluation per system (:func:`use_dense`); blocks of at most ``block_elements`` logits."""
+    evaluation per system (:func:`use_dense`); blocks of at most ``block_elements`` logits.
+
+    Scripted (the TorchScript export) every system takes the dense evaluation: memory
+    O(heads n^2) per system and layer, the price of an export without custom autograd Functions."""
     pair_bias = torch.matmul(pairs.basis, weights)  # [P, heads]
-    parts = []
+    parts: List[torch.Tensor] = []
     for b in range(len(bounds) - 1):
         lo, hi = bounds[b], bounds[b + 1]
         p0, p1 = pairs.pair_bounds[b], pairs.pair_bounds[b + 1]
-        args = (q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], pair_bias[p0:p1], pairs.rows[p0:p1] - lo, pairs.cols[p0:p1] - lo)
-        if use_dense(path, training, q.shape[0], hi - lo):
-            parts.append(dense_pair_bias_attention(*args))
+        qb, kb, vb, bias_b = q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], pair_bias[p0:p1]
+        rows_b, cols_b = pairs.rows[p0:p1] - lo, pairs.cols[p0:p1] - lo
+        if torch.jit.is_scripting():
+            parts.append(dense_pair_bias_attention(qb, kb, vb, bias_b, rows_b, cols_b))
         else:
-            parts.append(blocked_pair_bias_attention(*args, block_elements=block_elements))
+            parts.append(_eager_system_attention(qb, kb, vb, bias_b, rows_b, cols_b, path, training, block_elements))
     return torch.cat(parts, 1)
