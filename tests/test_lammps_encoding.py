@@ -4,7 +4,7 @@ The encoding needs, on each rank, the pairs (owned i, any atom j within its rang
 reach max(cutoff, R), the pair bias enters node attention between i and the gathered key of j's
 owner (found by tag), and its gradient is tallied like an edge's. Checked on a box of
 ENCODING_MOLECULES waters (ranks own real sub-domains): serial LAMMPS against the Python model, and
-1 against 2 and 4 ranks (one grid with ranks that own no atom) to 1e-10 relative in float64 for
+1 against 2, 3, 4 and 8 ranks (grids 2 1 1, 3 1 1, 2 2 1, 2 2 2, and 4 1 1 with ranks that own no atom) to 1e-10 relative in float64 for
 energy, forces, virial and per-atom energy and virial; and 100 NVE steps on 1 and 4 ranks of a
 smaller box give the same positions to 1e-8 Å.
 """
@@ -117,7 +117,9 @@ def test_serial_matches_python(setup, serial):
     "system,nprocs,grid",
     [
         ("water", 2, "2 1 1"),
+        ("water", 3, "3 1 1"),
         ("water", 4, "2 2 1"),
+        ("water", 8, "2 2 2"),  # oversubscribed on a 2-core machine
         ("slab", 4, "4 1 1"),  # ranks 2 and 3 own no atom
     ],
 )
