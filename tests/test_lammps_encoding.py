@@ -166,3 +166,26 @@ def test_md_trajectory_rank_independent(lmp_env, setup, tmp_path):
     assert np.abs(positions[1] - np.stack([start["x"], start["y"], start["z"]], 1)).max() > 1e-3  # atoms moved
     deviation = np.abs(positions[4] - positions[1]).max()
     assert deviation < 1e-8, f"positions after 100 steps differ by {deviation:.2e} A on 4 ranks"
+
+
+SMALL_CELL_RANGE_A = 7.5
+"""Longer than the 6.2 Å edges of the small triclinic cell below: a pair meets several periodic
+images of the same atom within the encoding range, and the ghost shell exceeds the box."""
+
+
+@pytest.mark.parametrize("nprocs,grid", [(1, None), (2, "2 1 1")])
+def test_cell_smaller_than_the_encoding_range(lmp_env, tmp_path, nprocs, grid):
+    """24 atoms in a 6.2 Å triclinic cell with R = 7.5 Å: LAMMPS (1 and 2 ranks) equals Python."""
+    model = small_model(**{**ENCODING, "encoding_range": SMALL_CELL_RANGE_A})
+    with torch.no_grad():
+        model.encoding_weights.mul_(ENCODING_BOOST)
+    path = _export(model.eval(), tmp_path / "small.pt")
+    data = tmp_path / "small.data"
+    atoms = write_data(structures.water_box(8, spacing=3.1, seed=4, cell_skew=True), data)
+    log = run_lammps(lmp_env, tmp_path / "run", lammps_input(data, path, processors=grid), nprocs=nprocs)
+    sp = single_point(log, tmp_path / "run")
+    ref = python_reference(model, atoms)
+    assert abs(sp["energy"] - ref["energy"]) <= RANK_TOLERANCE * abs(ref["energy"])
+    assert_rel(sp["forces"], ref["forces"], RANK_TOLERANCE, f"forces on {nprocs} ranks")
+    assert_rel(sp["virial"], ref["virial"], RANK_TOLERANCE, f"virial on {nprocs} ranks")
+    assert_rel(sp["energies"], ref["energies"], RANK_TOLERANCE, f"per-atom energies on {nprocs} ranks")
