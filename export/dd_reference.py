@@ -21,7 +21,12 @@ A model with a node encoding (``module.encoding_range`` R > 0) also needs, per r
   pair_vec = x_j - x_i                               (leaf, requires grad; ghosts out to max(cutoff, R))
   pair_row = i's owned row, pair_col = the row of j's owner in the gathered K, V (rank order)
   basis = dd_encoding_basis(pair_vec)                (once)
-  h = dd_global_finish_encoded(l, h, q, K, V, basis, pair_row, pair_col)   instead of dd_global_finish
+  per layer, instead of dd_global_finish:
+      bias = dd_encoding_pair_bias(l, basis)                       [P, heads]
+      o = attention of q over K, V with bias added at (pair_row, pair_col)   (the engine's; blocked)
+      h = dd_global_finish_heads(l, h, o)
+  (exports older than those two methods: h = dd_global_finish_encoded(l, h, q, K, V, basis, pair_row,
+  pair_col) in one call)
 and dE/dpair_vec is tallied exactly like dE/dvec (forces on i and j, virial -pair_vec (x) g).
 """
 
@@ -32,6 +37,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from allscaip.model.node_encoding import blocked_pair_bias_attention
 from allscaip.neighbors import system_neighbor_pairs
 
 
@@ -108,6 +114,8 @@ def dd_evaluate(
         )
         if encoding_range > 0:
             mine = np.nonzero(np.isin(pi, owned))[0]
+            # in ascending owned row, as the blocked attention needs (the plugin builds them so)
+            mine = mine[np.argsort([local_of[int(a)] for a in pi[mine]], kind="stable")]
             i_atom = torch.tensor(pi[mine], dtype=torch.long)
             j_atom = torch.tensor(pj[mine], dtype=torch.long)
             # x_j of the ghost image (or owned atom) minus x_i: what an engine has on the rank
@@ -147,7 +155,11 @@ def dd_evaluate(
         k_all = torch.cat(ks, 1)  # all-gather over ranks
         v_all = torch.cat(vs, 1)
         for rk, st, q in zip(ranks, state, qs):
-            if encoding_range > 0:
+            if encoding_range > 0 and hasattr(module, "dd_global_finish_heads"):
+                bias = module.dd_encoding_pair_bias(layer, rk["basis"])
+                o = blocked_pair_bias_attention(q, k_all, v_all, bias, rk["pair_row"], rk["pair_col"])
+                st[3] = module.dd_global_finish_heads(layer, st[3], o)
+            elif encoding_range > 0:
                 st[3] = module.dd_global_finish_encoded(
                     layer, st[3], q, k_all, v_all, rk["basis"], rk["pair_row"], rk["pair_col"]
                 )

@@ -165,6 +165,21 @@ class ExportedAllScAIP(nn.Module):
         return self.model.global_finish_encoded(layer, h, q, k_all, v_all, basis, pair_row, pair_col)
 
     @torch.jit.export
+    def dd_encoding_pair_bias(self, layer: int, basis: torch.Tensor) -> torch.Tensor:
+        """Node encoding of block ``layer``: the pair bias [P, heads] of ``basis`` [P, F], to be
+        added to the logits between owned atom ``pair_row`` and gathered row ``pair_col``. With
+        ``dd_global_finish_heads`` it lets an engine run the encoded attention itself in query
+        blocks with a recomputing backward (memory linear in atoms; the plugin does), instead of
+        ``dd_global_finish_encoded``'s whole logits."""
+        return self.model.encoding_pair_bias(layer, basis)
+
+    @torch.jit.export
+    def dd_global_finish_heads(self, layer: int, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The rest of block ``layer`` after node attention computed by the engine: residual update
+        of ``h`` [Nc, H] from the attention outputs ``o`` [heads, Nc, d], then node FFN."""
+        return self.model.global_finish_heads(layer, h, o)
+
+    @torch.jit.export
     def dd_core(
         self, vec: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, numbers_all: torch.Tensor
     ) -> torch.Tensor:

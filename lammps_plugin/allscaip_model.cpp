@@ -133,6 +133,9 @@ void Model::load_torchscript()
   }
 
   has_core_ = module_.find_method("dd_core").has_value();
+  has_split_encoding_ = info_.encoding_range > 0.0 &&
+                        module_.find_method("dd_encoding_pair_bias").has_value() &&
+                        module_.find_method("dd_global_finish_heads").has_value();
 
   dtype_ = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
   for (const auto &p : module_.parameters()) {
@@ -238,6 +241,17 @@ torch::Tensor Model::global_finish_encoded(int64_t layer, const torch::Tensor &h
   return module_.get_method("dd_global_finish_encoded")(
                     {layer, h, q, k_all, v_all, basis, pair_row, pair_col})
       .toTensor();
+}
+
+torch::Tensor Model::encoding_pair_bias(int64_t layer, const torch::Tensor &basis)
+{
+  return module_.get_method("dd_encoding_pair_bias")({layer, basis}).toTensor();
+}
+
+torch::Tensor Model::global_finish_heads(int64_t layer, const torch::Tensor &h,
+                                         const torch::Tensor &o)
+{
+  return module_.get_method("dd_global_finish_heads")({layer, h, o}).toTensor();
 }
 
 torch::Tensor Model::readout(const torch::Tensor &h, const torch::Tensor &numbers_c)

@@ -12,11 +12,17 @@
    dE_rank/dvec by autograd; its backward runs the reverse communications.
    With a node encoding: pair_vec[p] = x_j - x_i for the encoding pairs (leaf
    tensor), basis = dd_encoding_basis(pair_vec) once, and per layer
-     h = dd_global_finish_encoded(h, q, K, V, basis, pair_row, pair_col)
-   instead of dd_global_finish; dE_rank/dpair_vec comes back with dE_rank/dvec.
+     bias = dd_encoding_pair_bias(basis)
+     o    = BlockedPairBiasAttention(q, K, V, bias, pair_row, pair_col)
+     h    = dd_global_finish_heads(h, o)
+   instead of dd_global_finish (exports without the two methods: one call of
+   dd_global_finish_encoded, whose logits are whole); dE_rank/dpair_vec comes
+   back with dE_rank/dvec.
 ------------------------------------------------------------------------- */
 
 #include "allscaip_staged.h"
+
+#include "allscaip_attention.h"
 
 #include <torch/csrc/autograd/autograd.h>
 
@@ -27,7 +33,8 @@ namespace allscaip {
 
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
-                             GatherContext &gather, const EncodingPairs *pairs)
+                             GatherContext &gather, const EncodingPairs *pairs,
+                             int64_t block_logits)
 {
   const ModelInfo &info = model.info();
   const torch::Device device = model.device();
@@ -83,9 +90,15 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
     auto [q, k, v] = model.global_project(layer, h);
     if (info.node_attention) {
       auto kv = AllGather::apply(k, v, &gather);
-      if (encoded)
+      if (encoded && model.has_split_encoding()) {
+        const int64_t block_rows = attention_block_rows(q.size(0), kv[0].size(1), block_logits);
+        torch::Tensor o =
+            BlockedPairBiasAttention::apply(q, kv[0], kv[1], model.encoding_pair_bias(layer, basis),
+                                            pair_row, pair_col, block_rows);
+        h = model.global_finish_heads(layer, h, o);
+      } else if (encoded) {
         h = model.global_finish_encoded(layer, h, q, kv[0], kv[1], basis, pair_row, pair_col);
-      else
+      } else
         h = model.global_finish(layer, h, q, kv[0], kv[1]);
     } else {
       h = model.global_finish(layer, h, q, k, v);    // node FFN only; keys/values unused

@@ -11,6 +11,7 @@
 #ifndef ALLSCAIP_STAGED_H
 #define ALLSCAIP_STAGED_H
 
+#include "allscaip_attention.h"
 #include "allscaip_comm.h"
 #include "allscaip_model.h"
 #include "allscaip_neighbors.h"
@@ -31,10 +32,12 @@ struct StagedResult {
 // Runs the staged evaluation of `layout` (its centres and ghosts become the rows of the
 // ghost exchange; ghost.halo must be set by the caller). `pairs`: the node encoding's pairs
 // (required exactly when model.has_encoding(); their col indexes the all-gathered rows).
-// Throws std::runtime_error if the backward pass skipped a communication step.
+// block_logits: the largest block of encoded attention logits held at once (values; see
+// allscaip_attention.h). Throws std::runtime_error if the backward pass skipped a communication step.
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
-                             GatherContext &gather, const EncodingPairs *pairs = nullptr);
+                             GatherContext &gather, const EncodingPairs *pairs = nullptr,
+                             int64_t block_logits = DEFAULT_BLOCK_LOGITS);
 
 }    // namespace allscaip
 

@@ -145,6 +145,38 @@ def test_rank_count_independence(lmp_env, setup, serial, tmp_path, system, nproc
     assert np.isfinite(sp["forces"]).all()
 
 
+SMALL_BLOCK_ROWS = 97
+"""Query rows per attention block in the blocked-attention test: an odd size, so that the 1500
+owned queries of one rank (or about 750 of two) split into 16 (or 8) blocks with a short last one."""
+
+
+@pytest.mark.parametrize("nprocs,grid", [(1, None), (2, "2 1 1")])
+def test_attention_in_many_blocks(lmp_env, setup, serial, tmp_path, nprocs, grid):
+    """pair_style allscaip attention_block B: the encoded attention runs in blocks of B logits (its
+    backward recomputes each block); many small blocks give the one-block numbers to 1e-10."""
+    model, path, systems = setup
+    heads = model.cfg.heads
+    block = SMALL_BLOCK_ROWS * heads * len(systems["water"][1])
+    ref, _, _ = serial("water")
+    style = f"allscaip attention_block {block}"
+    log = run_lammps(
+        lmp_env, tmp_path, lammps_input(systems["water"][0], path, processors=grid, pair_style=style), nprocs=nprocs
+    )
+    sp = single_point(log, tmp_path)
+    assert abs(sp["energy"] - ref["energy"]) <= RANK_TOLERANCE * abs(ref["energy"])
+    assert_rel(sp["forces"], ref["forces"], RANK_TOLERANCE, f"forces, blocks of {SMALL_BLOCK_ROWS} rows")
+    assert_rel(sp["virial"], ref["virial"], RANK_TOLERANCE, f"virial, blocks of {SMALL_BLOCK_ROWS} rows")
+    assert_rel(sp["atom_virial"], ref["atom_virial"], RANK_TOLERANCE, "per-atom virial in blocks")
+
+
+def test_attention_block_must_be_positive(lmp_env, setup, tmp_path):
+    _, path, systems = setup
+    style = "allscaip attention_block 0"
+    log = run_lammps(lmp_env, tmp_path, lammps_input(systems["water"][0], path, pair_style=style), expect_fail=True)
+    assert "attention_block is the largest number of node-attention logits held at once (>= 1" in log
+    assert "got 0" in log
+
+
 MD_MOLECULES = 64
 """A smaller triclinic box (192 atoms, edge about 12 Å, two encoding ranges) for 100 NVE steps on 1
 and 4 ranks: the trajectories must agree to 1e-8 Å, with atoms migrating between ranks."""

@@ -382,8 +382,18 @@ class AllScAIP(nn.Module):
         """Node attention of ``nodes``' queries q [heads, m, d] over keys/values [heads, n, d] of all
         atoms with the encoding's pair bias ``basis @ encoding_weights[layer]`` between query ``rows``
         and key ``cols`` [P] (dense: logits [heads, m, n]), then node FFN."""
-        pair_bias = torch.matmul(basis, self.encoding_weights[layer])
-        o = dense_pair_bias_attention(q, k, v, pair_bias, rows, cols)
+        o = dense_pair_bias_attention(q, k, v, self.encoding_pair_bias(layer, basis), rows, cols)
+        return self.global_finish_heads(layer, nodes, o)
+
+    @torch.jit.export
+    def encoding_pair_bias(self, layer: int, basis: torch.Tensor) -> torch.Tensor:
+        """Pair bias [P, heads] of block ``layer`` from the encoding basis [P, F]."""
+        return torch.matmul(basis, self.encoding_weights[layer])
+
+    @torch.jit.export
+    def global_finish_heads(self, layer: int, nodes: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual update of ``nodes`` from node-attention outputs ``o`` [heads, N, d] computed
+        outside, then node FFN."""
         for i, block in enumerate(self.blocks):
             if i == layer:
                 return block.global_finish_heads(nodes, o)
