@@ -9,7 +9,9 @@ torch thread per rank. Variants:
   blocks with a recomputing backward (``attention_block``, default 2^24 logits): memory linear in N;
 - ``one_block``: the same model with ``attention_block`` as large as the whole logits
   [heads, N_rank, N], i.e. the O(N²)-memory evaluation that TorchScript's whole-system call
-  still uses; run while it fits (``--one-block-max``).
+  still uses; run while it fits (``--one-block-max``);
+- ``content_recompute``, ``sinc_pairs_recompute``: with ``recompute yes`` (each layer's local
+  stage recomputed in the backward: one layer's activations alive at a time).
 
 Each LAMMPS run is ``run 0`` (set-up evaluation, untimed warm-up) then ``run 1``: one MD step, one
 energy+forces+virial evaluation, timed by LAMMPS's ``Loop time``. Peak memory is the largest
@@ -47,7 +49,13 @@ from allscaip_export.torchscript import export_torchscript
 HERE = Path(__file__).resolve().parent
 TINY = dict(elements=[1, 8], hidden=64, layers=2, heads=4, cutoff=5.0, max_neighbors=24)
 MODELS = {"content": dict(), "sinc_pairs": dict(node_encoding="sinc_pairs")}
-VARIANT_MODEL = {"content": "content", "sinc_pairs": "sinc_pairs", "one_block": "sinc_pairs"}
+VARIANT_MODEL = {
+    "content": "content",
+    "sinc_pairs": "sinc_pairs",
+    "one_block": "sinc_pairs",
+    "content_recompute": "content",
+    "sinc_pairs_recompute": "sinc_pairs",
+}
 MEMORY_GROWTH_LIMIT = 5.0  # issue 22: peak memory may grow at most 5x from 1500 to 6000 atoms
 
 
@@ -58,8 +66,9 @@ def export(path: Path, overrides: Dict[str, object]) -> Path:
     return path
 
 
-def lammps_input(data: Path, model: Path, attention_block: Optional[int]) -> str:
+def lammps_input(data: Path, model: Path, attention_block: Optional[int], recompute: bool) -> str:
     style = "allscaip" + (f" attention_block {attention_block}" if attention_block else "")
+    style += " recompute yes" if recompute else ""
     return "\n".join(
         [
             "units metal",
@@ -121,7 +130,7 @@ def main() -> int:
     load_start = list(os.getloadavg())
     rows = []
     print(f"# {os.cpu_count()} cores, torch {torch.__version__}, one torch thread per rank, float32")
-    print(f"{'atoms':>6} {'variant':>10} {'ranks':>5} {'s/eval':>8} {'us/atom':>8} {'peak GB':>8}")
+    print(f"{'atoms':>6} {'variant':>20} {'ranks':>5} {'s/eval':>8} {'us/atom':>8} {'peak GB':>8}")
     for n_atoms in [int(s) for s in args.sizes.split(",")]:
         atoms = water_box(n_atoms // 3)
         d = work / f"n{n_atoms}"
@@ -136,15 +145,20 @@ def main() -> int:
                 block = heads * n_atoms * n_atoms if variant == "one_block" else None
                 wd = d / f"{variant}_{r}"
                 wd.mkdir()
-                res = run(wd, lammps_input(data, models[VARIANT_MODEL[variant]], block), r, args.timeout)
+                res = run(
+                    wd,
+                    lammps_input(data, models[VARIANT_MODEL[variant]], block, variant.endswith("recompute")),
+                    r,
+                    args.timeout,
+                )
                 row = {"atoms": len(atoms), "variant": variant, "ranks": r, **res}
                 rows.append(row)
                 if "error" in res:
-                    print(f"{len(atoms):>6} {variant:>10} {r:>5} {res['error']}", flush=True)
+                    print(f"{len(atoms):>6} {variant:>20} {r:>5} {res['error']}", flush=True)
                 else:
                     us = 1e6 * res["seconds"] / len(atoms)
                     print(
-                        f"{len(atoms):>6} {variant:>10} {r:>5} {res['seconds']:>8.2f} {us:>8.0f} {res['peak_gb']:>8.2f}",
+                        f"{len(atoms):>6} {variant:>20} {r:>5} {res['seconds']:>8.2f} {us:>8.0f} {res['peak_gb']:>8.2f}",
                         flush=True,
                     )
 

@@ -20,13 +20,12 @@ A model with a node encoding (``module.encoding_range`` R > 0) also needs, per r
 (owned i, any atom j, owned or ghost image, within R; no self pair of zero shift):
   pair_vec = x_j - x_i                               (leaf, requires grad; ghosts out to max(cutoff, R))
   pair_row = i's owned row, pair_col = the row of j's owner in the gathered K, V (rank order)
-  basis = dd_encoding_basis(pair_vec)                (once)
   per layer, instead of dd_global_finish:
-      bias = dd_encoding_pair_bias(l, basis)                       [P, heads]
+      bias = dd_encoding_pair_bias(l, pair_vec)                    [P, heads]
       o = attention of q over K, V with bias added at (pair_row, pair_col)   (the engine's; blocked)
       h = dd_global_finish_heads(l, h, o)
-  (exports older than those two methods: h = dd_global_finish_encoded(l, h, q, K, V, basis, pair_row,
-  pair_col) in one call)
+  (exports older than those two methods: basis = dd_encoding_basis(pair_vec) once, then
+  h = dd_global_finish_encoded(l, h, q, K, V, basis, pair_row, pair_col) in one call per layer)
 and dE/dpair_vec is tallied exactly like dE/dvec (forces on i and j, virial -pair_vec (x) g).
 """
 
@@ -133,7 +132,7 @@ def dd_evaluate(
     for rk in ranks:
         idx, bias, P, h, E = module.dd_prepare(rk["vec"], rk["mask"], rk["index"], rk["z_all"], charge, spin)
         state.append([idx, bias, P, h, E])
-        if encoding_range > 0:
+        if encoding_range > 0 and not hasattr(module, "dd_global_finish_heads"):
             rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
     # The layer loop is written three times: here (the staged calls, one process),
     # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
@@ -156,7 +155,7 @@ def dd_evaluate(
         v_all = torch.cat(vs, 1)
         for rk, st, q in zip(ranks, state, qs):
             if encoding_range > 0 and hasattr(module, "dd_global_finish_heads"):
-                bias = module.dd_encoding_pair_bias(layer, rk["basis"])
+                bias = module.dd_encoding_pair_bias(layer, rk["pair_vec"])
                 o = blocked_pair_bias_attention(q, k_all, v_all, bias, rk["pair_row"], rk["pair_col"])
                 st[3] = module.dd_global_finish_heads(layer, st[3], o)
             elif encoding_range > 0:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from allscaip.model import AllScAIP
+from allscaip.model.pair_bias_first_order import first_order_pair_bias
 from allscaip.neighbors import pad_neighbors
 from allscaip_export.metadata import dumps, interface_version
 
@@ -165,13 +166,17 @@ class ExportedAllScAIP(nn.Module):
         return self.model.global_finish_encoded(layer, h, q, k_all, v_all, basis, pair_row, pair_col)
 
     @torch.jit.export
-    def dd_encoding_pair_bias(self, layer: int, basis: torch.Tensor) -> torch.Tensor:
-        """Node encoding of block ``layer``: the pair bias [P, heads] of ``basis`` [P, F], to be
-        added to the logits between owned atom ``pair_row`` and gathered row ``pair_col``. With
+    def dd_encoding_pair_bias(self, layer: int, pair_vec: torch.Tensor) -> torch.Tensor:
+        """Node encoding of block ``layer``: the pair bias [P, heads] of the pair vectors
+        ``pair_vec`` [P, 3] (as for ``dd_encoding_basis``), to be added to the logits between owned
+        atom ``pair_row`` and gathered row ``pair_col``; exact in value and first derivative, with
+        O(P·heads) memory (:mod:`allscaip.model.pair_bias_first_order`; no double backward). With
         ``dd_global_finish_heads`` it lets an engine run the encoded attention itself in query
         blocks with a recomputing backward (memory linear in atoms; the plugin does), instead of
-        ``dd_global_finish_encoded``'s whole logits."""
-        return self.model.encoding_pair_bias(layer, basis)
+        ``dd_encoding_basis`` + ``dd_global_finish_encoded``'s whole logits."""
+        return first_order_pair_bias(
+            pair_vec, self.model.encoding_weights[layer], self.model.encoding_range, self.model.encoding_freqs
+        )
 
     @torch.jit.export
     def dd_global_finish_heads(self, layer: int, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:

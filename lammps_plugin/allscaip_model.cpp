@@ -243,9 +243,9 @@ torch::Tensor Model::global_finish_encoded(int64_t layer, const torch::Tensor &h
       .toTensor();
 }
 
-torch::Tensor Model::encoding_pair_bias(int64_t layer, const torch::Tensor &basis)
+torch::Tensor Model::encoding_pair_bias(int64_t layer, const torch::Tensor &pair_vec)
 {
-  return module_.get_method("dd_encoding_pair_bias")({layer, basis}).toTensor();
+  return module_.get_method("dd_encoding_pair_bias")({layer, pair_vec}).toTensor();
 }
 
 torch::Tensor Model::global_finish_heads(int64_t layer, const torch::Tensor &h,

@@ -77,11 +77,12 @@ class Model {
                                       const torch::Tensor &basis, const torch::Tensor &pair_row,
                                       const torch::Tensor &pair_col);
   // the same split in two around an attention the engine runs itself (blocked, memory linear
-  // in atoms; allscaip_attention.h): the pair bias [P, heads] of block `layer`, then the
-  // residual update from the attention outputs o [heads, Nc, d] and the node FFN. Exports
-  // made before these methods existed have only global_finish_encoded (has_split_encoding())
+  // in atoms; allscaip_attention.h): the pair bias [P, heads] of block `layer` from the pair
+  // vectors (first-order exact, O(P heads) memory), then the residual update from the
+  // attention outputs o [heads, Nc, d] and the node FFN. Exports made before these methods
+  // existed have only encoding_basis + global_finish_encoded (has_split_encoding() false)
   bool has_split_encoding() const { return has_split_encoding_; }
-  torch::Tensor encoding_pair_bias(int64_t layer, const torch::Tensor &basis);
+  torch::Tensor encoding_pair_bias(int64_t layer, const torch::Tensor &pair_vec);
   torch::Tensor global_finish_heads(int64_t layer, const torch::Tensor &h, const torch::Tensor &o);
   torch::Tensor readout(const torch::Tensor &h, const torch::Tensor &numbers_c);
   // core-repulsion energies [Nc] from the same vec/mask/index as prepare(); exports made

@@ -11,18 +11,22 @@
      e = dd_readout(h) + dd_core(vec, ...);  E_rank = sum(e)
    dE_rank/dvec by autograd; its backward runs the reverse communications.
    With a node encoding: pair_vec[p] = x_j - x_i for the encoding pairs (leaf
-   tensor), basis = dd_encoding_basis(pair_vec) once, and per layer
-     bias = dd_encoding_pair_bias(basis)
+   tensor), and per layer
+     bias = dd_encoding_pair_bias(pair_vec)
      o    = BlockedPairBiasAttention(q, K, V, bias, pair_row, pair_col)
      h    = dd_global_finish_heads(h, o)
-   instead of dd_global_finish (exports without the two methods: one call of
-   dd_global_finish_encoded, whose logits are whole); dE_rank/dpair_vec comes
-   back with dE_rank/dvec.
+   instead of dd_global_finish (exports without the two methods: basis =
+   dd_encoding_basis(pair_vec) once and one call of dd_global_finish_encoded
+   per layer, whose logits are whole); dE_rank/dpair_vec comes back with
+   dE_rank/dvec.
+   recompute yes: each layer's local stage runs without autograd and again in
+   the backward (RecomputedLocal), so one layer's activations live at a time.
 ------------------------------------------------------------------------- */
 
 #include "allscaip_staged.h"
 
 #include "allscaip_attention.h"
+#include "allscaip_recompute.h"
 
 #include <torch/csrc/autograd/autograd.h>
 
@@ -34,7 +38,7 @@ namespace allscaip {
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
                              GatherContext &gather, const EncodingPairs *pairs,
-                             int64_t block_logits)
+                             const StagedOptions &options)
 {
   const ModelInfo &info = model.info();
   const torch::Device device = model.device();
@@ -83,17 +87,24 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   auto geometry = model.prepare(vec, mask, index, numbers, charge, spin);
   torch::Tensor h = geometry.h;
   torch::Tensor edges = geometry.edges;
-  if (encoded) basis = model.encoding_basis(pair_vec);
+  if (encoded && !model.has_split_encoding()) basis = model.encoding_basis(pair_vec);
   for (int64_t layer = 0; layer < info.num_layers; layer++) {
     torch::Tensor ghost_h = GhostExchange::apply(h, &ghost);
-    std::tie(h, edges) = model.local(layer, torch::cat({h, ghost_h}, 0), edges, geometry);
+    if (options.recompute_local) {
+      auto out = RecomputedLocal::apply(torch::cat({h, ghost_h}, 0), edges, geometry.bias,
+                                        geometry.legendre_p, geometry.index, &model, layer);
+      h = out[0];
+      edges = out[1];
+    } else {
+      std::tie(h, edges) = model.local(layer, torch::cat({h, ghost_h}, 0), edges, geometry);
+    }
     auto [q, k, v] = model.global_project(layer, h);
     if (info.node_attention) {
       auto kv = AllGather::apply(k, v, &gather);
       if (encoded && model.has_split_encoding()) {
-        const int64_t block_rows = attention_block_rows(q.size(0), kv[0].size(1), block_logits);
+        const int64_t block_rows = attention_block_rows(q.size(0), kv[0].size(1), options.attention_block);
         torch::Tensor o =
-            BlockedPairBiasAttention::apply(q, kv[0], kv[1], model.encoding_pair_bias(layer, basis),
+            BlockedPairBiasAttention::apply(q, kv[0], kv[1], model.encoding_pair_bias(layer, pair_vec),
                                             pair_row, pair_col, block_rows);
         h = model.global_finish_heads(layer, h, o);
       } else if (encoded) {

@@ -32,12 +32,19 @@ struct StagedResult {
 // Runs the staged evaluation of `layout` (its centres and ghosts become the rows of the
 // ghost exchange; ghost.halo must be set by the caller). `pairs`: the node encoding's pairs
 // (required exactly when model.has_encoding(); their col indexes the all-gathered rows).
-// block_logits: the largest block of encoded attention logits held at once (values; see
-// allscaip_attention.h). Throws std::runtime_error if the backward pass skipped a communication step.
+// how to trade memory for time (pair_style keywords attention_block and recompute)
+struct StagedOptions {
+  int64_t attention_block = DEFAULT_BLOCK_LOGITS;    // largest block of encoded attention
+                                                     // logits held at once (allscaip_attention.h)
+  bool recompute_local = false;    // recompute each layer's local stage in the backward
+                                   // (allscaip_recompute.h)
+};
+
+// Throws std::runtime_error if the backward pass skipped a communication step.
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
                              GatherContext &gather, const EncodingPairs *pairs = nullptr,
-                             int64_t block_logits = DEFAULT_BLOCK_LOGITS);
+                             const StagedOptions &options = StagedOptions());
 
 }    // namespace allscaip
 

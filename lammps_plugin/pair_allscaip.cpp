@@ -48,7 +48,7 @@ using allscaip::symmetric_voigt;
 
 PairAllscaip::PairAllscaip(LAMMPS *lmp) :
     Pair(lmp), device_name("cpu"), charge(0), spin(1),
-    attention_block(allscaip::DEFAULT_BLOCK_LOGITS), cutoff(0.0), cutoff_sq(0.0),
+    cutoff(0.0), cutoff_sq(0.0),
     encoding_range_sq(0.0),
     threads_configured(false), halo(nullptr), halo_cols(0), halo_nall(0), halo_nmax(0)
 {
@@ -83,12 +83,14 @@ void PairAllscaip::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N] [attention_block B]
+   pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N]
+                       [attention_block B] [recompute yes|no]
 ------------------------------------------------------------------------- */
 
 void PairAllscaip::settings(int narg, char **arg)
 {
-  int64_t new_charge = 0, new_spin = 1, new_block = allscaip::DEFAULT_BLOCK_LOGITS;
+  int64_t new_charge = 0, new_spin = 1;
+  allscaip::StagedOptions new_options;
   std::string new_device = "cpu";
   int iarg = 0;
   while (iarg < narg) {
@@ -96,7 +98,7 @@ void PairAllscaip::settings(int narg, char **arg)
     if (iarg + 1 >= narg)
       error->all(FLERR, "Illegal pair_style allscaip command: keyword {} needs a value; usage: "
                  "pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N] "
-                 "[attention_block B]", key);
+                 "[attention_block B] [recompute yes|no]", key);
     if (key == "charge") {
       new_charge = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "spin") {
@@ -107,14 +109,17 @@ void PairAllscaip::settings(int narg, char **arg)
     } else if (key == "device") {
       new_device = arg[iarg + 1];
     } else if (key == "attention_block") {
-      new_block = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
-      if (new_block < 1)
+      new_options.attention_block = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (new_options.attention_block < 1)
         error->all(FLERR, "pair_style allscaip: attention_block is the largest number of node-"
                    "attention logits held at once (>= 1; default {}), got {}",
-                   allscaip::DEFAULT_BLOCK_LOGITS, new_block);
+                   allscaip::DEFAULT_BLOCK_LOGITS, new_options.attention_block);
+    } else if (key == "recompute") {
+      new_options.recompute_local = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else {
       error->all(FLERR, "Illegal pair_style allscaip keyword '{}'; usage: pair_style allscaip "
-                 "[charge Q] [spin S] [device cpu|cuda|cuda:N] [attention_block B]", key);
+                 "[charge Q] [spin S] [device cpu|cuda|cuda:N] [attention_block B] "
+                 "[recompute yes|no]", key);
     }
     iarg += 2;
   }
@@ -132,7 +137,7 @@ void PairAllscaip::settings(int narg, char **arg)
   }
   charge = new_charge;
   spin = new_spin;
-  attention_block = new_block;
+  staged_options = new_options;
   device_name = new_device;
 }
 
@@ -339,7 +344,7 @@ void PairAllscaip::compute_staged()
 
   auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx,
                                           gather_ctx, encoded ? &encoding_pairs : nullptr,
-                                          attention_block);
+                                          staged_options);
   tally_energies(result.energies, torch::Tensor());
   if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);
   if (result.dE_dpair.defined() && encoding_pairs.size() > 0) tally_pair_gradients(result.dE_dpair);

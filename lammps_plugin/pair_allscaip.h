@@ -1,5 +1,6 @@
 /* -*- c++ -*- ----------------------------------------------------------
-   pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N] [attention_block B]
+   pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N]
+                       [attention_block B] [recompute yes|no]
    pair_coeff * * model.pt El1 El2 ... (one element symbol or NULL per type)
 
    AllScAIP machine-learning potential from an allscaip-export TorchScript
@@ -23,6 +24,7 @@ PairStyle(allscaip,PairAllscaip);
 #include "allscaip_comm.h"
 #include "allscaip_model.h"
 #include "allscaip_neighbors.h"
+#include "allscaip_staged.h"
 #include "allscaip_units.h"
 
 #include <memory>
@@ -62,7 +64,7 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   std::string model_path;
   std::string device_name;
   int64_t charge, spin;
-  int64_t attention_block;    // largest block of encoded attention logits (values)
+  allscaip::StagedOptions staged_options;    // attention_block, recompute
   double cutoff, cutoff_sq;
   double encoding_range_sq;    // node encoding: its range squared (0 without one)
   std::vector<int> type_species;    // LAMMPS type -> model element index, -1 for NULL

@@ -150,23 +150,29 @@ SMALL_BLOCK_ROWS = 97
 owned queries of one rank (or about 750 of two) split into 16 (or 8) blocks with a short last one."""
 
 
-@pytest.mark.parametrize("nprocs,grid", [(1, None), (2, "2 1 1")])
-def test_attention_in_many_blocks(lmp_env, setup, serial, tmp_path, nprocs, grid):
-    """pair_style allscaip attention_block B: the encoded attention runs in blocks of B logits (its
-    backward recomputes each block); many small blocks give the one-block numbers to 1e-10."""
+@pytest.mark.parametrize(
+    "nprocs,grid,options",
+    [(1, None, "blocks"), (2, "2 1 1", "blocks"), (1, None, "recompute"), (2, "2 1 1", "blocks recompute")],
+)
+def test_memory_options(lmp_env, setup, serial, tmp_path, nprocs, grid, options):
+    """The keywords that trade time for memory change results only by rounding (1e-10):
+    attention_block B (the encoded attention in blocks of B logits, its backward recomputing each
+    block) and recompute yes (each layer's local stage recomputed in the backward)."""
     model, path, systems = setup
-    heads = model.cfg.heads
-    block = SMALL_BLOCK_ROWS * heads * len(systems["water"][1])
+    style = "allscaip"
+    if "blocks" in options:
+        style += f" attention_block {SMALL_BLOCK_ROWS * model.cfg.heads * len(systems['water'][1])}"
+    if "recompute" in options:
+        style += " recompute yes"
     ref, _, _ = serial("water")
-    style = f"allscaip attention_block {block}"
     log = run_lammps(
         lmp_env, tmp_path, lammps_input(systems["water"][0], path, processors=grid, pair_style=style), nprocs=nprocs
     )
     sp = single_point(log, tmp_path)
     assert abs(sp["energy"] - ref["energy"]) <= RANK_TOLERANCE * abs(ref["energy"])
-    assert_rel(sp["forces"], ref["forces"], RANK_TOLERANCE, f"forces, blocks of {SMALL_BLOCK_ROWS} rows")
-    assert_rel(sp["virial"], ref["virial"], RANK_TOLERANCE, f"virial, blocks of {SMALL_BLOCK_ROWS} rows")
-    assert_rel(sp["atom_virial"], ref["atom_virial"], RANK_TOLERANCE, "per-atom virial in blocks")
+    assert_rel(sp["forces"], ref["forces"], RANK_TOLERANCE, f"forces with {style}")
+    assert_rel(sp["virial"], ref["virial"], RANK_TOLERANCE, f"virial with {style}")
+    assert_rel(sp["atom_virial"], ref["atom_virial"], RANK_TOLERANCE, f"per-atom virial with {style}")
 
 
 def test_attention_block_must_be_positive(lmp_env, setup, tmp_path):
