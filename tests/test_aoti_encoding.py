@@ -1,7 +1,8 @@
 """The AOTInductor export (.pt2) of a node-encoding (sinc_pairs) model: the package takes the encoding
 pairs as two more inputs and equals the eager model and the TorchScript export to 1e-8 eV/Å in
 float64, in Python (a triclinic cell smaller than the encoding range, a molecule without a cell, no
-pair within range) and in pair_style allscaip on one rank (1e-10 relative); two ranks are refused.
+pair within range) and in pair_style allscaip on one rank (1e-10 relative, the triclinic cell and the
+molecule); two ranks are refused.
 
 One AOTInductor compile for the module (the expensive part, a few minutes of CPU time), made by the
 allscaip-export CLI, which also verifies it against the checkpoint.
@@ -155,17 +156,32 @@ def test_ase_calculator_runs_the_package(packages):
 # ------------------------------------------------------------------------------------ LAMMPS
 
 
+def _molecule_in_box() -> Atoms:
+    """The molecule in a 20 Å box for a non-periodic LAMMPS run (boundary f f f)."""
+    atoms = _molecule()
+    atoms.positions += 10.0 - atoms.positions.mean(0)
+    atoms.cell = np.eye(3) * 20.0
+    return atoms
+
+
 @pytest.mark.lammps
-def test_lammps_one_rank_equals_python(packages, tmp_path):
+@pytest.mark.parametrize("system", ["small triclinic cell", "molecule"])
+def test_lammps_one_rank_equals_python(packages, tmp_path, system):
     """pair_style allscaip runs the package whole-system, its pairs from the neighbour list out to R."""
     model, ckpt = packages[0], packages[1]
-    data = tmp_path / "small.data"
-    atoms = write_lammps_data(_small_cell(), data)
-    script = lammps_input(data, ckpt.with_suffix(".pt2"), per_atom_virial=False)
+    periodic = system == "small triclinic cell"
+    data = tmp_path / "system.data"
+    atoms = write_lammps_data(_small_cell() if periodic else _molecule_in_box(), data)
+    script = lammps_input(
+        data, ckpt.with_suffix(".pt2"), boundary="p p p" if periodic else "f f f", per_atom_virial=False
+    )
     log = run_lammps(activated_env(), tmp_path / "run", script)
     assert "node encoding sinc_pairs with range 7.5 A" in log
     sp = single_point(log, tmp_path / "run")
     ref = python_reference(model, atoms)
+    if not periodic:  # W = sum_i x_i (x) F_i without a cell
+        w = np.einsum("ia,ib->ab", atoms.positions, ref["forces"])
+        ref["virial"] = w[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]
     assert abs(sp["energy"] - ref["energy"]) <= LAMMPS_TOLERANCE * abs(ref["energy"])
     assert_rel(sp["forces"], ref["forces"], LAMMPS_TOLERANCE, "forces")
     assert_rel(sp["virial"], ref["virial"], LAMMPS_TOLERANCE, "virial")
