@@ -7,6 +7,13 @@ TorchScript ``forward`` (see ``metadata.json``)::
     (positions [N,3], numbers [N], cell [3,3], pbc [3], edge_index [2,E], cell_shifts [E,3],
      charge [], spin []) -> (energy [], forces [N,3], virial [3,3], energies [N])
 
+A model with a node encoding (``node_encoding: sinc_pairs``, metadata ``encoding_range`` > 0)
+takes the TorchScript forward's two trailing inputs as well, ``encoding_index [2,P]`` and
+``encoding_shifts [P,3]`` (the pairs within ``encoding_range``,
+:func:`allscaip.neighbors.whole_system_inputs` with that range), with a dynamic pair count
+``P`` (traced with ``P >= 2`` like ``E``; ``P = 0``, no pair within range, runs too); its node
+attention is traced dense (logits [heads, N, N] per layer), as the TorchScript export runs it.
+
 How it is built (torch 2.13):
 
 1. the energy + forces + virial function (``torch.autograd.grad`` inside) is traced into a
@@ -71,7 +78,6 @@ from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
 
 from allscaip.model import AllScAIP
 from allscaip.model.evaluate import UnknownElementError
-from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip.neighbors import whole_system_inputs
 from allscaip_export.metadata import dumps
 
@@ -82,6 +88,7 @@ EXTRA_RECORD = "extra/metadata.json"  # record inside the package archive
 # about index arithmetic; these are far beyond what one process can hold).
 MAX_ATOMS = 10_000_000
 MAX_EDGES = 2_000_000_000
+MAX_PAIRS = 2_000_000_000  # node-encoding pairs; declared >= 2 like the edges (0 and 1 would specialise)
 
 
 # ---------------------------------------------------------------------------- tracing
@@ -115,12 +122,15 @@ def whole_system_function(model: AllScAIP) -> Callable[..., Tuple[torch.Tensor, 
 
     The same evaluation as :meth:`allscaip_export.torchscript.ExportedAllScAIP.forward`
     (:meth:`allscaip.model.AllScAIP.energy_forces_virial`); unknown elements / out-of-range charge
-    or spin give NaN outputs instead of an exception.
+    or spin give NaN outputs instead of an exception. A node-encoding model's function takes the
+    encoding pairs as two more inputs (``encoding_index`` [2,P], ``encoding_shifts`` [P,3]).
     """
     use_cs = bool(model.use_charge_spin)
     max_charge, max_spin = int(model.max_charge), int(model.max_spin)
 
-    def fn(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin):
+    def with_pairs(
+        positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin, encoding_index, encoding_shifts
+    ):
         n = positions.shape[0]
         dtype, device = positions.dtype, positions.device
         species = model.species_of(numbers)
@@ -133,8 +143,20 @@ def whole_system_function(model: AllScAIP) -> Callable[..., Tuple[torch.Tensor, 
             charge = charge.clamp(-max_charge, max_charge)
             spin = spin.clamp(0, max_spin)
         index, shift, mask = _pad_neighbors_traceable(edge_index[0], edge_index[1], cell_shifts.to(dtype), n)
+        pair_shift = encoding_shifts.to(dtype) if encoding_shifts is not None else None
         out = model.energy_forces_virial(
-            positions, species, None, cell.unsqueeze(0), pbc.unsqueeze(0), index, shift, mask, charge, spin
+            positions,
+            species,
+            None,
+            cell.unsqueeze(0),
+            pbc.unsqueeze(0),
+            index,
+            shift,
+            mask,
+            charge,
+            spin,
+            pair_index=encoding_index,
+            pair_shift=pair_shift,
         )
         nan = torch.full((), float("nan"), dtype=dtype, device=device)
         return (
@@ -144,7 +166,14 @@ def whole_system_function(model: AllScAIP) -> Callable[..., Tuple[torch.Tensor, 
             torch.where(bad, nan, out.energies),
         )
 
-    return fn
+    if model.use_encoding:
+        return with_pairs
+
+    # make_fx traces every parameter of the signature: the eight inputs only
+    def plain(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin):
+        return with_pairs(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin, None, None)
+
+    return plain
 
 
 class _TracedWholeSystem(nn.Module):
@@ -158,11 +187,26 @@ class _TracedWholeSystem(nn.Module):
         return self.gm(positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin)
 
 
+class _TracedEncodedWholeSystem(nn.Module):
+    """:class:`_TracedWholeSystem` of a node-encoding model: the encoding pairs are two more inputs."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(
+        self, positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin, encoding_index, encoding_shifts
+    ):
+        return self.gm(
+            positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin, encoding_index, encoding_shifts
+        )
+
+
 def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | str) -> Tuple[torch.Tensor, ...]:
     """Whole-system inputs for tracing: a small random periodic box of the model's elements.
 
-    Sizes are generic (N, E, neighbour counts all > 1 and different), so nothing is
-    specialised; the trace does not depend on the values beyond that.
+    Sizes are generic (N, E, neighbour counts and, with a node encoding, the pair count P all > 1
+    and different), so nothing is specialised; the trace does not depend on the values beyond that.
     """
     rng = np.random.default_rng(0)
     elements = list(model.cfg.elements)
@@ -173,14 +217,19 @@ def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | s
     frac = rng.random((n, 3))
     numbers = [elements[i % len(elements)] for i in range(n)]
     atoms = Atoms(numbers=numbers, positions=frac @ cell, cell=cell, pbc=True)
-    return whole_system_inputs(atoms, model.cutoff, dtype, device)
+    encoding_range = float(model.encoding_range) if model.use_encoding else 0.0
+    args = whole_system_inputs(atoms, model.cutoff, dtype, device, encoding_range)
+    sizes = [n, args[4].shape[1]] + ([args[8].shape[1]] if model.use_encoding else [])
+    # make_fx gives equal sizes one symbol (duck sizing): N, E and P must differ (and exceed 3)
+    assert len(set(sizes)) == len(sizes) and min(sizes) > 3, f"example sizes N, E(, P) not generic: {sizes}"
+    return args
 
 
 def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """make_fx (energy + forces + virial) -> torch.export with dynamic atom and edge counts."""
-    refuse_node_encoding(model.cfg.node_encoding, "the AOTInductor export")
     dev = torch.device(device)
     model = copy.deepcopy(model).to(dev).eval()
+    model.encoding_path = "dense"  # one traced system: no data-dependent query blocks
     for p in model.parameters():
         p.requires_grad_(False)
     dtype = next(model.parameters()).dtype
@@ -201,7 +250,11 @@ def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch
         "charge": None,
         "spin": None,
     }
-    return torch.export.export(_TracedWholeSystem(gm), args, dynamic_shapes=dynamic, strict=False)
+    if not model.use_encoding:
+        return torch.export.export(_TracedWholeSystem(gm), args, dynamic_shapes=dynamic, strict=False)
+    pairs = Dim("pairs", min=2, max=MAX_PAIRS)
+    dynamic.update(encoding_index={1: pairs}, encoding_shifts={0: pairs})
+    return torch.export.export(_TracedEncodedWholeSystem(gm), args, dynamic_shapes=dynamic, strict=False)
 
 
 def export_aoti(
@@ -220,7 +273,6 @@ def export_aoti(
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {path}")
-    refuse_node_encoding(model.cfg.node_encoding, "the AOTInductor export")
     dev = torch.device(device)
     meta = dumps(metadata)
     t0 = time.perf_counter()
@@ -267,7 +319,9 @@ class AOTIWholeSystem:
     """Callable around a loaded package with the whole-system signature.
 
     Checks elements, charge and spin (clear errors instead of NaN outputs), converts the
-    inputs to the package's dtype and device, and calls the compiled model.
+    inputs to the package's dtype and device, and calls the compiled model. A node-encoding
+    package (metadata ``encoding_range`` > 0) needs ``encoding_index`` / ``encoding_shifts``; other
+    packages ignore them, as the TorchScript forward does.
     """
 
     def __init__(self, runner: Any, metadata: Dict[str, Any], device: torch.device) -> None:
@@ -281,8 +335,35 @@ class AOTIWholeSystem:
         self.charge_spin = bool(metadata.get("charge_spin", cfg.get("charge_spin", False)))
         self.max_charge = int(cfg.get("max_charge", 0))
         self.max_spin = int(cfg.get("max_spin", 0))
+        self.encoding_range = float(metadata.get("encoding_range", 0.0))
 
-    def __call__(self, positions, numbers, cell, pbc, edge_index, cell_shifts, charge, spin):
+    def _encoding_pairs(self, encoding_index, encoding_shifts) -> Tuple[torch.Tensor, ...]:
+        """The pairs as the compiled program takes them: [2,P] int64 and [P,3] in the package's dtype."""
+        if encoding_index is None or encoding_shifts is None:
+            raise ValueError(
+                f"this package has node_encoding={self.metadata.get('node_encoding')!r}: pass its encoding pairs "
+                f"encoding_index [2,P] and encoding_shifts [P,3] within encoding_range "
+                f"{self.encoding_range:g} Å (allscaip.neighbors.whole_system_inputs with that range)"
+            )
+        index = torch.as_tensor(encoding_index, dtype=torch.long, device=self.device).reshape(2, -1)
+        shifts = torch.as_tensor(encoding_shifts, dtype=self.dtype, device=self.device).reshape(-1, 3)
+        if index.shape[1] != shifts.shape[0]:
+            raise ValueError(f"encoding_index has {index.shape[1]} pairs but encoding_shifts {shifts.shape[0]}")
+        return index.contiguous(), shifts.contiguous()
+
+    def __call__(
+        self,
+        positions,
+        numbers,
+        cell,
+        pbc,
+        edge_index,
+        cell_shifts,
+        charge,
+        spin,
+        encoding_index=None,
+        encoding_shifts=None,
+    ):
         dev, dt = self.device, self.dtype
         numbers = torch.as_tensor(numbers, dtype=torch.long, device=dev)
         unknown = sorted(set(numbers.unique().tolist()) - set(self.atomic_numbers))
@@ -315,6 +396,8 @@ class AOTIWholeSystem:
             charge,
             spin,
         )
+        if self.encoding_range > 0.0:
+            args = args + self._encoding_pairs(encoding_index, encoding_shifts)
         with torch.no_grad():
             energy, forces, virial, energies = self.runner(*args)
         return energy, forces, virial, energies

@@ -25,7 +25,6 @@ from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_pay
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
 from allscaip.model.evaluate import UnknownElementError
-from allscaip.model.node_encoding import refuse_node_encoding
 from allscaip.neighbors import whole_system_inputs  # also reachable as allscaip_export.cli.whole_system_inputs
 from allscaip.structures import water_box
 from allscaip_export.aoti import export_aoti, load_aoti
@@ -206,11 +205,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, KeyError) as err:  # ConfigError, state-dict mismatch
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{ckpt}: cannot rebuild the model from the checkpoint: {first}") from None
-    try:
-        if args.format == "aoti":
-            refuse_node_encoding(model.cfg.node_encoding, "allscaip-export --format aoti")
-    except ValueError as err:
-        raise UsageError(f"{ckpt}: {err}") from None
     sha = checkpoint_hash(ckpt)
     meta = build_metadata(model, args.dtype, args.device, args.format, sha)
     meta["checkpoint_hash"] = sha

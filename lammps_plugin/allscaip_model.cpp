@@ -268,22 +268,36 @@ torch::Tensor Model::core(const torch::Tensor &vec, const torch::Tensor &mask,
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> Model::whole_system(
     const torch::Tensor &positions, const torch::Tensor &numbers, const torch::Tensor &cell,
     const torch::Tensor &pbc, const torch::Tensor &edge_index, const torch::Tensor &cell_shifts,
-    int64_t charge, int64_t spin)
+    int64_t charge, int64_t spin, const torch::Tensor &encoding_index,
+    const torch::Tensor &encoding_shifts)
 {
   auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  const bool encoded = has_encoding();
+  if (encoded && (!encoding_index.defined() || !encoding_shifts.defined()))
+    throw ModelError("model " + path_ + " has a node encoding: its whole-system call needs the "
+                     "encoding pairs (internal error of the caller)");
   if (aoti_) {
     std::vector<torch::Tensor> in{positions.contiguous(), numbers.contiguous(), cell.contiguous(),
                                   pbc.contiguous(), edge_index.contiguous(),
                                   cell_shifts.contiguous(), torch::tensor(charge, opts),
                                   torch::tensor(spin, opts)};
+    if (encoded) {
+      in.push_back(encoding_index.contiguous());
+      in.push_back(encoding_shifts.contiguous());
+    }
     auto out = aoti_->run(in);
     if (out.size() != 4)
       throw ModelError("AOTInductor package " + path_ + " returned " + std::to_string(out.size()) +
                        " outputs instead of 4 (energy, forces, virial, energies)");
     return {out[0], out[1], out[2], out[3]};
   }
-  auto out = module_.forward({positions, numbers, cell, pbc, edge_index, cell_shifts,
-                              torch::tensor(charge, opts), torch::tensor(spin, opts)});
+  std::vector<torch::jit::IValue> in{positions,  numbers, cell, pbc, edge_index, cell_shifts,
+                                     torch::tensor(charge, opts), torch::tensor(spin, opts)};
+  if (encoded) {
+    in.emplace_back(encoding_index);
+    in.emplace_back(encoding_shifts);
+  }
+  auto out = module_.forward(in);
   auto t = out.toTuple();
   return {t->elements()[0].toTensor(), t->elements()[1].toTensor(), t->elements()[2].toTensor(),
           t->elements()[3].toTensor()};

@@ -91,12 +91,15 @@ class Model {
   torch::Tensor core(const torch::Tensor &vec, const torch::Tensor &mask, const torch::Tensor &index,
                      const torch::Tensor &numbers_all);
 
-  // ---- whole-system call: (energy [], forces [N,3], virial [3,3], energies [N])
+  // ---- whole-system call: (energy [], forces [N,3], virial [3,3], energies [N]); a model with
+  // a node encoding also takes its pairs encoding_index [2,P] and encoding_shifts [P,3]
+  // (ignored, and may be undefined, without one)
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>
   whole_system(const torch::Tensor &positions, const torch::Tensor &numbers,
                const torch::Tensor &cell, const torch::Tensor &pbc,
                const torch::Tensor &edge_index, const torch::Tensor &cell_shifts, int64_t charge,
-               int64_t spin);
+               int64_t spin, const torch::Tensor &encoding_index = torch::Tensor(),
+               const torch::Tensor &encoding_shifts = torch::Tensor());
 
  private:
   std::string path_;

@@ -13,8 +13,26 @@
 
 namespace allscaip {
 
+namespace {
+
+// integer lattice shift S with x_j = x_owner + S @ cell (cell rows a, b, c lower triangular;
+// hm is LAMMPS Domain::h); appended to shifts
+void append_shift(const double *xj, const double *xo, const double *hm, std::vector<double> &shifts)
+{
+  const double d[3] = {xj[0] - xo[0], xj[1] - xo[1], xj[2] - xo[2]};
+  const double sz = std::round(d[2] / hm[2]);
+  const double sy = std::round((d[1] - sz * hm[3]) / hm[1]);
+  const double sx = std::round((d[0] - sy * hm[5] - sz * hm[4]) / hm[0]);
+  shifts.push_back(sx);
+  shifts.push_back(sy);
+  shifts.push_back(sz);
+}
+
+}    // namespace
+
 WholeSystemResult evaluate_whole_system(Model &model, const NeighborLayout &layout,
-                                        const BoxAtoms &atoms, int64_t charge, int64_t spin)
+                                        const BoxAtoms &atoms, int64_t charge, int64_t spin,
+                                        const EncodingPairs *pairs)
 {
   double *const *x = atoms.x;
   const double *hm = atoms.h;
@@ -42,17 +60,9 @@ WholeSystemResult evaluate_whole_system(Model &model, const NeighborLayout &layo
                                    " has no owned image");
         owner = it->second;
       }
-      // x_j = x_owner + S @ cell (cell rows a, b, c lower triangular)
-      const int o = centres[owner];
-      const double d[3] = {x[j][0] - x[o][0], x[j][1] - x[o][1], x[j][2] - x[o][2]};
-      const double sz = std::round(d[2] / hm[2]);
-      const double sy = std::round((d[1] - sz * hm[3]) / hm[1]);
-      const double sx = std::round((d[0] - sy * hm[5] - sz * hm[4]) / hm[0]);
       ei.push_back(c);
       ej.push_back(owner);
-      shifts.push_back(sx);
-      shifts.push_back(sy);
-      shifts.push_back(sz);
+      append_shift(x[j], x[centres[owner]], hm, shifts);
     }
   }
   const int64_t ne = static_cast<int64_t>(ei.size());
@@ -74,8 +84,25 @@ WholeSystemResult evaluate_whole_system(Model &model, const NeighborLayout &layo
                    .to(device, torch::kBool, false, true);
   auto ei_t = torch::from_blob(edge_index.data(), {2, ne}, i64).to(device, torch::kInt64, false, true);
   auto sh_t = torch::from_blob(shifts.data(), {ne, 3}, f64).to(device, dtype, false, true);
-  auto [energy, forces, virial, energies] =
-      model.whole_system(positions, numbers_t, cell_t, pbc_t, ei_t, sh_t, charge, spin);
+  torch::Tensor pair_index_t, pair_shifts_t;
+  if (model.has_encoding()) {
+    if (pairs == nullptr)
+      throw std::runtime_error("internal error: a node-encoding model needs its pairs");
+    // on one rank the gathered column of j is its owner's centre: the pair (i, owner, S)
+    const int64_t np = pairs->size();
+    std::vector<int64_t> pair_index(2 * np);
+    std::vector<double> pair_shifts;
+    pair_shifts.reserve(3 * np);
+    for (int64_t p = 0; p < np; p++) {
+      pair_index[p] = pairs->row[p];
+      pair_index[np + p] = pairs->col[p];
+      append_shift(x[pairs->atom[p]], x[centres[pairs->col[p]]], hm, pair_shifts);
+    }
+    pair_index_t = torch::from_blob(pair_index.data(), {2, np}, i64).to(device, torch::kInt64, false, true);
+    pair_shifts_t = torch::from_blob(pair_shifts.data(), {np, 3}, f64).to(device, dtype, false, true);
+  }
+  auto [energy, forces, virial, energies] = model.whole_system(
+      positions, numbers_t, cell_t, pbc_t, ei_t, sh_t, charge, spin, pair_index_t, pair_shifts_t);
   return {energy, forces, virial, energies};
 }
 

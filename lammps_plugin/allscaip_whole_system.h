@@ -3,7 +3,9 @@
    without domain decomposition support (distance_bias models and
    AOTInductor packages): the owned atoms as the system, each ghost
    neighbour of the neighbour layout as its owned image plus an integer
-   lattice shift, through the model's whole-system call.
+   lattice shift, through the model's whole-system call. A model with a node
+   encoding gets its pairs the same way: each pair (centre i, atom j within the
+   range) as (i, owned image of j, shift).
 ------------------------------------------------------------------------- */
 
 #ifndef ALLSCAIP_WHOLE_SYSTEM_H
@@ -35,8 +37,11 @@ struct WholeSystemResult {
 };
 
 // Throws std::runtime_error if a ghost neighbour has no owned image (needs one rank).
+// pairs: the node encoding's pairs (EncodingPairs::build with rows and columns = centres, as
+// one rank gathers them), required for a model with a node encoding, ignored otherwise.
 WholeSystemResult evaluate_whole_system(Model &model, const NeighborLayout &layout,
-                                        const BoxAtoms &atoms, int64_t charge, int64_t spin);
+                                        const BoxAtoms &atoms, int64_t charge, int64_t spin,
+                                        const EncodingPairs *pairs = nullptr);
 
 }    // namespace allscaip
 

@@ -13,7 +13,8 @@
    A model with a node encoding (sinc_pairs) runs staged on any number of
    ranks: ghosts and the neighbour list reach max(cutoff, encoding range); its
    pairs (centre i, any atom j within the range) give g = dE/dpair_vec, tallied
-   like an edge's.
+   like an edge's. As an AOTInductor package it runs whole-system on one rank,
+   with the same pairs as inputs of the package.
    Both virials reach LAMMPS through symmetric_voigt and tally_global_virial
    (pair_allscaip_tally.cpp, with the other tallies).
 ------------------------------------------------------------------------- */
@@ -379,8 +380,11 @@ void PairAllscaip::compute_whole_system()
                "and AOTInductor packages); use the TorchScript export of a model without "
                "distance_bias");
   build_layout();
+  const bool encoded = model->has_encoding();
+  if (encoded) build_encoding_pairs();    // one rank: the gathered row of a tag is its centre
   const allscaip::BoxAtoms atoms{atom->x, atom->tag, atom->nlocal, domain->h, domain->periodicity};
-  auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin);
+  auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin,
+                                                encoded ? &encoding_pairs : nullptr);
 
   const double conv = units->energy();
   auto f_host = result.forces.to(torch::kCPU, torch::kFloat64).contiguous();

@@ -1,10 +1,9 @@
 """The distance-aware node attention "sinc_pairs" (allscaip.model.node_encoding): continuity at the
 half box and at its range, stress, invariances, blocked == dense, per-system batching, training,
-configuration errors and the export refusal. Float64, small random-weight models, one thread."""
+and configuration errors. Float64, small random-weight models, one thread."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import ase.io
@@ -17,14 +16,11 @@ from conftest import small_model, strain_fd_stress, water_box
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from allscaip import structures
-from allscaip.checkpoint import save_checkpoint
 from allscaip.config import ConfigError, model_config
 from allscaip.data import atoms_to_batch
 from allscaip.model import AllScAIP, compute_properties
 from allscaip.neighbors import encoding_pairs
 from allscaip.train.config import load_config
-from allscaip_export import cli
-from allscaip_export.aoti import export_aoti
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(hidden=16, bond_order_lmax=2, legendre_lmax=2, cutoff=3.5)
@@ -299,22 +295,6 @@ def _forward_inputs_without_pairs(model):
         b.charge,
         b.spin,
     )
-
-
-def test_aoti_export_refuses_the_encoding(tmp_path, capsys):
-    """The AOTInductor export refuses a node-encoding model and names the engines that run it (the
-    TorchScript export runs it: tests/test_export_staged.py)."""
-    model = encoding_model()
-    with pytest.raises(ValueError) as err:
-        export_aoti(model, tmp_path / "model.pt2", {})
-    assert "node_encoding='sinc_pairs'" in str(err.value) and "ASE calculator" in str(err.value)
-    assert "TorchScript" in str(err.value)
-    ckpt = tmp_path / "model.ckpt"
-    save_checkpoint(ckpt, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
-    assert cli.main([str(ckpt), "--format", "aoti"]) == 2
-    message = capsys.readouterr().err
-    assert "node_encoding='sinc_pairs'" in message and "OpenMM" in message
-    assert not (tmp_path / "model.pt2").exists()
 
 
 @pytest.mark.parametrize(

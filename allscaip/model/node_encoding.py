@@ -40,10 +40,11 @@ DENSE_LOGITS_ELEMENTS = 1 << 18
 dense evaluation outside training too: one block either way, and no Python block loop."""
 
 ENCODING_ENGINES = (
-    "the eager model (the ASE calculator AllScAIPCalculator and OpenMM with the .ckpt) and the TorchScript "
-    "export (allscaip-export --format torchscript: .pt, also pair_style allscaip on any number of MPI ranks)"
+    "the eager model (the ASE calculator AllScAIPCalculator and OpenMM with the .ckpt), the TorchScript "
+    "export (allscaip-export --format torchscript: .pt, also pair_style allscaip on any number of MPI ranks) "
+    "and the AOTInductor export (allscaip-export --format aoti: .pt2, also pair_style allscaip on one MPI rank)"
 )
-"""Where a model with a node encoding runs today (the AOTInductor export does not yet)."""
+"""Where a model with a node encoding runs today (every engine; a .pt2 in LAMMPS on one rank only)."""
 
 
 def smooth_switch(u: torch.Tensor) -> torch.Tensor:
@@ -222,11 +223,17 @@ def encoding_pair_inputs(
     """Pair vectors ``x_j - x_i + S @ cell`` (differentiable in positions and cell, so forces and the
     strain derivative flow through them as through the local graph) and their basis.
 
-    TorchScript compiles it as it is (the TorchScript export's whole-system call)."""
+    TorchScript compiles it as it is (the TorchScript export's whole-system call); one system
+    (``bounds`` of two entries) needs no ``.tolist()``, so make_fx traces it with a symbolic pair
+    count (the AOTInductor export)."""
     index, shift = sorted_pairs(pair_index, pair_shift)
     rows, cols = index[0], index[1]
     vec = positions[cols] - positions[rows] + torch.einsum("px,pxy->py", shift, cell[system[rows]])
-    pair_bounds: List[int] = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
+    # one system holds every pair: no data-dependent bounds, so the AOTInductor trace keeps P symbolic
+    pair_bounds: List[int] = [0, rows.shape[0]]
+    if len(bounds) != 2:
+        found: List[int] = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
+        pair_bounds = found
     return EncodingPairs(sinc_pair_basis(vec, encoding_range, num_freqs), rows, cols, pair_bounds)
 
 
@@ -278,7 +285,9 @@ def encoded_attention(
     evaluation per system (:func:`use_dense`); blocks of at most ``block_elements`` logits.
 
     Scripted (the TorchScript export) every system takes the dense evaluation: memory
-    O(heads n^2) per system and layer, the price of an export without custom autograd Functions."""
+    O(heads n^2) per system and layer, the price of an export without custom autograd Functions.
+    The AOTInductor export traces one system with ``path`` "dense" (no Python block loop, whose
+    bounds would be data-dependent), at the same memory."""
     pair_bias = torch.matmul(pairs.basis, weights)  # [P, heads]
     parts: List[torch.Tensor] = []
     for b in range(len(bounds) - 1):
