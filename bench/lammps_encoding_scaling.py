@@ -19,7 +19,8 @@ resident set of any process of the run (GNU time's %M over ``mpirun``'s descenda
 peak of the biggest rank. Prints a table and writes bench/results/lammps_encoding_scaling.json.
 
     python bench/lammps_encoding_scaling.py [--sizes 1500,3000,6000,12000,24000] [--ranks 1,2]
-        [--variants content,sinc_pairs,one_block] [--one-block-max 6000]
+        [--variants content,sinc_pairs,one_block,content_recompute,sinc_pairs_recompute]
+        [--one-block-max 6000] [--plain-max 12000]
 """
 
 from __future__ import annotations
@@ -115,8 +116,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1500,3000,6000,12000,24000", help="atoms (water: multiples of 3)")
     ap.add_argument("--ranks", default="1,2")
-    ap.add_argument("--variants", default="content,sinc_pairs,one_block")
+    ap.add_argument("--variants", default="content,sinc_pairs,one_block,content_recompute,sinc_pairs_recompute")
     ap.add_argument("--one-block-max", type=int, default=6000, help="largest N for the one-block run")
+    ap.add_argument(
+        "--plain-max", type=int, default=12000, help="largest N for the variants without recompute (memory)"
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per LAMMPS run")
     ap.add_argument("--out", default=str(HERE / "results" / "lammps_encoding_scaling.json"))
     args = ap.parse_args()
@@ -139,6 +143,8 @@ def main() -> int:
         ase.io.write(data, atoms, format="lammps-data", specorder=["H", "O"], atom_style="atomic")
         for variant in variants:
             if variant == "one_block" and n_atoms > args.one_block_max:
+                continue
+            if not variant.endswith("recompute") and n_atoms > args.plain_max:
                 continue
             for r in ranks:
                 # one block holds a rank's whole logits [heads, N_rank <= N, N]
