@@ -110,8 +110,9 @@ void PairAllscaip::settings(int narg, char **arg)
                    "for unspecified), got {}", new_spin);
     } else if (key == "min_distance") {
       const std::string v = arg[iarg + 1];
-      new_min_distance = v == "off" ? 0.0 : v == "model" ? -1.0 : utils::numeric(FLERR, v, false, lmp);
-      if (v != "off" && v != "model" && !(new_min_distance > 0.0))
+      const bool word = v == "off" || v == "model";
+      new_min_distance = v == "off" ? 0.0 : v == "model" ? -1.0 : utils::is_double(v) ? std::stod(v) : -2.0;
+      if (!word && !(new_min_distance > 0.0))
         error->all(FLERR, "pair_style allscaip: min_distance must be a positive distance in "
                    "Angstrom, 'model' (the model's own) or 'off', got {}", v);
     } else if (key == "device") {
