@@ -37,6 +37,8 @@ def files(tmp_path_factory) -> Dict[str, Path]:
     ckpt = d / "model.ckpt"
     save_checkpoint(ckpt, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
     out = {"dir": d, "ckpt": ckpt, "pt": _export(model, d / "model.pt")}
+    model.shortest_contact.fill_(6.0)  # min_distance 3 Å: every O-H bond is "too close"
+    out["strict"] = _export(model, d / "strict.pt")
     ase.io.write(d / "train.extxyz", emt_frames(6, 0))
     ase.io.write(d / "val.extxyz", emt_frames(2, 1))
     out["train"], out["val"] = d / "train.extxyz", d / "val.extxyz"
@@ -206,6 +208,12 @@ CLI_CASES: Dict[str, CliCase] = {
         + ["--lmp", str(t / "no_lmp")],
         [t / "liquid_run"],
         ["no_lmp' not found", "give --lmp PATH", "or use --engine openmm"],
+    ),
+    "liquid_atoms_too_close": lambda f, t: (
+        ["allscaip", "liquid", "--molecule", "water", "--model", str(f["strict"]), "--n-molecules", "27"]
+        + ["--threads", "1", "--no-progress"],
+        [t / "liquid_run" / "model" / "liquid" / name for name in ("minimise.xml", "minimise.xml.tmp")],
+        ["[model] the simulation stopped:", "Å apart, closer than min_distance 3 Å", "continue with --resume"],
     ),
     "liquid_no_model": lambda f, t: (
         ["allscaip", "liquid", "--molecule", "water"],

@@ -123,6 +123,30 @@ def test_lammps_min_distance_keyword_names_the_pair_and_distance(model_pt, tmp_p
     assert "min_distance must be a positive distance in Angstrom, 'model' (the model's own) or 'off', got -1" in out
 
 
+# the staged path with a node encoding (its pair gradients are checked too) and the whole-system
+# path (distance_bias: one rank, forces and virial from the model)
+OTHER_MODELS = {
+    "encoding": (dict(node_encoding="sinc_pairs", encoding_range=6.0, encoding_freqs=8), 2),
+    "distance_bias": (dict(distance_bias=True), 1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_MODELS))
+def test_lammps_other_evaluation_paths_stop_on_nan(tmp_path, kind):
+    overrides, nprocs = OTHER_MODELS[kind]
+    model = _export(small_model(**overrides), tmp_path / f"{kind}.pt")
+    data = tmp_path / "h_on_o.data"
+    write_data(_box_with_h_on_o(), data)
+    env = activated_env()
+    script = lammps_input(data, model, per_atom_virial=False)
+    out = run_lammps(env, tmp_path / "on", script, nprocs=nprocs, timeout=300, expect_fail=True)
+    assert "atoms 1 and 2 are 0 A apart at step 0" in out, out[-3000:]
+    script = lammps_input(data, model, per_atom_virial=False, pair_style="allscaip min_distance off")
+    out = run_lammps(env, tmp_path / "off", script, nprocs=nprocs, timeout=300, expect_fail=True)
+    assert "non-finite (NaN or Inf) energies or forces at step 0" in out, out[-3000:]
+    assert re.search(r"atom IDs 1, 2\b", out) and "the closest pair: atoms 1 and 2, 0 A apart" in out, out[-3000:]
+
+
 # ------------------------------------------------------------------------------ ASE
 @pytest.mark.parametrize("kind", ["pt", "ckpt"])
 def test_ase_calculator_names_the_close_pair_and_the_nan_atoms(model_pt, model_ckpt, kind):

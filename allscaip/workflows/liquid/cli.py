@@ -10,6 +10,7 @@ from pathlib import Path
 from allscaip.config_schema import ConfigError, values_from_arguments
 from allscaip.config_schema import add_arguments as add_setting_arguments
 from allscaip.engines.lammps import LammpsError, find_lmp
+from allscaip.result_checks import AtomsTooCloseError, NonFiniteResultError
 from allscaip.workflows.liquid import report, runner
 from allscaip.workflows.liquid.build import InputError
 from allscaip.workflows.liquid.settings import Settings
@@ -89,6 +90,19 @@ NON_NEGATIVE_ARGUMENTS = {
 """Arguments that may be 0 (that stage is skipped) but not negative."""
 
 
+def simulation_errors() -> tuple:
+    """What an engine raises when a simulation goes wrong (docs/errors.md): the model's result checks,
+    a failed lmp, OpenMM's wrapper around an exception in the force."""
+    errors: tuple = (LammpsError, AtomsTooCloseError, NonFiniteResultError, FloatingPointError)
+    try:
+        import openmm
+
+        errors += (openmm.OpenMMException,)
+    except ImportError:
+        pass
+    return errors
+
+
 def run(args: argparse.Namespace) -> int:
     def err(msg: str) -> int:
         print(f"allscaip liquid: error: {msg}", file=sys.stderr)
@@ -136,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
             ).run()
         except (InputError, ConfigError) as e:  # ConfigError: a settings.json this version cannot read
             return err(str(e))
+        except simulation_errors() as e:  # atoms too close, NaN, lmp failed: a message, not a traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return err(
+                f"[{p}] the simulation stopped: {first}. The completed segments are kept in {out / p}; once the "
+                "cause is fixed, continue with --resume"
+            )
         rep["label"] = p
         reports.append(rep)
         for w in rep.get("warnings", []):
