@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any, Dict
 
@@ -80,7 +81,16 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     not_ours = f"{path} is not an allscaip checkpoint (expected a file written by allscaip-train)"
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, TypeError) as err:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        struct.error,  # a file of a few bytes
+    ) as err:
         raise CheckpointError(
             f"{not_ours}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from err

@@ -186,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {ckpt} does not exist" if not ckpt.exists() else f"{ckpt} is not a file")
+    if ckpt.suffix.lower() in (".pt", ".pt2"):
+        raise UsageError(
+            f"{ckpt} is an exported model ({ckpt.suffix}), not a training checkpoint; give the .ckpt it was "
+            "exported from (engines load the export directly)"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no GPU (use --device cpu)")
     out = Path(args.output) if args.output else ckpt.with_suffix(SUFFIX[args.format])

@@ -12,6 +12,7 @@ from ase.data import chemical_symbols
 import allscaip
 from allscaip.model import AllScAIP
 from allscaip.reproducible import sha256_file
+from allscaip.result_checks import min_distance_of_model
 
 # Bumped whenever the calling convention of exported modules changes; engines check it.
 INTERFACE_VERSION = 1
@@ -91,6 +92,8 @@ def build_metadata(model: AllScAIP, dtype: str, device: str, fmt: str, source_sh
         "max_neighbors": cfg.max_neighbors,
         "charge_spin": bool(cfg.charge_spin),
         "core_radius": core_radius_table(model),
+        # engines stop on two atoms closer than this (Å; docs/errors.md)
+        "min_distance": round(min_distance_of_model(model), 6),
         "supports_domain_decomposition": fmt == "torchscript" and not bool(cfg.distance_bias),
         "units": {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom", "virial": "eV"},
         "dtype": dtype,

@@ -227,6 +227,11 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
     if (const Json *v = optional(*cfg, "max_spin", Kind::Number))
       info.max_spin = as_int(*v, "max_spin", path);
   }
+  info.min_distance = kDefaultMinDistance;
+  if (const Json *v = optional(root, "min_distance", Kind::Number)) info.min_distance = v->get<double>();
+  if (!(info.min_distance >= 0.0) || !std::isfinite(info.min_distance))
+    throw ModelError("metadata.json of " + path + ": min_distance must be a number >= 0 (Angstrom), "
+                     "got " + std::to_string(info.min_distance) + "; re-export it with allscaip-export");
   info.dtype = require_string(root, "dtype", path);
   if (info.dtype != "float32" && info.dtype != "float64")
     throw ModelError("metadata.json of " + path + ": dtype \"" + info.dtype +

@@ -26,6 +26,9 @@ constexpr int kInterfaceVersion = 1;
 // carried only by models with a node encoding (allscaip_export.metadata.ENCODING_INTERFACE_VERSION)
 constexpr int kEncodingInterfaceVersion = 2;
 
+// min_distance of exports without the key (Angstrom): below every chemical bond (H2: 0.74 A)
+constexpr double kDefaultMinDistance = 0.5;
+
 class ModelError : public std::runtime_error {
  public:
   explicit ModelError(const std::string &msg) : std::runtime_error(msg) {}
@@ -52,6 +55,9 @@ struct ModelInfo {
   double encoding_range = 0.0;            // Angstrom; > 0 exactly when the model has a node encoding
   int max_charge = 0;                     // |charge| allowed (0: unknown)
   int max_spin = 0;                       // spin multiplicity allowed (0: unknown)
+  // Angstrom: two atoms closer than this stop the run (a fraction of the training data's
+  // shortest contact); exports made before the key existed get kDefaultMinDistance
+  double min_distance = 0.0;
   std::string dtype;                      // "float32" | "float64"
   std::string device;                     // device it was exported for
 };

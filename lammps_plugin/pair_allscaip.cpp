@@ -51,7 +51,8 @@ PairAllscaip::PairAllscaip(LAMMPS *lmp) :
     Pair(lmp), device_name("cpu"), charge(0), spin(1),
     cutoff(0.0), cutoff_sq(0.0),
     encoding_range_sq(0.0),
-    threads_configured(false), halo(nullptr), halo_cols(0), halo_nall(0), halo_nmax(0)
+    threads_configured(false), min_distance_setting(-1.0), min_distance(0.0), halo(nullptr),
+    halo_cols(0), halo_nall(0), halo_nmax(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -85,13 +86,14 @@ void PairAllscaip::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N]
-                       [attention_block B] [recompute yes|no]
+                       [attention_block B] [recompute yes|no] [min_distance R|model|off]
 ------------------------------------------------------------------------- */
 
 void PairAllscaip::settings(int narg, char **arg)
 {
   int64_t new_charge = 0, new_spin = 1;
   allscaip::StagedOptions new_options;
+  double new_min_distance = -1.0;
   std::string new_device = "cpu";
   int iarg = 0;
   while (iarg < narg) {
@@ -99,7 +101,7 @@ void PairAllscaip::settings(int narg, char **arg)
     if (iarg + 1 >= narg)
       error->all(FLERR, "Illegal pair_style allscaip command: keyword {} needs a value; usage: "
                  "pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N] "
-                 "[attention_block B] [recompute yes|no]", key);
+                 "[attention_block B] [recompute yes|no] [min_distance R|model|off]", key);
     if (key == "charge") {
       new_charge = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "spin") {
@@ -107,6 +109,13 @@ void PairAllscaip::settings(int narg, char **arg)
       if (new_spin < 0)
         error->all(FLERR, "pair_style allscaip: spin is the spin multiplicity 2S+1 (>= 1, or 0 "
                    "for unspecified), got {}", new_spin);
+    } else if (key == "min_distance") {
+      const std::string v = arg[iarg + 1];
+      const bool word = v == "off" || v == "model";
+      new_min_distance = v == "off" ? 0.0 : v == "model" ? -1.0 : utils::is_double(v) ? std::stod(v) : -2.0;
+      if (!word && !(new_min_distance > 0.0))
+        error->all(FLERR, "pair_style allscaip: min_distance must be a positive distance in "
+                   "Angstrom, 'model' (the model's own) or 'off', got {}", v);
     } else if (key == "device") {
       new_device = arg[iarg + 1];
     } else if (key == "attention_block") {
@@ -120,7 +129,7 @@ void PairAllscaip::settings(int narg, char **arg)
     } else {
       error->all(FLERR, "Illegal pair_style allscaip keyword '{}'; usage: pair_style allscaip "
                  "[charge Q] [spin S] [device cpu|cuda|cuda:N] [attention_block B] "
-                 "[recompute yes|no]", key);
+                 "[recompute yes|no] [min_distance R|model|off]", key);
     }
     iarg += 2;
   }
@@ -139,6 +148,7 @@ void PairAllscaip::settings(int narg, char **arg)
   charge = new_charge;
   spin = new_spin;
   staged_options = new_options;
+  min_distance_setting = new_min_distance;
   device_name = new_device;
 }
 
@@ -243,6 +253,7 @@ void PairAllscaip::init_style()
                "eV and Angstrom are converted automatically)", style,
                allscaip::UnitConversion::supported_styles());
   units = std::make_unique<allscaip::UnitConversion>(style);
+  min_distance = min_distance_setting < 0.0 ? model->info().min_distance : min_distance_setting;
 
   const allscaip::ModelInfo &info = model->info();
   if (comm->nprocs > 1 && !info.supports_domain_decomposition) {
@@ -343,9 +354,11 @@ void PairAllscaip::compute_staged()
   const bool encoded = model->has_encoding();
   if (encoded) build_encoding_pairs();    // collective (tag gather)
 
+  check_min_distance();
   auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx,
                                           gather_ctx, encoded ? &encoding_pairs : nullptr,
                                           staged_options);
+  check_finite_staged(result.energies, result.dE_dvec, result.dE_dpair);
   tally_energies(result.energies, torch::Tensor());
   if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);
   if (result.dE_dpair.defined() && encoding_pairs.size() > 0) tally_pair_gradients(result.dE_dpair);
@@ -380,11 +393,13 @@ void PairAllscaip::compute_whole_system()
                "and AOTInductor packages); use the TorchScript export of a model without "
                "distance_bias");
   build_layout();
+  check_min_distance();
   const bool encoded = model->has_encoding();
   if (encoded) build_encoding_pairs();    // one rank: the gathered row of a tag is its centre
   const allscaip::BoxAtoms atoms{atom->x, atom->tag, atom->nlocal, domain->h, domain->periodicity};
   auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin,
                                                 encoded ? &encoding_pairs : nullptr);
+  check_finite_whole(result.energy, result.forces, result.virial, result.energies);
 
   const double conv = units->energy();
   auto f_host = result.forces.to(torch::kCPU, torch::kFloat64).contiguous();

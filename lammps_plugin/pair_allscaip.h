@@ -1,6 +1,6 @@
 /* -*- c++ -*- ----------------------------------------------------------
    pair_style allscaip [charge Q] [spin S] [device cpu|cuda|cuda:N]
-                       [attention_block B] [recompute yes|no]
+                       [attention_block B] [recompute yes|no] [min_distance R|model|off]
    pair_coeff * * model.pt El1 El2 ... (one element symbol or NULL per type)
 
    AllScAIP machine-learning potential from an allscaip-export TorchScript
@@ -28,6 +28,7 @@ PairStyle(allscaip,PairAllscaip);
 #include "allscaip_units.h"
 
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -70,6 +71,8 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   std::vector<int> type_species;    // LAMMPS type -> model element index, -1 for NULL
   std::vector<int64_t> type_z;      // LAMMPS type -> atomic number, 0 for NULL
   bool threads_configured;
+  double min_distance_setting;    // pair_style min_distance: > 0 Angstrom, 0 off, < 0 the model's
+  double min_distance;            // in use (Angstrom; 0 = no check)
 
   // halo buffer [nall, hidden] of node states / their gradients
   double *halo;
@@ -95,6 +98,16 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   void tally_pair_gradients(const torch::Tensor &dE_dpair);
   void tally_pair(int i, int j, const double *d, const double *g, double total[6]);
   void tally_global_virial(const double v[6], double scale);
+  // pair_allscaip_checks.cpp: stop the run on atoms too close or non-finite results
+  void check_min_distance();
+  double closest_pair(tagint &a, tagint &b) const;
+  void closest_pair_of_all_ranks(double &r, tagint ab[2], double send_below);
+  void check_finite_staged(const torch::Tensor &energies, const torch::Tensor &dE_dvec,
+                           const torch::Tensor &dE_dpair);
+  void check_finite_whole(const torch::Tensor &energy, const torch::Tensor &forces,
+                          const torch::Tensor &virial, const torch::Tensor &energies);
+  bool any_rank_non_finite(bool finite_here);
+  void stop_non_finite(const std::set<tagint> &ids);
 };
 
 }    // namespace LAMMPS_NS

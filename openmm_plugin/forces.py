@@ -29,6 +29,7 @@ from ase.data import chemical_symbols
 from allscaip.dtypes import DTYPES
 from allscaip.engines.ase_calculator import AllScAIPCalculator, check_device
 from allscaip.neighbors import system_encoding_pairs, system_neighbor_pairs
+from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # also re-exported
 from allscaip_export.metadata import build_metadata, dumps
 from allscaip_export.torchscript import ExportedAllScAIP
@@ -180,7 +181,10 @@ class AllScAIPComputation:
 
     Parameters: ``model_path``, ``atomic_numbers`` of the atoms the force applies to (in
     ``setParticles`` order), ``periodic``, total ``charge`` (e) and ``spin`` multiplicity,
-    ``device`` and ``dtype`` (checkpoints only).
+    ``device`` and ``dtype`` (checkpoints only), ``min_distance`` (Å; None: the model's, 0: no
+    check) and ``particles`` (the OpenMM particle indices of the atoms, named in error messages).
+    Two atoms closer than min_distance or a NaN/Inf result raise an exception naming the
+    particles (docs/errors.md).
 
     Pickling stores only these settings (the model is re-loaded from ``model_path``), so a
     System holding this force can be written with ``XmlSerializer`` and read back on a machine
@@ -196,7 +200,14 @@ class AllScAIPComputation:
         spin: int = 1,
         device: str = "cpu",
         dtype: Optional[str] = None,
+        min_distance: Optional[float] = None,
+        particles: Optional[Sequence[int]] = None,
     ) -> None:
+        if min_distance is not None and not min_distance >= 0:
+            raise ValueError(
+                f"min_distance must be a distance >= 0 in Å (0 turns the check off) or None for the model's, "
+                f"got {min_distance!r}"
+            )
         self._settings = dict(
             model_path=str(Path(model_path).expanduser().resolve()),
             atomic_numbers=[int(z) for z in atomic_numbers],
@@ -205,6 +216,8 @@ class AllScAIPComputation:
             spin=int(spin),
             device=str(device),
             dtype=dtype,
+            min_distance=min_distance,
+            particles=None if particles is None else [int(p) for p in particles],
         )
         self._setup()
 
@@ -226,6 +239,15 @@ class AllScAIPComputation:
         self._zero_cell_np = np.zeros((3, 3))
         self._zero_cell = torch.zeros((3, 3), dtype=dt, device=dev)
         self._on_cpu = dev.type == "cpu"
+        self.min_distance = s.get("min_distance")
+        if self.min_distance is None:
+            m = self.model
+            self.min_distance = (
+                min_distance_of_model(m.eager)
+                if m.eager is not None
+                else float(m.metadata.get("min_distance", DEFAULT_MIN_DISTANCE))
+            )
+        self._names = s.get("particles") or list(range(self.n_atoms))
 
     def __getstate__(self) -> Dict[str, Any]:
         return dict(self._settings)
@@ -247,6 +269,10 @@ class AllScAIPComputation:
         else:
             cell_a = self._zero_cell_np
         i, j, s = system_neighbor_pairs(pos_a, cell_a, self._pbc_np, self.cutoff)
+        where, who = "allscaip OpenMM force", "particles"
+        if self.min_distance > 0:  # the neighbour list reaches further than min_distance
+            pairs = (i, j, s) if self.min_distance <= self.cutoff else None
+            check_min_distance(pos_a, cell_a, self._pbc_np, self.min_distance, where, who, pairs, self._names)
         pos_t = torch.from_numpy(pos_a).to(device=dev, dtype=dt)
         cell_t = torch.from_numpy(cell_a).to(device=dev, dtype=dt) if self.periodic else self._zero_cell
         edge_index = torch.from_numpy(np.stack((i, j))).to(dev)
@@ -256,7 +282,8 @@ class AllScAIPComputation:
             pi, pj, ps = system_encoding_pairs(pos_a, cell_a, self._pbc_np, self.encoding_range)
             args.append(torch.from_numpy(np.stack((pi, pj))).to(dev))
             args.append(torch.from_numpy(ps).to(device=dev, dtype=dt))
-        energy, forces, _, _ = self.model.module(*args)
+        energy, forces, _, energies = self.model.module(*args)
+        check_finite(energy, forces, energies, None, where, who, self._names)
         f = forces.detach()
         if not self._on_cpu:
             f = f.cpu()
@@ -280,9 +307,12 @@ def make_python_force(
     device: str = "cpu",
     dtype: Optional[str] = None,
     force_group: int = 0,
+    min_distance: Optional[float] = None,
 ):
     """An ``openmm.PythonForce`` evaluating the allscaip model on ``particles`` (all when None)."""
-    computation = AllScAIPComputation(model_path, atomic_numbers, periodic, charge, spin, device, dtype)
+    computation = AllScAIPComputation(
+        model_path, atomic_numbers, periodic, charge, spin, device, dtype, min_distance, particles
+    )
     force = openmm.PythonForce(computation)
     if particles is not None:
         force.setParticles([int(p) for p in particles])

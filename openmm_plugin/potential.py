@@ -110,6 +110,7 @@ class AllScAIPPotentialImpl(_ImplBase):
         device: Optional[str] = None,
         dtype: Optional[str] = None,
         embedding: Optional[str] = None,
+        min_distance: Optional[float] = None,
         **args,
     ) -> None:
         # recent openmm-ml passes the MLPotential constructor's arguments again (merged with
@@ -150,15 +151,16 @@ class AllScAIPPotentialImpl(_ImplBase):
                 device=device,
                 dtype=dtype,
                 force_group=forceGroup,
+                min_distance=min_distance,
             )
         else:
             force = _make_torch_force(
-                self.modelPath, topology, atom_list, periodic, charge, spin, device, dtype, forceGroup
+                self.modelPath, topology, atom_list, periodic, charge, spin, device, dtype, forceGroup, min_distance
             )
         system.addForce(force)
 
 
-def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, device, dtype, force_group):
+def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, device, dtype, force_group, min_distance):
     try:
         import openmmtorch  # optional: only the TorchForce implementation needs it
     except Exception as err:  # ImportError, or an OSError from a binary built for another torch
@@ -175,6 +177,7 @@ def _make_torch_force(model_path, topology, atoms, periodic, charge, spin, devic
         periodic=periodic,
         device=device,
         dtype=dtype,
+        min_distance=min_distance,
     )
     try:
         force = openmmtorch.TorchForce(module)

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from allscaip.result_checks import DEFAULT_MIN_DISTANCE, min_distance_of_model
 from allscaip_export.metadata import dumps
 from allscaip_export.torchscript import ExportedAllScAIP, load_torchscript
 from allscaip_openmm.forces import (
@@ -116,8 +117,11 @@ class _AllScAIPTorchForceBase(nn.Module):
         cutoff: float,
         dtype: torch.dtype,
         encoding_range: float = 0.0,
+        min_distance: float = 0.0,
     ) -> None:
         super().__init__()
+        # two ML atoms closer than this (Å) raise an error naming them (0: no check)
+        self.min_distance: float = float(min_distance)
         self.model = model
         self.periodic: bool = bool(periodic)
         self.cutoff: float = float(cutoff)
@@ -158,6 +162,8 @@ class _AllScAIPTorchForceBase(nn.Module):
             else:
                 cell = torch.zeros((3, 3), dtype=dt, device=positions.device)
             edge_index, shifts = neighbor_pairs(x, cell, self.periodic, self.cutoff)
+            if self.min_distance > 0.0:
+                self._check_min_distance(x, cell, edge_index, shifts)
             x_model = x.clone()  # the model differentiates with respect to its own copy
             x_const = x.clone()
         if self.encoding_range > 0.0:
@@ -182,7 +188,34 @@ class _AllScAIPTorchForceBase(nn.Module):
         with torch.no_grad():
             energy = energy.clone()
             forces = forces.clone()
+            if not bool(torch.isfinite(energy + forces.sum())):  # one reduction; NaN/Inf anywhere
+                self._stop_non_finite(forces)
         return energy, forces, x, x_const
+
+    def _check_min_distance(self, x: Tensor, cell: Tensor, edge_index: Tensor, shifts: Tensor) -> None:
+        """Raise naming the closest pair of ML atoms when it is closer than ``min_distance``."""
+        if edge_index.shape[1] == 0:
+            return
+        d = torch.linalg.norm(x[edge_index[1]] - x[edge_index[0]] + shifts @ cell, dim=1)
+        k = int(torch.argmin(d))
+        if float(d[k]) < self.min_distance:
+            a = int(self.indices[edge_index[0, k]])
+            b = int(self.indices[edge_index[1, k]])
+            raise RuntimeError(
+                "allscaip TorchForce: particles {} and {} are {} A apart, closer than min_distance {} A (a "
+                "fraction of the shortest contact in the model's training data). Check the structure for "
+                "duplicated or overlapping atoms; in MD, reduce the timestep. To go on anyway: "
+                "createSystem(..., min_distance=0)".format(min(a, b), max(a, b), float(d[k]), self.min_distance)
+            )
+
+    def _stop_non_finite(self, forces: Tensor) -> None:
+        bad = torch.logical_not(torch.isfinite(forces).all(dim=1))
+        ids: List[int] = self.indices[bad].tolist()
+        raise RuntimeError(
+            "allscaip TorchForce: the model gave non-finite (NaN or Inf) energy or forces for particles {}. "
+            "These atoms are usually overlapping or far outside the model's training data: check the "
+            "structure near them, or in MD reduce the timestep".format(ids[:8])
+        )
 
 
 class AllScAIPTorchForceEnergy(_AllScAIPTorchForceBase):
@@ -261,16 +294,34 @@ def build_torchforce_module(
     periodic: Optional[bool] = None,
     device: str = "cpu",
     dtype: Optional[str] = None,
+    min_distance: Optional[float] = None,
 ) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """Scripted TorchForce module and its description (see :func:`write_torchforce_module`)."""
+    """Scripted TorchForce module and its description (see :func:`write_torchforce_module`).
+    ``min_distance`` (Å): None takes the model's, 0 turns the check off."""
     numbers, indices, n_particles, periodic = _resolve_atoms(topology_or_atomic_numbers, atoms, periodic)
     module, loaded = _scripted_model(model_path, device, dtype)
     check_elements(numbers, loaded)
     check_charge_spin(loaded, charge, spin)
     cls = AllScAIPTorchForceWithForces if outputs_forces else AllScAIPTorchForceEnergy
     encoding_range = float(loaded.metadata.get("encoding_range", 0.0))
+    if min_distance is None:
+        min_distance = (
+            min_distance_of_model(loaded.eager)
+            if loaded.eager is not None
+            else float(loaded.metadata.get("min_distance", DEFAULT_MIN_DISTANCE))
+        )
     wrapper = cls(
-        module, numbers, indices, n_particles, periodic, charge, spin, loaded.cutoff, loaded.dtype, encoding_range
+        module,
+        numbers,
+        indices,
+        n_particles,
+        periodic,
+        charge,
+        spin,
+        loaded.cutoff,
+        loaded.dtype,
+        encoding_range,
+        min(float(min_distance), loaded.cutoff),  # the check reads the model's neighbour pairs
     )
     scripted = torch.jit.script(wrapper.to(loaded.device).eval())
     info = {

@@ -4,7 +4,7 @@ AOTInductor packages (.pt2) alike."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from allscaip.dtypes import DTYPES, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
 from allscaip.neighbors import whole_system_inputs
+from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip_export.aoti import load_aoti
 from allscaip_export.torchscript import load_torchscript
 
@@ -37,12 +38,22 @@ class AllScAIPCalculator(Calculator):
     AOTInductor package (``.pt2``). Total charge and spin multiplicity are read from
     ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
     Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
-    checkpoints.
+    checkpoints. ``min_distance`` (Å): two atoms closer than this raise
+    :class:`allscaip.result_checks.AtomsTooCloseError`; None takes the model's own (a fraction of
+    its training data's shortest contact), 0 turns the check off. NaN or Inf results raise
+    :class:`allscaip.result_checks.NonFiniteResultError` (docs/errors.md).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
-    def __init__(self, model: str | Path, device: str = "cpu", dtype: str = "float64", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        device: str = "cpu",
+        dtype: str = "float64",
+        min_distance: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         #: what happened to malloc's settings (allscaip/heap.py: freed tensor memory stays resident)
         self.heap_note = keep_heap_resident()
@@ -69,6 +80,19 @@ class AllScAIPCalculator(Calculator):
         self.elements: List[int] = (
             list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)
         )
+        if min_distance is not None and not min_distance >= 0:
+            raise ValueError(
+                f"min_distance must be a distance >= 0 in Å (0 turns the check off) or None for the model's, "
+                f"got {min_distance!r}"
+            )
+        #: two atoms closer than this (Å) raise AtomsTooCloseError; 0 = no check
+        self.min_distance = float(min_distance) if min_distance is not None else self.model_min_distance()
+
+    def model_min_distance(self) -> float:
+        """The model's own min_distance (Å): from the export metadata, or the checkpoint's model."""
+        if self.metadata:
+            return float(self.metadata.get("min_distance", DEFAULT_MIN_DISTANCE))
+        return min_distance_of_model(self._eager)
 
     def _check_elements(self, numbers: np.ndarray) -> None:
         unknown = sorted(set(int(z) for z in numbers) - set(self.elements))
@@ -82,6 +106,8 @@ class AllScAIPCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self._check_elements(atoms.numbers)
+        where = f"AllScAIPCalculator({self.path.name})"
+        check_min_distance(atoms.positions, atoms.cell.array, atoms.pbc, self.min_distance, where, "atoms (0-based)")
         periodic = bool(np.all(atoms.pbc))
         if self._eager is not None:
             batch = atoms_to_batch([atoms], dtype=self.dtype).to(self.device)
@@ -97,6 +123,7 @@ class AllScAIPCalculator(Calculator):
                 )
             )
             stress = -virial / atoms.get_volume() if periodic else None
+        check_finite(energy, forces, energies, stress, where, "atoms (0-based)")
         self.results["energy"] = float(energy)
         self.results["free_energy"] = float(energy)
         self.results["forces"] = forces.detach().cpu().double().numpy()

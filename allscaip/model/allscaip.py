@@ -209,6 +209,9 @@ class AllScAIP(nn.Module):
         # core repulsion (allscaip.model.core_repulsion): radius per species pair, 0 = no wall;
         # fitted from the training data (allscaip.train.core_radius), stored with the weights
         self.register_buffer("core_radius", torch.zeros(nspecies, nspecies))
+        # shortest contact (Å) of any element pair in the training data, 0 = not recorded; engines
+        # stop on atoms closer than a fraction of it (allscaip.result_checks.min_distance_of_model)
+        self.register_buffer("shortest_contact", torch.zeros(()))
         self.register_buffer("species_z", torch.tensor([float(z) for z in cfg.elements]), persistent=False)
         self.rbf_width = cfg.cutoff / cfg.num_rbf
 
@@ -249,6 +252,8 @@ class AllScAIP(nn.Module):
         key = prefix + "core_radius"
         if key not in state_dict:  # checkpoints from before the core repulsion: no wall
             state_dict[key] = torch.zeros_like(self.core_radius)
+        if prefix + "shortest_contact" not in state_dict:  # saved before it was recorded
+            state_dict[prefix + "shortest_contact"] = torch.zeros_like(self.shortest_contact)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ geometry

@@ -17,6 +17,7 @@ from allscaip.config_schema import ConfigError
 from allscaip.data import DataError
 from allscaip.model import UnknownElementError
 from allscaip.train.config import dump_config, load_config
+from allscaip.train.finite_step import NonFiniteLossError
 from allscaip.train.trainer import Trainer
 
 USAGE_EPILOG = """\
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         trainer = Trainer(cfg)
         trainer.fit()
         finished = True
-    except (ConfigError, DataError, CheckpointError, UnknownElementError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, UnknownElementError, FileNotFoundError, NonFiniteLossError) as err:
         print(f"allscaip-train: error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

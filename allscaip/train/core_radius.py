@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         if payload.get(key) is not None:
             ref = payload[key].get("element_energy")
             payload[key]["core_radius"] = torch.as_tensor(radius, dtype=ref.dtype if ref is not None else torch.float64)
+            if np.isfinite(shortest).any():  # the engines' min_distance follows from it
+                payload[key]["shortest_contact"] = torch.tensor(float(shortest[np.isfinite(shortest)].min()))
     payload["model_config"] = dataclasses.asdict(cfg)
     save_checkpoint(out, payload)
     print(f"wrote {out}")

@@ -65,15 +65,22 @@ def fit_core_radius_of_model(
 ) -> None:
     """Core-repulsion radii from the training set (``model.core_repulsion``): a wall below the
     shortest contact of each element pair, zero on every training frame. A fine-tune keeps
-    the radii of its checkpoint when it has them; without the wall the radii are zero."""
+    the radii of its checkpoint when it has them; without the wall the radii are zero.
+    Also records the shortest contact of any pair (``model.shortest_contact``, from which the
+    engines' min_distance check follows), kept too when the checkpoint has one."""
     if not cfg.core_repulsion:
         with torch.no_grad():
             model.core_radius.zero_()
-        return
-    if bool((model.core_radius > 0).any()):
+    need_radius = cfg.core_repulsion and not bool((model.core_radius > 0).any())
+    if not need_radius and float(model.shortest_contact) > 0:
         return
     frames = (train_set[i] for i in range(len(train_set)))
     shortest = shortest_distances(frames, cfg.elements, cfg.cutoff)
+    if np.isfinite(shortest).any():
+        with torch.no_grad():
+            model.shortest_contact.fill_(float(shortest[np.isfinite(shortest)].min()))
+    if not need_radius:
+        return
     radius = core_radius_from(shortest, cfg.elements, cfg.core_margin)
     with torch.no_grad():
         model.core_radius.copy_(torch.as_tensor(radius))

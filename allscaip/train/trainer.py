@@ -35,6 +35,7 @@ from allscaip.train import setup
 from allscaip.train.config import TrainConfig, dump_config
 from allscaip.train.ema import ema_copy, update_ema
 from allscaip.train.ensemble import DensityTerm
+from allscaip.train.finite_step import NonFiniteLossError, non_finite_message, step_is_finite
 from allscaip.train.fitting import fit_core_radius_of_model, fit_references
 from allscaip.train.loss import micro_batch_loss, step_counts, stress_flags
 from allscaip.train.metrics import (
@@ -216,11 +217,12 @@ class Trainer:
             leave=False,
         )
         t0 = time.perf_counter()
-        for _ in range(start // A, n_steps):
+        for k in range(start // A, n_steps):
             for term in self.terms:
                 term.before_step(self.step, self.model, self.params, self.device, self.dtype)
             micro = [next(it).to(self.device) for _ in range(A)]
-            loss = self._optimizer_step(micro)
+            frames = [i for batch in mine[(k - start // A) * A : (k - start // A + 1) * A] for i in batch]
+            loss = self._optimizer_step(micro, frames)
             self.step += 1
             self.batch_in_epoch += A * self.world
             bar.update(1)
@@ -281,7 +283,7 @@ class Trainer:
         if self.stopped:
             self.log(f"stopped at run.max_steps={cfg.run.max_steps} (epoch {self.epoch}, step {self.step})")
 
-    def _optimizer_step(self, micro: List[AtomsBatch]) -> float:
+    def _optimizer_step(self, micro: List[AtomsBatch], frames: Sequence[int] = ()) -> float:
         o = self.cfg.optim
         use_stress = stress_flags(micro, o.stress_coef)
         counts = step_counts(micro, use_stress, self.world, self.device)
@@ -298,6 +300,10 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
         if self.world > 1:
             loss_sum = setup.all_reduce_gradients(self.params, loss_sum)
+        if not step_is_finite(loss_sum, self.params):  # reduced: every process stops here
+            sources = [self.train_set.source(i) for i in frames] if hasattr(self.train_set, "source") else []
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(non_finite_message(self.epoch, self.step, sources, str(self.out_dir), self.world))
         if o.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip)
         self.optimizer.step()

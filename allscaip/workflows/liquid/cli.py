@@ -9,6 +9,8 @@ from pathlib import Path
 
 from allscaip.config_schema import ConfigError, values_from_arguments
 from allscaip.config_schema import add_arguments as add_setting_arguments
+from allscaip.engines.lammps import LammpsError, find_lmp
+from allscaip.result_checks import AtomsTooCloseError, NonFiniteResultError
 from allscaip.workflows.liquid import report, runner
 from allscaip.workflows.liquid.build import InputError
 from allscaip.workflows.liquid.settings import Settings
@@ -66,6 +68,41 @@ def settings_from_args(args: argparse.Namespace, potential: str) -> Settings:
     )
 
 
+POSITIVE_ARGUMENTS = {
+    "n_molecules": "--n-molecules",
+    "temperature_K": "--temperature",
+    "timestep_fs": "--timestep-fs",
+    "segment_ps": "--segment-ps",
+    "sample_every_fs": "--sample-every-fs",
+    "production_ps": "--production-ps",
+    "friction_per_ps": "--friction",
+    "barostat_interval": "--barostat-interval",
+    "pack_density_g_cm3": "--pack-density",
+    "hydrogen_mass_amu": "--hydrogen-mass",
+}
+"""Arguments (dest: flag) that must be > 0 when given, checked before anything is written."""
+NON_NEGATIVE_ARGUMENTS = {
+    "equilibrate_ps": "--equilibrate-ps",
+    "gas_equilibrate_ps": "--gas-equilibrate-ps",
+    "gas_production_ps": "--gas-production-ps",
+    "minimise_max_iterations": "--minimise-iterations",
+}
+"""Arguments that may be 0 (that stage is skipped) but not negative."""
+
+
+def simulation_errors() -> tuple:
+    """What an engine raises when a simulation goes wrong (docs/errors.md): the model's result checks,
+    a failed lmp, OpenMM's wrapper around an exception in the force."""
+    errors: tuple = (LammpsError, AtomsTooCloseError, NonFiniteResultError, FloatingPointError)
+    try:
+        import openmm
+
+        errors += (openmm.OpenMMException,)
+    except ImportError:
+        pass
+    return errors
+
+
 def run(args: argparse.Namespace) -> int:
     def err(msg: str) -> int:
         print(f"allscaip liquid: error: {msg}", file=sys.stderr)
@@ -73,9 +110,19 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model and not args.teacher:
         return err("give --model MODEL (and/or --teacher for the water teacher)")
-    for name in ("n_molecules", "timestep_fs", "segment_ps", "sample_every_fs"):
-        if getattr(args, name) <= 0:
-            return err(f"--{name.replace('_', '-')} must be > 0")
+    for name, flag in POSITIVE_ARGUMENTS.items():
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            return err(f"{flag} must be > 0, got {value}")
+    for name, flag in NON_NEGATIVE_ARGUMENTS.items():
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            return err(f"{flag} must be >= 0 (0 skips that stage), got {value}")
+    if args.model and args.engine == "lammps":
+        try:  # before any output directory exists
+            find_lmp(args.lmp)
+        except LammpsError as e:
+            return err(f"{e}; give --lmp PATH to a LAMMPS built with the allscaip plugin, or use --engine openmm")
     out = Path(args.out)
     potentials = (["model"] if args.model else []) + (["teacher"] if args.teacher else [])
     try:
@@ -103,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
             ).run()
         except (InputError, ConfigError) as e:  # ConfigError: a settings.json this version cannot read
             return err(str(e))
+        except simulation_errors() as e:  # atoms too close, NaN, lmp failed: a message, not a traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return err(
+                f"[{p}] the simulation stopped: {first}. The completed segments are kept in {out / p}; once the "
+                "cause is fixed, continue with --resume"
+            )
         rep["label"] = p
         reports.append(rep)
         for w in rep.get("warnings", []):

@@ -189,7 +189,10 @@ class OpenMMEngine:
         os.replace(tmp, path)
 
     def _load(self, path: Path, seed: int) -> None:
-        ctx = self.context(seed)
+        # a fresh Context per segment, its random numbers seeded by the segment: a run resumed after a
+        # crash draws the same numbers as an uninterrupted one (tests/test_crash_resume.py)
+        self._context = None
+        ctx = self._create_context(seed)
         with open(path) as fh:
             st = openmm.XmlSerializer.deserialize(fh.read())
         ctx.setState(st)
