@@ -217,6 +217,60 @@ def evaluate(path: Path, atoms_by_name: dict[str, Atoms], dtype: torch.dtype, st
     return out
 
 
+GRAPH_FIELDS = (  # GraphAttentionData fields kept as intermediates (see record_intermediates)
+    "neighbor_index",
+    "src_index",
+    "dst_index",
+    "src_neighbor_attn_mask",
+    "dst_neighbor_attn_mask",
+    "edge_direction",
+    "node_direction_expansion",
+)
+
+
+def record_intermediates(path: Path, atoms_by_name: dict[str, Atoms], dtype: torch.dtype) -> dict:
+    """fairchem's graph and per-layer token states on each structure, for stage-by-stage debugging of
+    a converter: the padded layout ``[N, K]`` (slot 0 = the self loop), its index maps and envelope
+    biases, the bond-order features, the tokens after the input block and after every layer, and
+    the final node representations the heads read."""
+    calc = calculator(path, dtype, stress=False)
+    backbone_of = lambda: calc.predictor.model.module.backbone  # noqa: E731  (built lazily on first call)
+    out: dict = {}
+    for name, atoms in atoms_by_name.items():
+        atoms = atoms.copy()
+        atoms.calc = calc
+        atoms.get_potential_energy()  # builds the model
+        backbone = backbone_of()
+        record: dict = {"layer_tokens": []}
+        preprocess = backbone.data_preprocess
+
+        def capture_graph(data, _record=record, _pre=preprocess):
+            graph = _pre(data)
+            for field in GRAPH_FIELDS:
+                _record[field] = getattr(graph, field).detach().clone()
+            return graph
+
+        hooks = [
+            backbone.input_block.register_forward_hook(
+                lambda m, i, o, _r=record: _r.__setitem__("input_tokens", o.detach().clone())
+            )
+        ]
+        for block in backbone.transformer_blocks:
+            hooks.append(
+                block.register_forward_hook(lambda m, i, o, _r=record: _r["layer_tokens"].append(o.detach().clone()))
+            )
+        backbone.data_preprocess = capture_graph
+        try:
+            calc.reset()
+            atoms.get_potential_energy()
+        finally:
+            backbone.data_preprocess = preprocess
+            for hook in hooks:
+                hook.remove()
+        out[name] = record
+    return out
+
+
 def structure_record(atoms: Atoms) -> dict:
     return {
         "numbers": atoms.numbers.tolist(),
@@ -280,6 +334,8 @@ def main() -> None:
             "forces": "direct head" if direct else "-dE/dx",
             "results": evaluate(path, atoms_by_name, dtype, stress=not direct),
         }
+    intermediates = record_intermediates(args.out / "allscaip_md_conserving.pt", atoms_by_name, dtype)
+    torch.save(intermediates, args.out / "intermediates_conserving.pt")
     (args.out / "reference.json").write_text(json.dumps(report, indent=1) + "\n")
     for kind, model in report["models"].items():
         for name, row in model["results"].items():

@@ -34,6 +34,7 @@ MAX_FIXTURE_BYTES = 6 * 2**20  # "a few MB at most"
 HIDDEN, LAYERS = 64, 2  # bench/fairchem_fixture.py defaults
 # live recomputation on the same machine repeats fairchem's float32 numbers; the tolerances allow
 # another thread count or CPU (summation order) only
+INTERMEDIATES = "intermediates_conserving.pt"
 LIVE_ENERGY_RTOL = 1e-6
 LIVE_FORCE_ATOL = 1e-5  # eV/Å
 
@@ -47,7 +48,7 @@ def checkpoint_path(kind: str) -> Path:
 
 
 def test_fixture_files_exist_and_are_small():
-    files = [checkpoint_path(k) for k in KINDS] + [FIXTURE / "reference.json", FIXTURE / "README.md"]
+    files = [checkpoint_path(k) for k in KINDS] + [FIXTURE / n for n in ("reference.json", "README.md", INTERMEDIATES)]
     for f in files:
         assert f.is_file(), f"missing {f}: run bench/fairchem_fixture.py (see tests/fixtures/fairchem/README.md)"
     assert sum(f.stat().st_size for f in files) < MAX_FIXTURE_BYTES
@@ -96,6 +97,27 @@ def test_reader_reads_fixture_as_plain_data(kind):
     refs = ckpt.element_references("omol")
     assert refs[8] < refs[6] < refs[1] < 0  # O, C, H references of the fixture
     assert ckpt.normalizer("omol", "energy")[1] == pytest.approx(1.433569)
+
+
+def test_intermediates_show_fairchem_graph_layout():
+    """fairchem's padded rows start with the atom's self loop (bias 0); the destination map is the
+    inverse of the source map (docs/fairchem.md, items 1 and 6)."""
+    inter = torch.load(FIXTURE / INTERMEDIATES, weights_only=True)
+    ref = reference()
+    for name, rec in inter.items():
+        n = len(ref["structures"][name]["numbers"])
+        src, dst = rec["neighbor_index"]
+        assert torch.equal(src[:, 0], torch.arange(n)) and torch.equal(dst[:, 0], torch.arange(n))
+        assert torch.all(rec["src_neighbor_attn_mask"][:, 0] == 0)
+        real = torch.isfinite(rec["src_neighbor_attn_mask"])
+        # the soft kNN prunes to about k + 1 slots (self loop included; near-equal distances share
+        # rank, so a row may hold a few more): far fewer than the ~90 atoms within 6 Å in the water box
+        assert real.sum(1).max() <= 2 * ref["settings"]["knn_k"]
+        rows, cols = real.nonzero(as_tuple=True)
+        to_dst = rec["src_index"][:, rows, cols]  # source slot -> destination slot
+        back = rec["dst_index"][:, to_dst[0], to_dst[1]]
+        assert torch.equal(back, torch.stack([rows, cols]))
+        assert len(rec["layer_tokens"]) == LAYERS and rec["input_tokens"].shape == (n, real.shape[1], HIDDEN)
 
 
 def test_unknown_task_lists_the_tasks_in_the_file():
@@ -225,6 +247,10 @@ def test_fixture_recomputed_live_with_fairchem(tmp_path):
         for key, value in old.weights().items():
             assert torch.equal(new.weights()[key], value), key
     live = json.loads((tmp_path / "reference.json").read_text())
+    inter, live_inter = torch.load(FIXTURE / INTERMEDIATES), torch.load(tmp_path / INTERMEDIATES)
+    for name, rec in inter.items():
+        for layer, tokens in enumerate(rec["layer_tokens"]):
+            torch.testing.assert_close(live_inter[name]["layer_tokens"][layer], tokens, rtol=1e-5, atol=1e-5)
     for kind in KINDS:
         for name, row in reference()["models"][kind]["results"].items():
             got = live["models"][kind]["results"][name]
