@@ -32,10 +32,14 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import hydra  # this script runs in the fairchem environment only (bench/setup_fairchem_venv.sh)
 import numpy as np
 import torch
 from ase import Atoms
 from ase.build import molecule
+from fairchem.core.calculate.ase_calculator import FAIRChemCalculator
+from fairchem.core.units.mlip_unit.api.inference import InferenceSettings, MLIPInferenceCheckpoint
+from fairchem.core.units.mlip_unit.predict import MLIPPredictUnit
 from water_boxes import water_box  # puts the checkout on sys.path when allscaip is not installed here
 
 DATASET = "omol"
@@ -145,9 +149,6 @@ def element_references(seed: int) -> list[float]:
 
 
 def write_checkpoint(args: argparse.Namespace, direct: bool, path: Path) -> None:
-    import hydra
-    from fairchem.core.units.mlip_unit.api.inference import MLIPInferenceCheckpoint
-
     config = model_config(args, direct)
     torch.manual_seed(args.seed + (1 if direct else 0))
     model = hydra.utils.instantiate(config)
@@ -186,10 +187,6 @@ def structures(seed: int) -> dict[str, Atoms]:
 
 
 def calculator(path: Path, dtype: torch.dtype, stress: bool):
-    from fairchem.core.calculate.ase_calculator import FAIRChemCalculator
-    from fairchem.core.units.mlip_unit.api.inference import InferenceSettings
-    from fairchem.core.units.mlip_unit.predict import MLIPPredictUnit
-
     settings = InferenceSettings(
         tf32=False,
         activation_checkpointing=False,
