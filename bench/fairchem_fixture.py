@@ -316,7 +316,7 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "dtype": args.dtype,
         "dtype_note": FLOAT64_NOTE,
-        "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3 (3x3, ASE sign: positive = tensile)"},
+        "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3, 3x3, ASE convention: (1/V) dE/dstrain"},
         "calculator": "FAIRChemCalculator(MLIPPredictUnit(path, InferenceSettings(base_precision_dtype=dtype, "
         "tf32=False, compile=False)), task_name='omol'); conserving: overrides backbone.regress_stress=True "
         "and predict_untrained_stress={'omol'} to read the stress",
