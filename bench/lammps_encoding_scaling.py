@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import ase.io
 import torch
@@ -112,6 +112,40 @@ def run(workdir: Path, script: str, ranks: int, timeout: float) -> Dict[str, Opt
     return {"seconds": float(loops[-1][0]), "peak_gb": int(rss.group(1)) / 1e6}
 
 
+def write_result(out: str, rows: List[dict], variants: List[str], ranks: List[int], load_start: List[float]):
+    """Write the JSON of the rows so far; returns the memory growth 6000 / 1500 atoms per variant."""
+
+    def peak(variant: str, r: int, n: int) -> Optional[float]:
+        hit = [x for x in rows if x["variant"] == variant and x["ranks"] == r and x["atoms"] == n and "peak_gb" in x]
+        return hit[0]["peak_gb"] if hit else None
+
+    growth = {}
+    for variant in variants:
+        for r in ranks:
+            small, large = peak(variant, r, 1500), peak(variant, r, 6000)
+            if small and large:
+                growth[f"{variant}_{r}rank"] = large / small
+    result = {
+        "benchmark": "lammps_encoding_scaling",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([os.path.relpath(sys.argv[0], HERE.parent)] + sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cores": os.cpu_count(),
+            "loadavg_start": load_start,
+            "loadavg_now": list(os.getloadavg()),
+        },
+        "torch": torch.__version__,
+        "model": {**TINY, "dtype": "float32", "sinc_pairs": "encoding_range 12, encoding_freqs 16"},
+        "rows": rows,
+        "memory_growth_6000_over_1500": growth,
+        "memory_growth_limit": MEMORY_GROWTH_LIMIT,
+    }
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return growth
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1500,3000,6000,12000,24000", help="atoms (water: multiples of 3)")
@@ -159,6 +193,7 @@ def main() -> int:
                 )
                 row = {"atoms": len(atoms), "variant": variant, "ranks": r, **res}
                 rows.append(row)
+                write_result(args.out, rows, variants, ranks, load_start)  # nothing lost if a later run dies
                 if "error" in res:
                     print(f"{len(atoms):>6} {variant:>20} {r:>5} {res['error']}", flush=True)
                 else:
@@ -168,36 +203,9 @@ def main() -> int:
                         flush=True,
                     )
 
-    def peak(variant: str, r: int, n: int) -> Optional[float]:
-        hit = [x for x in rows if x["variant"] == variant and x["ranks"] == r and x["atoms"] == n and "peak_gb" in x]
-        return hit[0]["peak_gb"] if hit else None
-
-    growth = {}
-    for variant in variants:
-        for r in ranks:
-            small, large = peak(variant, r, 1500), peak(variant, r, 6000)
-            if small and large:
-                growth[f"{variant}_{r}rank"] = large / small
+    growth = write_result(args.out, rows, variants, ranks, load_start)
     if growth:
         print("peak memory 6000 / 1500 atoms: " + ", ".join(f"{k} {v:.2f}x" for k, v in growth.items()))
-    result = {
-        "benchmark": "lammps_encoding_scaling",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], HERE.parent)] + sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cores": os.cpu_count(),
-            "loadavg_start": load_start,
-            "loadavg_end": list(os.getloadavg()),
-        },
-        "torch": torch.__version__,
-        "model": {**TINY, "dtype": "float32", "sinc_pairs": "encoding_range 12, encoding_freqs 16"},
-        "rows": rows,
-        "memory_growth_6000_over_1500": growth,
-        "memory_growth_limit": MEMORY_GROWTH_LIMIT,
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

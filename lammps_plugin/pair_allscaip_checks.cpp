@@ -92,12 +92,14 @@ void PairAllscaip::check_min_distance()
   if (!(r < min_distance)) return;
   error->all(FLERR,
              "pair_style allscaip: atoms {} and {} are {:.4g} A apart at step {}, closer than "
-             "min_distance {:.4g} A (a fraction of the shortest contact in the model's training "
-             "data); the model cannot describe atoms this close. Check the input structure for "
-             "duplicated or overlapping atoms (e.g. a hydrogen placed on its parent atom); in MD, "
-             "reduce the timestep. To go on anyway: pair_style allscaip min_distance off (or "
-             "min_distance R in Angstrom)",
-             ab[0], ab[1], r, update->ntimestep, min_distance);
+             "min_distance {:.4g} A ({}); the model cannot describe atoms this close. Check the "
+             "input structure for duplicated or overlapping atoms (e.g. a hydrogen placed on its "
+             "parent atom); in MD, reduce the timestep. To go on anyway: pair_style allscaip "
+             "min_distance off (or min_distance R in Angstrom)",
+             ab[0], ab[1], r, update->ntimestep, min_distance,
+             min_distance_setting > 0.0 ? "set by pair_style allscaip min_distance"
+                                        : "from the model: a fraction of the shortest contact in "
+                                          "its training data");
 }
 
 /* ----------------------------------------------------------------------
