@@ -39,13 +39,6 @@ DENSE_LOGITS_ELEMENTS = 1 << 18
 """Systems whose logits [heads, n, n] hold at most this many values (n = 256 at four heads) take the
 dense evaluation outside training too: one block either way, and no Python block loop."""
 
-ENCODING_ENGINES = (
-    "the eager model (the ASE calculator AllScAIPCalculator and OpenMM with the .ckpt), the TorchScript "
-    "export (allscaip-export --format torchscript: .pt, also pair_style allscaip on any number of MPI ranks) "
-    "and the AOTInductor export (allscaip-export --format aoti: .pt2, also pair_style allscaip on one MPI rank)"
-)
-"""Where a model with a node encoding runs today (every engine; a .pt2 in LAMMPS on one rank only)."""
-
 
 def smooth_switch(u: torch.Tensor) -> torch.Tensor:
     """``1 - 10u^3 + 15u^4 - 6u^5`` on [0, 1], 1 below and 0 above: value, first and second
@@ -188,15 +181,6 @@ def sorted_pairs(pair_index: torch.Tensor, pair_shift: torch.Tensor) -> Tuple[to
     ascending order of the query atom, which the per-system and per-block slices need."""
     order = torch.argsort(pair_index[0], stable=True)
     return pair_index[:, order], pair_shift[order]
-
-
-def refuse_node_encoding(node_encoding: str, what: str) -> None:
-    """A ValueError for the engines that do not run a node encoding yet (``what`` names the engine)."""
-    if node_encoding != "none":
-        raise ValueError(
-            f"{what} does not support models with node_encoding={node_encoding!r} yet; "
-            f"such a model runs in {ENCODING_ENGINES}"
-        )
 
 
 class EncodingPairs(NamedTuple):
