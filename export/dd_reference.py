@@ -31,12 +31,12 @@ and dE/dpair_vec is tallied exactly like dE/dvec (forces on i and j, virial -pai
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from allscaip.model.node_encoding import blocked_pair_bias_attention
+from allscaip.model.node_encoding import BLOCK_LOGITS_ELEMENTS, blocked_pair_bias_attention
 from allscaip.neighbors import system_neighbor_pairs
 
 
@@ -128,50 +128,7 @@ def dd_evaluate(
             )
         ranks.append(rank)
 
-    state = []
-    for rk in ranks:
-        idx, bias, P, h, E = module.dd_prepare(rk["vec"], rk["mask"], rk["index"], rk["z_all"], charge, spin)
-        state.append([idx, bias, P, h, E])
-        if encoding_range > 0 and not hasattr(module, "dd_global_finish_heads"):
-            rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
-    # The layer loop is written three times: here (the staged calls, one process),
-    # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
-    # (these calls under MPI). A change here goes to all three.
-    for layer in range(int(module.num_layers)):
-        h_global = torch.zeros((n, int(module.hidden)), dtype=dtype)
-        for rk, st in zip(ranks, state):
-            h_global = h_global.index_put((rk["owned"],), st[3])
-        ks, vs = [], []
-        for rk, st in zip(ranks, state):
-            h_all = torch.cat([st[3], h_global[rk["ghost_atom"]]])  # forward communication
-            st[3], st[4] = module.dd_local(layer, h_all, st[4], st[0], st[2], st[1])
-        qs = []
-        for st in state:
-            q, k, v = module.dd_global_project(layer, st[3])
-            qs.append(q)
-            ks.append(k)
-            vs.append(v)
-        k_all = torch.cat(ks, 1)  # all-gather over ranks
-        v_all = torch.cat(vs, 1)
-        for rk, st, q in zip(ranks, state, qs):
-            if encoding_range > 0 and hasattr(module, "dd_global_finish_heads"):
-                bias = module.dd_encoding_pair_bias(layer, rk["pair_vec"])
-                o = blocked_pair_bias_attention(q, k_all, v_all, bias, rk["pair_row"], rk["pair_col"])
-                st[3] = module.dd_global_finish_heads(layer, st[3], o)
-            elif encoding_range > 0:
-                st[3] = module.dd_global_finish_encoded(
-                    layer, st[3], q, k_all, v_all, rk["basis"], rk["pair_row"], rk["pair_col"]
-                )
-            else:
-                st[3] = module.dd_global_finish(layer, st[3], q, k_all, v_all)
-    energies = torch.zeros(n, dtype=dtype)
-    total = torch.zeros((), dtype=dtype)
-    for rk, st in zip(ranks, state):
-        e = module.dd_readout(st[3], rk["z_all"][: len(rk["owned"])])
-        if hasattr(module, "dd_core"):
-            e = e + module.dd_core(rk["vec"], rk["mask"], rk["index"], rk["z_all"])
-        energies = energies.index_put((rk["owned"],), e.detach())
-        total = total + e.sum()
+    total, energies = staged_energies(module, ranks, n, charge, spin)
     leaves = [rk["vec"] for rk in ranks] + [rk["pair_vec"] for rk in ranks if "pair_vec" in rk]
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     forces = torch.zeros((n, 3), dtype=dtype)
@@ -194,3 +151,62 @@ def dd_evaluate(
         forces = forces.index_add(0, nbr_atom.reshape(-1), -g.reshape(-1, 3))
         virial = virial - torch.einsum("ika,ikb->ab", rk["vec"].detach(), g)
     return {"energy": total.detach(), "forces": forces, "virial": virial, "energies": energies}
+
+
+def staged_energies(
+    module, ranks: List[dict], n: int, charge: int, spin: int, block_elements: int = BLOCK_LOGITS_ELEMENTS
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The staged calls over the ranks' layouts (see the module docstring for a rank's keys):
+    (total energy [] under autograd, per-atom energies [n] detached). The communications are
+    indexing: a ghost's state is its owner's, keys and values are concatenated in rank order.
+    :mod:`allscaip_export.staged_whole_system` runs it on one rank whose periodic images are no
+    ghosts but the atoms themselves (an empty ``ghost_atom``). ``block_elements``: the largest
+    logits block of the encoded attention."""
+    encoding = float(getattr(module, "encoding_range", 0.0)) > 0
+    state = []
+    for rk in ranks:
+        idx, bias, P, h, E = module.dd_prepare(rk["vec"], rk["mask"], rk["index"], rk["z_all"], charge, spin)
+        state.append([idx, bias, P, h, E])
+        if encoding and not hasattr(module, "dd_global_finish_heads"):
+            rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
+    # The layer loop is written three times: here (the staged calls, one process),
+    # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
+    # (these calls under MPI). A change here goes to all three.
+    for layer in range(int(module.num_layers)):
+        h_global = torch.zeros((n, int(module.hidden)), dtype=state[0][3].dtype, device=state[0][3].device)
+        for rk, st in zip(ranks, state):
+            h_global = h_global.index_put((rk["owned"],), st[3])
+        ks, vs = [], []
+        for rk, st in zip(ranks, state):
+            h_all = torch.cat([st[3], h_global[rk["ghost_atom"]]])  # forward communication
+            st[3], st[4] = module.dd_local(layer, h_all, st[4], st[0], st[2], st[1])
+        qs = []
+        for st in state:
+            q, k, v = module.dd_global_project(layer, st[3])
+            qs.append(q)
+            ks.append(k)
+            vs.append(v)
+        k_all = torch.cat(ks, 1)  # all-gather over ranks
+        v_all = torch.cat(vs, 1)
+        for rk, st, q in zip(ranks, state, qs):
+            if encoding and hasattr(module, "dd_global_finish_heads"):
+                bias = module.dd_encoding_pair_bias(layer, rk["pair_vec"])
+                o = blocked_pair_bias_attention(
+                    q, k_all, v_all, bias, rk["pair_row"], rk["pair_col"], block_elements=block_elements
+                )
+                st[3] = module.dd_global_finish_heads(layer, st[3], o)
+            elif encoding:
+                st[3] = module.dd_global_finish_encoded(
+                    layer, st[3], q, k_all, v_all, rk["basis"], rk["pair_row"], rk["pair_col"]
+                )
+            else:
+                st[3] = module.dd_global_finish(layer, st[3], q, k_all, v_all)
+    energies = torch.zeros(n, dtype=state[0][3].dtype, device=state[0][3].device)
+    total = torch.zeros((), dtype=energies.dtype, device=energies.device)
+    for rk, st in zip(ranks, state):
+        e = module.dd_readout(st[3], rk["z_all"][: len(rk["owned"])])
+        if hasattr(module, "dd_core"):
+            e = e + module.dd_core(rk["vec"], rk["mask"], rk["index"], rk["z_all"])
+        energies = energies.index_put((rk["owned"],), e.detach())
+        total = total + e.sum()
+    return total, energies

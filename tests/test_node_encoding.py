@@ -19,6 +19,7 @@ from allscaip import structures
 from allscaip.config import ConfigError, model_config
 from allscaip.data import atoms_to_batch
 from allscaip.model import AllScAIP, compute_properties
+from allscaip.model.node_encoding import blocked_pair_bias_attention, dense_pair_bias_attention
 from allscaip.neighbors import encoding_pairs
 from allscaip.train.config import load_config
 
@@ -192,6 +193,68 @@ def test_blocked_equals_dense_and_keeps_nothing_quadratic():
         return sum(d == n for d in s) >= 2
 
     assert any(quadratic(s) for s in shapes["dense"])  # the check sees an [h, n, n] when there is one
+    assert not any(quadratic(s) for s in shapes["blocked"]), [s for s in shapes["blocked"] if quadratic(s)]
+
+
+def _random_attention_inputs(heads=2, n=7, d=3, pairs=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(heads, n, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    rows = torch.sort(torch.randint(0, n, (pairs,), generator=gen)).values
+    cols = torch.randint(0, n, (pairs,), generator=gen)
+    bias = torch.randn(pairs, heads, generator=gen, dtype=torch.float64)
+    return [t.requires_grad_(True) for t in (q, k, v, bias)], rows, cols
+
+
+def test_blocked_attention_first_and_second_derivatives():
+    """gradcheck and gradgradcheck of the blocked attention (3-row blocks over 7 atoms, repeated
+    pairs included), and its second derivative equal to the dense one's."""
+    (q, k, v, bias), rows, cols = _random_attention_inputs()
+
+    def blocked(q, k, v, bias):
+        return blocked_pair_bias_attention(q, k, v, bias, rows, cols, block_elements=2 * 7 * 3)
+
+    def dense(q, k, v, bias):
+        return dense_pair_bias_attention(q, k, v, bias, rows, cols)
+
+    assert torch.autograd.gradcheck(blocked, (q, k, v, bias))
+    assert torch.autograd.gradgradcheck(blocked, (q, k, v, bias))
+    weight = torch.randn(2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    second = {}
+    for name, fn in (("dense", dense), ("blocked", blocked)):
+        first = torch.autograd.grad((fn(q, k, v, bias) * weight).sum(), (q, k, v, bias), create_graph=True)
+        second[name] = torch.autograd.grad(sum((g * g).sum() for g in first), (q, k, v, bias))
+    for a, b in zip(second["dense"], second["blocked"]):
+        assert (a - b).abs().max() < 1e-12 * a.abs().max()
+
+
+@pytest.mark.parametrize("encoding", [True, False])
+def test_force_training_keeps_nothing_quadratic(encoding):
+    """A force-loss training step through the blocked attention (240 atoms, 15 blocks), with the
+    encoding and without (content attention): the same parameter gradients as the dense one, and
+    nothing [n, n] saved in the forward, the force backward or the double backward."""
+    atoms = structures.water_box(80, seed=2, cell_skew=True)
+    batch = atoms_to_batch([atoms])
+    model = small_model(**FAST, **(ENCODING if encoding else {}), layers=1, core=False).train()
+    if encoding:
+        model.encoding_weights.data.mul_(ENCODING_BOOST)
+    n = len(atoms)
+    model.encoding_block_elements = model.cfg.heads * n * 16
+    grads, shapes = {}, {}
+    target = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for path in ("dense", "blocked"):
+        model.encoding_path = path
+        model.zero_grad()
+        with SavedShapes() as saved, sdpa_kernel(SDPBackend.MATH):
+            out = compute_properties(model, batch, training=True)
+            ((out["forces"] - target) ** 2).mean().backward()
+        grads[path] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        shapes[path] = saved.shapes
+    assert (grads["dense"] - grads["blocked"]).abs().max() < 1e-10 * grads["dense"].abs().max()
+
+    def quadratic(s):
+        return sum(d == n for d in s) >= 2
+
+    assert any(quadratic(s) for s in shapes["dense"])
     assert not any(quadratic(s) for s in shapes["blocked"]), [s for s in shapes["blocked"] if quadratic(s)]
 
 

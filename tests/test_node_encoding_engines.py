@@ -11,13 +11,18 @@ import torch
 
 openmm = pytest.importorskip("openmm")
 from conftest import small_model, water_box  # noqa: E402
+from test_node_encoding import SavedShapes  # noqa: E402
 from test_openmm import call_like_torchforce, context_for, energy_forces, topology_of  # noqa: E402
 
 from allscaip.calculator import AllScAIPCalculator  # noqa: E402
 from allscaip.checkpoint import save_checkpoint  # noqa: E402
 from allscaip.data import atoms_to_batch  # noqa: E402
 from allscaip.model import compute_properties  # noqa: E402
+from allscaip.neighbors import whole_system_inputs  # noqa: E402
 from allscaip.units import EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # noqa: E402
+from allscaip_export.metadata import build_metadata  # noqa: E402
+from allscaip_export.staged_whole_system import StagedWholeSystem  # noqa: E402
+from allscaip_export.torchscript import export_torchscript, load_torchscript  # noqa: E402
 from allscaip_openmm import MLPotential  # noqa: E402
 from allscaip_openmm.torchforce import write_torchforce_module  # noqa: E402
 
@@ -92,3 +97,55 @@ def test_torchforce_module_from_the_checkpoint_equals_eager(encoded, tmp_path, k
     e_tf, f_tf, _ = call_like_torchforce(module, atoms.positions * 0.1, atoms.cell.array * 0.1, kernel, True)
     assert abs(e_tf - e * EV_TO_KJ_PER_MOL) <= 1e-9 * abs(e * EV_TO_KJ_PER_MOL)
     assert np.abs(f_tf / EV_PER_A_TO_KJ_PER_MOL_NM - f).max() <= ENGINE_AGREEMENT_EV_A
+
+
+@pytest.fixture(scope="module")
+def encoded_torchscript(encoded, tmp_path_factory):
+    model, _ = encoded
+    path = tmp_path_factory.mktemp("encoded_pt") / "model.pt"
+    export_torchscript(model, str(path), build_metadata(model, "float64", "cpu", "torchscript"))
+    return path
+
+
+def test_torchscript_in_ase_runs_staged_and_equals_eager(encoded, encoded_torchscript):
+    """A .pt with a node encoding in the ASE calculator takes the staged route (blocked attention)
+    and equals the eager model; OpenMM's PythonForce loads it the same way."""
+    model, _ = encoded
+    atoms = water_box(2, cell_skew=True, seed=6)
+    e, f, s = _eager(model, atoms)
+    calc = AllScAIPCalculator(str(encoded_torchscript))
+    assert isinstance(calc._module, StagedWholeSystem)
+    atoms.calc = calc
+    assert abs(atoms.get_potential_energy() - e) <= 1e-10 * abs(e)
+    assert np.abs(atoms.get_forces() - f).max() <= ENGINE_AGREEMENT_EV_A
+    assert np.abs(atoms.get_stress(voigt=False) - s).max() <= 1e-10
+    atoms.info.update(charge=0, spin=1)
+    system = MLPotential("allscaip", modelPath=str(encoded_torchscript)).createSystem(
+        topology_of(atoms, 3), charge=0, spin=1
+    )
+    e_mm, f_mm = energy_forces(context_for(system, atoms))
+    assert abs(e_mm - e * EV_TO_KJ_PER_MOL) <= 1e-9 * abs(e * EV_TO_KJ_PER_MOL)
+    assert np.abs(f_mm / EV_PER_A_TO_KJ_PER_MOL_NM - f).max() <= ENGINE_AGREEMENT_EV_A
+
+
+def test_staged_torchscript_keeps_nothing_quadratic(encoded, encoded_torchscript):
+    """The staged route in 16-row blocks equals the export's own dense whole-system call, and
+    autograd saves nothing [n, n] on it, while the dense call does."""
+    atoms = water_box(3, cell_skew=True, seed=4)  # 27 molecules, 81 atoms
+    n = len(atoms)
+    scripted, metadata = load_torchscript(encoded_torchscript)
+    inputs = whole_system_inputs(atoms, float(metadata["cutoff"]), torch.float64, "cpu", metadata["encoding_range"])
+    staged = StagedWholeSystem(scripted, block_elements=int(metadata["heads"]) * n * 16)
+    results, shapes = {}, {}
+    for name, call in (("dense", scripted), ("staged", staged)):
+        with SavedShapes() as saved:
+            results[name] = call(*inputs)
+        shapes[name] = saved.shapes
+    for dense, blocked in zip(results["dense"], results["staged"]):
+        assert (dense - blocked).abs().max() <= 1e-10 * max(1.0, dense.abs().max())
+
+    def quadratic(s):
+        return sum(d == n for d in s) >= 2
+
+    assert any(quadratic(s) for s in shapes["dense"])
+    assert not any(quadratic(s) for s in shapes["staged"]), [s for s in shapes["staged"] if quadratic(s)]

@@ -20,6 +20,7 @@ from allscaip.model import compute_properties
 from allscaip.neighbors import whole_system_inputs
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip_export.aoti import load_aoti
+from allscaip_export.staged_whole_system import StagedWholeSystem, runs_staged
 from allscaip_export.torchscript import load_torchscript
 
 
@@ -38,7 +39,9 @@ class AllScAIPCalculator(Calculator):
     AOTInductor package (``.pt2``). Total charge and spin multiplicity are read from
     ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
     Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
-    checkpoints. ``min_distance`` (Å): two atoms closer than this raise
+    checkpoints. A TorchScript export with a node encoding runs through its staged methods with
+    the blocked attention (:mod:`allscaip_export.staged_whole_system`), so its memory is linear in
+    atoms like the checkpoint's. ``min_distance`` (Å): two atoms closer than this raise
     :class:`allscaip.result_checks.AtomsTooCloseError`; None takes the model's own (a fraction of
     its training data's shortest contact), 0 turns the check off. NaN or Inf results raise
     :class:`allscaip.result_checks.NonFiniteResultError` (docs/errors.md).
@@ -70,6 +73,8 @@ class AllScAIPCalculator(Calculator):
         if suffix == ".pt":
             self._module, self.metadata = load_torchscript(path, device=str(self.device))
             self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
+            if runs_staged(self._module):  # node encoding: blocked attention, memory linear in atoms
+                self._module = StagedWholeSystem(self._module)
         elif suffix == ".pt2":
             self._module, self.metadata = load_aoti(path, device=str(self.device))
             self.dtype = DTYPES[self.metadata.get("dtype", "float64")]

@@ -64,6 +64,7 @@ from allscaip.model.node_encoding import (
     encoding_pair_inputs,
     sinc_pair_basis,
     system_bounds,
+    training_content_attention,
 )
 
 ATOMIC_NUMBER_SLOTS = 119
@@ -480,7 +481,6 @@ class AllScAIP(nn.Module):
                         pairs,
                         bounds,
                         self.encoding_path,
-                        self.training,
                         self.encoding_block_elements,
                     )
                     nodes = block.global_finish_heads(nodes, o)
@@ -488,6 +488,9 @@ class AllScAIP(nn.Module):
                     nodes = block.global_finish(
                         nodes, q, k, v, self.distance_attention_bias(i, positions, cell, pbc, system)
                     )
+                elif self.training and not torch.jit.is_scripting():
+                    o = training_content_attention(q, k, v, bounds, self.encoding_path, self.encoding_block_elements)
+                    nodes = block.global_finish_heads(nodes, o)
                 elif num_systems > 1:
                     nodes = block.global_finish_heads(nodes, per_system_attention(q, k, v, bounds))
                 else:

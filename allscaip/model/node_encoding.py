@@ -19,17 +19,19 @@ sparse ([P, heads]) and scattered into them.
 Two evaluations of the same attention, equal to rounding:
 
 * :func:`dense_pair_bias_attention`: the whole ``[heads, n, n]`` logits of one system under
-  ordinary autograd (training with a force loss needs the double backward; small systems).
+  ordinary autograd (small systems).
 * :class:`BlockedPairBiasAttention`: query blocks whose logits stay under a fixed number of
   elements; the backward recomputes each block from ``q, k, v``, the pair bias and the output, so
-  nothing ``n x n`` is kept between forward and backward. Its backward is written with
-  differentiable torch operations, so a double backward through it is also correct.
+  nothing ``n x n`` is kept between forward and backward. The backward is a function of its own
+  (:class:`BlockedAttentionGradients`) with a blocked, recomputing backward too, so training's
+  double backward (a loss on forces) is linear in ``n`` as well.
 """
 
 import math
 from typing import List, NamedTuple, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 BLOCK_LOGITS_ELEMENTS = 1 << 24
 """Largest logits block [heads, rows, n] of the blocked attention: 128 MiB in float64, so one block
@@ -37,7 +39,7 @@ is cheap next to a large system's other buffers and yet holds thousands of query
 
 DENSE_LOGITS_ELEMENTS = 1 << 18
 """Systems whose logits [heads, n, n] hold at most this many values (n = 256 at four heads) take the
-dense evaluation outside training too: one block either way, and no Python block loop."""
+dense evaluation: one block either way, and no Python block loop."""
 
 
 def smooth_switch(u: torch.Tensor) -> torch.Tensor:
@@ -110,12 +112,52 @@ def _block_probabilities(
     return torch.softmax(add_pair_bias(logits, pair_bias[p0:p1], flat), dim=-1)
 
 
+class BlockGradients(NamedTuple):
+    """Gradients of one query block's attention: ``dq`` [h, rows, d] of its queries, ``dk``/``dv``
+    [h, n, d] contributions to every key and value, ``dbias`` [P_block, h] of its pairs."""
+
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+    dbias: torch.Tensor
+
+
+def _block_gradients(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pair_bias: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    block: Tuple[int, int, int, int],
+) -> BlockGradients:
+    """The backward of one query block, recomputed from q, k, v and the pair bias, with
+    ``D_i = sum(dO_i * O_i)`` from the output ``out``. Plain differentiable torch operations, so
+    :class:`BlockedAttentionGradients` can differentiate them once more, block by block."""
+    r0, r1, p0, p1 = block
+    n = k.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    prob = _block_probabilities(q, k, pair_bias, rows, cols, block)
+    g = grad_out[:, r0:r1]
+    row_dot = (g * out[:, r0:r1]).sum(-1, keepdim=True)
+    dlogits = prob * (torch.matmul(g, v.transpose(1, 2)) - row_dot)
+    flat = (rows[p0:p1] - r0) * n + cols[p0:p1]
+    return BlockGradients(
+        dq=torch.matmul(dlogits, k) * scale,
+        dk=torch.matmul(dlogits.transpose(1, 2), q[:, r0:r1]) * scale,
+        dv=torch.matmul(prob.transpose(1, 2), g),
+        dbias=dlogits.reshape(dlogits.shape[0], -1).index_select(1, flat).t(),
+    )
+
+
 class BlockedPairBiasAttention(torch.autograd.Function):
     """Pair-biased attention of one system in query blocks, recomputed in the backward.
 
     Inputs as :func:`dense_pair_bias_attention`, with ``rows`` sorted ascending, plus
     ``block_rows``. Saved for the backward: q, k, v, the pair bias and indices, and the output
-    (all O(n d + P)). The backward uses ``D_i = sum(dO_i * O_i)`` and returns dq, dk, dv and the
+    (all O(n d + P)). The backward (:class:`BlockedAttentionGradients`) returns dq, dk, dv and the
     gradient of the pair bias [P, h] (read from the block's logit gradients at the pairs); the pair
     bias itself is computed outside, under ordinary autograd, so its gradient reaches positions and
     strain through the pair vectors.
@@ -133,25 +175,55 @@ class BlockedPairBiasAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, pair_bias, rows, cols, out = ctx.saved_tensors
-        n = k.shape[1]
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        row_dot = (grad_out * out).sum(-1)  # D_i [h, n]
-        dq_blocks, dbias_blocks = [], []
+        grads = BlockedAttentionGradients.apply(q, k, v, pair_bias, out, grad_out, rows, cols, ctx.block_rows)
+        return grads[0], grads[1], grads[2], grads[3], None, None, None
+
+
+class BlockedAttentionGradients(torch.autograd.Function):
+    """The backward of :class:`BlockedPairBiasAttention` as a function of its own, so that a
+    double backward (training on forces) is blocked as well: q, k, v, pair bias, output and output
+    gradient -> (dq, dk, dv, dbias), block by block (:func:`_block_gradients`). Its own backward
+    recomputes each block's gradients under autograd and differentiates them with the incoming
+    gradients, one block at a time, so neither derivative keeps anything ``n x n``. Through
+    ``out``, which is the forward's output, the second derivative reaches the forward again.
+    Differentiable twice in all (forces, then a loss on forces), not three times."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pair_bias, out, grad_out, rows, cols, block_rows):  # type: ignore[override]
+        dq = torch.zeros_like(q)
         dk = torch.zeros_like(k)
         dv = torch.zeros_like(v)
-        for block in _blocks(n, ctx.block_rows, rows):
+        dbias = torch.zeros_like(pair_bias)
+        for block in _blocks(q.shape[1], block_rows, rows):
             r0, r1, p0, p1 = block
-            prob = _block_probabilities(q, k, pair_bias, rows, cols, block)
-            g = grad_out[:, r0:r1]
-            dv = dv + torch.matmul(prob.transpose(1, 2), g)
-            dlogits = prob * (torch.matmul(g, v.transpose(1, 2)) - row_dot[:, r0:r1].unsqueeze(-1))
-            dq_blocks.append(torch.matmul(dlogits, k) * scale)
-            dk = dk + torch.matmul(dlogits.transpose(1, 2), q[:, r0:r1]) * scale
-            flat = (rows[p0:p1] - r0) * n + cols[p0:p1]
-            dbias_blocks.append(dlogits.reshape(dlogits.shape[0], -1).index_select(1, flat).t())
-        dq = torch.cat(dq_blocks, 1) if dq_blocks else torch.zeros_like(q)
-        dbias = torch.cat(dbias_blocks, 0) if dbias_blocks else torch.zeros_like(pair_bias)
-        return dq, dk, dv, dbias, None, None, None
+            part = _block_gradients(q, k, v, pair_bias, rows, cols, out, grad_out, block)
+            dq[:, r0:r1] = part.dq
+            dk += part.dk
+            dv += part.dv
+            dbias[p0:p1] = part.dbias
+        ctx.save_for_backward(q, k, v, pair_bias, out, grad_out, rows, cols)
+        ctx.block_rows = block_rows
+        return dq, dk, dv, dbias
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_dq, g_dk, g_dv, g_dbias):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        rows, cols = saved[6], saved[7]
+        inputs = [t.detach().requires_grad_(True) for t in saved[:6]]  # q, k, v, pair_bias, out, grad_out
+        totals = [torch.zeros_like(t) for t in inputs]
+        for block in _blocks(inputs[0].shape[1], ctx.block_rows, rows):
+            r0, r1, p0, p1 = block
+            with torch.enable_grad():
+                part = _block_gradients(*inputs[:4], rows, cols, *inputs[4:], block)
+            outputs = (part.dq, part.dk, part.dv, part.dbias)
+            incoming = (g_dq[:, r0:r1], g_dk, g_dv, g_dbias[p0:p1])
+            used = [(o, g) for o, g in zip(outputs, incoming) if g is not None]
+            found = torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True)
+            for total, grad in zip(totals, found):
+                if grad is not None:
+                    total += grad
+        return totals[0], totals[1], totals[2], totals[3], totals[4], totals[5], None, None, None
 
 
 def blocked_pair_bias_attention(
@@ -221,15 +293,14 @@ def encoding_pair_inputs(
     return EncodingPairs(sinc_pair_basis(vec, encoding_range, num_freqs), rows, cols, pair_bounds)
 
 
-def use_dense(path: str, training: bool, heads: int, n: int) -> bool:
-    """Dense (materialised) encoded attention for a system of ``n`` atoms? Yes while training with
-    gradients (the force loss needs the double backward, which the dense graph gives directly) and
-    for small systems; otherwise the blocked evaluation, whose memory is linear in ``n``. ``path``
-    "dense" or "blocked" forces one (tests, benchmarks); "auto" chooses."""
+def use_dense(path: str, heads: int, n: int) -> bool:
+    """Dense (materialised) encoded attention for a system of ``n`` atoms? Only for small systems,
+    where one block would hold the whole logits anyway and the Python block loop costs more than it
+    saves; otherwise the blocked evaluation, whose memory is linear in ``n`` in the forward, the
+    force backward and the double backward of training alike. ``path`` "dense" or "blocked" forces
+    one (tests, benchmarks); "auto" chooses."""
     if path != "auto":
         return path == "dense"
-    if training and torch.is_grad_enabled():
-        return True
     return heads * n * n <= DENSE_LOGITS_ELEMENTS
 
 
@@ -242,13 +313,12 @@ def _eager_system_attention(
     rows: torch.Tensor,
     cols: torch.Tensor,
     path: str,
-    training: bool,
     block_elements: int,
 ) -> torch.Tensor:
     """Encoded attention of one system in the eager model: dense or blocked (:func:`use_dense`).
     Behind ``torch.jit.unused``, since the blocked autograd Function does not script; scripted code
     takes the dense evaluation instead (see :func:`encoded_attention`)."""
-    if use_dense(path, training, q.shape[0], q.shape[1]):
+    if use_dense(path, q.shape[0], q.shape[1]):
         return dense_pair_bias_attention(q, k, v, pair_bias, rows, cols)
     return blocked_pair_bias_attention(q, k, v, pair_bias, rows, cols, block_elements=block_elements)
 
@@ -261,11 +331,10 @@ def encoded_attention(
     pairs: EncodingPairs,
     bounds: List[int],
     path: str,
-    training: bool,
     block_elements: int,
 ) -> torch.Tensor:
     """Node attention of every system of a batch with its pair bias ``basis @ weights`` (``weights``
-    [F, heads] of one layer): q/k/v [h, N, d] -> [h, N, d]. ``path`` and ``training`` choose the
+    [F, heads] of one layer): q/k/v [h, N, d] -> [h, N, d]. ``path`` chooses the
     evaluation per system (:func:`use_dense`); blocks of at most ``block_elements`` logits.
 
     Scripted (the TorchScript export) every system takes the dense evaluation: memory
@@ -282,5 +351,27 @@ def encoded_attention(
         if torch.jit.is_scripting():
             parts.append(dense_pair_bias_attention(qb, kb, vb, bias_b, rows_b, cols_b))
         else:
-            parts.append(_eager_system_attention(qb, kb, vb, bias_b, rows_b, cols_b, path, training, block_elements))
+            parts.append(_eager_system_attention(qb, kb, vb, bias_b, rows_b, cols_b, path, block_elements))
+    return torch.cat(parts, 1)
+
+
+@torch.jit.unused
+def training_content_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: List[int], path: str, block_elements: int
+) -> torch.Tensor:
+    """Node attention without a bias (models without the encoding), per system, while training:
+    q/k/v [h, N, d] -> [h, N, d]. The force loss's double backward needs a differentiable backward,
+    which on the CPU only SDPA's math kernel has, and that kernel materialises [h, n, n] per system;
+    here systems above :data:`DENSE_LOGITS_ELEMENTS` take the blocked evaluation with no pairs
+    instead, so training memory is linear in atoms with or without the encoding."""
+    no_pairs = torch.zeros(0, dtype=torch.long, device=q.device)
+    no_bias = q.new_zeros(0, q.shape[0])
+    parts: List[torch.Tensor] = []
+    for b in range(len(bounds) - 1):
+        lo, hi = bounds[b], bounds[b + 1]
+        qb, kb, vb = q[:, lo:hi], k[:, lo:hi], v[:, lo:hi]
+        if use_dense(path, q.shape[0], hi - lo):
+            parts.append(dense_pair_bias_attention(qb, kb, vb, no_bias, no_pairs, no_pairs))
+        else:
+            parts.append(blocked_pair_bias_attention(qb, kb, vb, no_bias, no_pairs, no_pairs, block_elements))
     return torch.cat(parts, 1)
