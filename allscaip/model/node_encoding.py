@@ -59,9 +59,12 @@ def sinc_pair_basis(vec: torch.Tensor, encoding_range: float, num_freqs: int) ->
 
 def add_pair_bias(logits: torch.Tensor, pair_bias: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """``logits`` [h, rows, n] plus the pair biases ``pair_bias`` [P, h] at flat positions
-    ``flat`` [P] (``row * n + column``); several images of one pair add up."""
+    ``flat`` [P] (``row * n + column``); several images of one pair add up. In place: callers pass
+    freshly computed logits that nothing else holds (a copy of a block costs as much as its
+    product ``q k^T``; autograd allows it, since the product and the scaling save their inputs,
+    not their outputs)."""
     h, rows, n = logits.shape
-    return logits.reshape(h, rows * n).index_add(1, flat, pair_bias.t()).view(h, rows, n)
+    return logits.view(h, rows * n).index_add_(1, flat, pair_bias.t()).view(h, rows, n)
 
 
 def dense_pair_bias_attention(
