@@ -11,9 +11,11 @@ pytest.importorskip("openmm")
 
 import openmm
 from ase import Atoms
+from ase.io import read
 
 from allscaip.units import EV_PER_A3_TO_BAR
 from allscaip.units import EV_TO_KJ_PER_MOL as KJMOL_PER_EV
+from allscaip.workflows.teacher import cli
 from allscaip.workflows.teacher import electrolyte as el
 from allscaip.workflows.teacher.electrolyte_sampling import sample_solution_frames
 from allscaip.workflows.teacher.labelling import TeacherLabeller, finite_difference_check, teacher_for_atoms
@@ -135,3 +137,23 @@ def test_unknown_element_names_the_known_ones():
         teacher_for_atoms(bad)
     with pytest.raises(ValueError, match="ordered waters"):
         teacher_for_atoms(Atoms("NaClOHH", positions=np.arange(15.0).reshape(5, 3)))
+
+
+def test_cli_writes_train_val_and_larger_test_boxes(tmp_path):
+    """``cli --system nacl`` on a tiny budget: splits, stress labels, test boxes larger than training."""
+    out = {s: tmp_path / f"{s}.extxyz" for s in ("train", "val", "test")}
+    argv = ["--system", "nacl", "--compositions", "32:1", "--temperatures", "300", "--frames-per-state", "2"]
+    argv += ["--pair-waters", "32", "--pair-windows", "2", "--pair-frames", "1", "--test-compositions", "64:2"]
+    argv += ["--test-frames", "1", "--test-pair-waters", "0", "--equilibration-ps", "0.2", "--threads", "1"]
+    argv += ["--no-fd-check"] + [x for s, p in out.items() for x in (f"--{s}-out", str(p))]
+    assert cli.main(argv) == 0
+    frames = {s: read(p, ":") for s, p in out.items()}
+    assert [len(frames[s]) for s in ("train", "val", "test")] == [2, 2, 1]
+    assert {a.info["config_type"] for a in frames["train"]} == {"solution", "ion_pair"}
+    assert max(len(a) for a in frames["train"] + frames["val"]) < min(len(a) for a in frames["test"])
+    for a in frames["train"] + frames["test"]:
+        assert a.info["teacher"] == el.ELECTROLYTE_TEACHER_NAME and a.info["n_na"] == a.info["n_cl"]
+        assert np.abs(a.get_stress()).max() > 0  # the stress label travelled through extxyz
+        assert np.abs(a.get_forces()).max() > 0.1
+    with pytest.raises(SystemExit):
+        cli.main(["--system", "nacl", "--compositions", "32-1", "--train-out", str(out["train"])])

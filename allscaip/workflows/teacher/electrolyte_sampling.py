@@ -116,10 +116,15 @@ def sample_solution_frames(
     return frames
 
 
-def pair_targets_nm(n_waters: int, water_density_g_cm3: float, n_windows: int, seed: int) -> np.ndarray:
-    """``n_windows`` Na-Cl targets, stratified uniform from contact to half the box edge."""
+def pair_targets_nm(
+    n_waters: int, water_density_g_cm3: float, n_windows: int, seed: int, evenly: bool = False
+) -> np.ndarray:
+    """``n_windows`` Na-Cl targets from contact to half the box edge: stratified uniform (one
+    random target in each of ``n_windows`` equal bins), or ``evenly`` spaced with both ends."""
     L = solution_box_nm(n_waters, 1, water_density_g_cm3)
     lo, hi = MIN_PAIR_TARGET_NM, MAX_PAIR_TARGET_FRACTION * L
+    if evenly:
+        return np.linspace(lo, hi, n_windows)
     rng = np.random.default_rng(seed_for("pair-targets", n_waters, n_windows, seed))
     return lo + (hi - lo) * (np.arange(n_windows) + rng.random(n_windows)) / n_windows
 
@@ -134,14 +139,15 @@ def sample_ion_pairs(
     *,
     equilibration_ps: float = 1.0,
     stride_fs: float = 200.0,
+    evenly: bool = False,
     traj: str = "",
     callback: Optional[Callable[[Atoms], None]] = None,
 ) -> list[Atoms]:
-    """Dilute ion pairs: ``n_windows`` restrained windows (:func:`pair_targets_nm`), each its
-    own start structure and MD at a temperature drawn from ``temperatures``."""
+    """Dilute ion pairs: ``n_windows`` restrained windows (:func:`pair_targets_nm`, ``evenly``
+    passed on), each its own start structure and MD at a temperature drawn from ``temperatures``."""
     rng = np.random.default_rng(seed_for("pair-temperatures", seed))
     frames = []
-    for w, r0 in enumerate(pair_targets_nm(n_waters, water_density_g_cm3, n_windows, seed)):
+    for w, r0 in enumerate(pair_targets_nm(n_waters, water_density_g_cm3, n_windows, seed, evenly)):
         T = float(temperatures[int(rng.integers(len(temperatures)))])
         frames += sample_solution_frames(
             n_waters,
