@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,10 @@ pytest.importorskip("openmm")
 import openmm
 from ase import Atoms
 from ase.io import read
+from conftest import small_model
 
+from allscaip.checkpoint import save_checkpoint
+from allscaip.engines.ase_calculator import AllScAIPCalculator
 from allscaip.units import EV_PER_A3_TO_BAR
 from allscaip.units import EV_TO_KJ_PER_MOL as KJMOL_PER_EV
 from allscaip.workflows.teacher import cli
@@ -157,3 +161,19 @@ def test_cli_writes_train_val_and_larger_test_boxes(tmp_path):
         assert np.abs(a.get_forces()).max() > 0.1
     with pytest.raises(SystemExit):
         cli.main(["--system", "nacl", "--compositions", "32-1", "--train-out", str(out["train"])])
+
+
+def test_model_refuses_an_element_outside_h_o_na_cl(solution_frame, tmp_path):
+    """The model side of the bad input: a long-range (sinc_pairs) model of H, O, Na, Cl labels an
+    electrolyte frame, and refuses the same frame with a K in place of the Na, naming its elements."""
+    model = small_model(elements=[1, 8, 11, 17], node_encoding="sinc_pairs", core=False)
+    path = tmp_path / "nacl.ckpt"
+    save_checkpoint(path, {"model_config": dataclasses.asdict(model.cfg), "model_state": model.state_dict()})
+    good = solution_frame.copy()
+    good.calc = AllScAIPCalculator(path)
+    assert np.isfinite(good.get_potential_energy())
+    bad = solution_frame.copy()
+    bad.numbers[-2] = 19
+    bad.calc = AllScAIPCalculator(path)
+    with pytest.raises(ValueError, match=r"\['K'\] are not in model nacl\.ckpt, which knows \['H', 'O', 'Na', 'Cl'\]"):
+        bad.get_potential_energy()
