@@ -8,6 +8,9 @@ summary table and a finite-difference check of the teacher's forces follow. See 
     python -m allscaip.workflows.teacher.cli --n-molecules 32,64 --temperatures 250,300,350,400 \\
         --densities 0.90,1.00,1.10 --frames-per-state 33,6 --seed 0 \\
         --train-out examples/water/data/train.extxyz --val-out examples/water/data/val.extxyz
+
+``--system nacl`` writes the aqueous-NaCl data instead (:mod:`.electrolyte_cli`, whose
+``--help`` lists its options; ``python -m allscaip.workflows.teacher.cli --system nacl --help``).
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from allscaip.reproducible import seed_for
 from allscaip.workflows.teacher import sampling
 from allscaip.workflows.teacher.labelling import finite_difference_check
 
+#: the teachers this command samples: flexible TIP3P water, and NaCl in it (:mod:`.electrolyte`)
+SYSTEMS = ("water", "nacl")
 
-def _floats(s: str) -> list[float]:
+
+def parse_floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
-def _ints(s: str) -> list[int]:
+def parse_ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
 
 
@@ -44,7 +50,7 @@ def split_count(n: int, val_fraction: float) -> tuple[int, int]:
     return n - n_val, n_val
 
 
-def _summary_rows(frames: Sequence[Atoms], split: str) -> list[dict]:
+def summary_rows(frames: Sequence[Atoms], split: str) -> list[dict]:
     groups: dict = {}
     for a in frames:
         key = (a.info["config_type"], a.info["n_molecules"], a.info["temperature_K"], a.info["density_g_cm3"])
@@ -73,7 +79,7 @@ def _summary_rows(frames: Sequence[Atoms], split: str) -> list[dict]:
     return rows
 
 
-def _print_table(rows: list[dict], file=sys.stdout) -> None:
+def print_table(rows: list[dict], file=sys.stdout) -> None:
     hdr = (
         f"{'split':5} {'kind':7} {'n_mol':>5} {'T/K':>5} {'rho':>5} {'frames':>6} {'atoms':>7} "
         f"{'<E>/mol eV':>11} {'sd meV/mol':>10} {'F_rms eV/A':>10} {'T_kin/K':>8}"
@@ -89,7 +95,7 @@ def _print_table(rows: list[dict], file=sys.stdout) -> None:
         )
 
 
-def _write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
+def write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ase.io.write(path, list(frames), format="extxyz")
     back = ase.io.read(path, index=":", format="extxyz")
@@ -109,20 +115,34 @@ def _write_and_verify(path: str, frames: Sequence[Atoms]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--system", choices=SYSTEMS, default="water")
+    known, rest = pre.parse_known_args(argv)
+    if known.system == "nacl":
+        # imported here: the electrolyte CLI reuses this module's helpers
+        from allscaip.workflows.teacher import electrolyte_cli
+
+        return electrolyte_cli.main(rest)
     p = argparse.ArgumentParser(
         prog="python -m allscaip.workflows.teacher.cli",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--system",
+        choices=SYSTEMS,
+        default="water",
+        help="water, or aqueous NaCl (its own options: --system nacl --help)",
+    )
     p.add_argument("--out", default=None, help="extxyz with every frame (train + val)")
     p.add_argument("--train-out", default=None, help="extxyz for the training split")
     p.add_argument("--val-out", default=None, help="extxyz for the validation split")
-    p.add_argument("--n-molecules", type=_ints, default=[32, 64], help="comma-separated box sizes")
-    p.add_argument("--temperatures", type=_floats, default=[250.0, 300.0, 350.0, 400.0], help="K")
-    p.add_argument("--densities", type=_floats, default=[0.90, 1.00, 1.10], help="g/cm^3")
+    p.add_argument("--n-molecules", type=parse_ints, default=[32, 64], help="comma-separated box sizes")
+    p.add_argument("--temperatures", type=parse_floats, default=[250.0, 300.0, 350.0, 400.0], help="K")
+    p.add_argument("--densities", type=parse_floats, default=[0.90, 1.00, 1.10], help="g/cm^3")
     p.add_argument(
         "--frames-per-state",
-        type=_ints,
+        type=parse_ints,
         default=[33, 6],
         help="frames per (T, density) state, one value or one per --n-molecules entry; "
         "split into train/val trajectories by --val-fraction",
@@ -211,14 +231,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_gen = time.time() - t0
 
     if args.out:
-        _write_and_verify(args.out, train + val)
+        write_and_verify(args.out, train + val)
     if args.train_out:
-        _write_and_verify(args.train_out, train)
+        write_and_verify(args.train_out, train)
     if args.val_out:
-        _write_and_verify(args.val_out, val)
+        write_and_verify(args.val_out, val)
 
-    rows = _summary_rows(train, "train") + _summary_rows(val, "val")
-    _print_table(rows)
+    rows = summary_rows(train, "train") + summary_rows(val, "val")
+    print_table(rows)
     allf = train + val
     bulk = [a for a in allf if a.info["config_type"] == "bulk"]
     f_all = np.concatenate([a.get_forces().ravel() for a in allf])

@@ -1,14 +1,16 @@
-"""Teacher labels: double-precision energies and forces of water configurations, as ``ase.Atoms``.
+"""Teacher labels: double-precision energies and forces of water (and NaCl solution) configurations.
 
 Each labelled frame is an ``ase.Atoms`` with a ``SinglePointCalculator(energy, forces)``,
 ``pbc=True`` and a cubic cell for bulk frames (``pbc=False`` and a zero cell for gas-phase
-frames) and ``info`` keys ``charge=0``, ``spin=1``, ``teacher`` and ``n_molecules``, plus what the
-sampler adds (:mod:`.sampling`). The teacher itself is defined in :mod:`.system`.
+frames) and ``info`` keys ``charge=0``, ``spin=1``, ``teacher`` and ``n_molecules`` (waters), plus
+what the sampler adds (:mod:`.sampling`). The water teacher is defined in :mod:`.system`, the
+electrolyte teacher (waters, then Na, then Cl atoms) in :mod:`.electrolyte`;
+:func:`teacher_for_atoms` picks the one a frame needs.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import openmm
@@ -17,11 +19,20 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
+from allscaip.workflows.teacher.electrolyte import (
+    ELECTROLYTE_TEACHER_NAME,
+    composition,
+    create_solution_system,
+    solution_topology,
+)
 from allscaip.workflows.teacher.system import TEACHER_NAME, build_gas_system, create_system, water_topology
 
 # Guards against the unphysical region of TIP3P (H has no LJ core)
 MIN_INTERMOLECULAR_H_O_NM = 0.12
 OH_BOND_RANGE_NM = (0.07, 0.13)
+#: closest approach of an ion to any other atom (Joung-Cheatham contacts: Cl-H ~0.21 nm,
+#: Na-O ~0.23 nm in the liquid); closer means the MD fell into the Coulomb singularity of a bare H
+MIN_ION_CONTACT_NM = 0.15
 
 
 class TeacherLabeller:
@@ -60,9 +71,13 @@ def make_atoms(
     forces_ev_ang: np.ndarray,
     box_nm: Optional[np.ndarray],
     info: dict,
+    ions: Sequence[str] = (),
 ) -> Atoms:
-    """A labelled frame (module docstring); ``info`` is added to the standard keys."""
-    symbols = "OHH" * n_molecules
+    """A labelled frame (module docstring); ``info`` is added to the standard keys.
+
+    ``ions``: the symbols of the atoms after the ``n_molecules`` waters (Na..., Cl...); with any,
+    the frame is the electrolyte teacher's."""
+    symbols = ["O", "H", "H"] * n_molecules + list(ions)
     pos = np.asarray(positions_nm, dtype=float) * ANGSTROM_PER_NM
     if box_nm is not None:
         atoms = Atoms(symbols, positions=pos, cell=np.asarray(box_nm) * ANGSTROM_PER_NM, pbc=True)
@@ -71,15 +86,28 @@ def make_atoms(
     if not (np.isfinite(energy_ev) and np.all(np.isfinite(forces_ev_ang))):
         raise RuntimeError(f"non-finite teacher label for {info}")
     atoms.calc = SinglePointCalculator(atoms, energy=float(energy_ev), forces=np.array(forces_ev_ang))
-    atoms.info.update({"charge": 0, "spin": 1, "teacher": TEACHER_NAME, "n_molecules": int(n_molecules)})
+    teacher = ELECTROLYTE_TEACHER_NAME if len(ions) else TEACHER_NAME
+    atoms.info.update({"charge": 0, "spin": 1, "teacher": teacher, "n_molecules": int(n_molecules)})
     atoms.info.update(info)
     return atoms
 
 
 def check_geometry(pos_nm: np.ndarray, n_molecules: int, box_nm: Optional[np.ndarray], where: str) -> None:
     """Guard against the unphysical region of TIP3P (H has no LJ core): intermolecular H...O >= 0.12 nm,
-    intramolecular O-H within [0.07, 0.13] nm."""
-    p = pos_nm.reshape(n_molecules, 3, 3)
+    intramolecular O-H within [0.07, 0.13] nm, and any atoms after the waters (ions) at least
+    :data:`MIN_ION_CONTACT_NM` from every other atom."""
+    pos_nm = np.asarray(pos_nm, dtype=float)
+    if len(pos_nm) > 3 * n_molecules:
+        ions = pos_nm[3 * n_molecules :]
+        d = ions[:, None, :] - pos_nm[None, :, :]
+        if box_nm is not None:
+            L = np.diag(box_nm)
+            d -= L * np.round(d / L)
+        r = np.linalg.norm(d, axis=-1)
+        r[np.arange(len(ions)), 3 * n_molecules + np.arange(len(ions))] = np.inf
+        if r.min() < MIN_ION_CONTACT_NM:
+            raise RuntimeError(f"{where}: an ion is {r.min():.4f} nm from another atom (< {MIN_ION_CONTACT_NM} nm)")
+    p = pos_nm[: 3 * n_molecules].reshape(n_molecules, 3, 3)
     oh = np.linalg.norm(p[:, 1:] - p[:, :1], axis=-1)
     if oh.min() < OH_BOND_RANGE_NM[0] or oh.max() > OH_BOND_RANGE_NM[1]:
         raise RuntimeError(f"{where}: O-H bond length out of range ({oh.min():.4f}-{oh.max():.4f} nm)")
@@ -99,12 +127,19 @@ def check_geometry(pos_nm: np.ndarray, n_molecules: int, box_nm: Optional[np.nda
 
 
 def teacher_for_atoms(atoms: Atoms) -> TeacherLabeller:
-    """The teacher (double precision) matching an ``Atoms`` written by this module."""
-    n = len(atoms) // 3
+    """The teacher (double precision) matching an ``Atoms`` written by this module.
+
+    Water alone gets the water teacher, water with ions the electrolyte teacher; an element
+    neither knows is a ``ValueError`` naming the known ones (:func:`.electrolyte.composition`)."""
+    n, n_na, n_cl = composition(atoms.get_chemical_symbols())
     if atoms.pbc.any():
-        top = water_topology(n, float(atoms.cell[0, 0]) / ANGSTROM_PER_NM)
         box = np.asarray(atoms.cell) / ANGSTROM_PER_NM
-        return TeacherLabeller(create_system(top, periodic=True), box)
+        if n_na:
+            top = solution_topology(n, n_na, n_cl, float(box[0, 0]))
+            return TeacherLabeller(create_solution_system(top, periodic=True), box)
+        return TeacherLabeller(create_system(water_topology(n, float(box[0, 0])), periodic=True), box)
+    if n_na:
+        return TeacherLabeller(create_solution_system(solution_topology(n, n_na, n_cl, None), periodic=False))
     return TeacherLabeller(build_gas_system(n)[0])
 
 

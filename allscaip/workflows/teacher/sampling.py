@@ -21,7 +21,7 @@ and ``frame``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import openmm
@@ -51,6 +51,54 @@ def _cpu_platform():
     return platform, props
 
 
+def run_nvt(
+    system_md: openmm.System,
+    positions_nm: np.ndarray,
+    box_nm: np.ndarray,
+    temperature_K: float,
+    n_frames: int,
+    seed: int,
+    *,
+    equilibration_ps: float = 2.0,
+    stride_fs: float = 200.0,
+    timestep_fs: float = 0.5,
+    friction_per_ps: float = 1.0,
+) -> Iterator[tuple[np.ndarray, float]]:
+    """NVT Langevin MD of a periodic box (module docstring): yields ``n_frames`` pairs
+    ``(positions_nm [N, 3], kinetic temperature K)``, one every ``stride_fs`` after the
+    minimisation and ``equilibration_ps``. Positions are wrapped by molecule (OpenMM's
+    ``enforcePeriodicBox``)."""
+    step_ps = timestep_fs * 1e-3
+    integ = openmm.LangevinMiddleIntegrator(
+        temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
+    )
+    integ.setRandomNumberSeed(seed_for("langevin", seed))
+    platform, props = _cpu_platform()
+    ctx = openmm.Context(system_md, integ, platform, props)
+    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
+    ctx.setPositions(positions_nm * unit.nanometer)
+    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 0)
+    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed_for("velocities", seed))
+    n_eq = int(round(equilibration_ps / step_ps))
+    n_stride = max(1, int(round(stride_fs * 1e-3 / step_ps)))
+    # Thermalise quickly first: the first quarter of the equilibration (at most 0.5 ps) uses a
+    # 10x larger friction, then the production friction for the rest of the run.
+    n_hot = min(n_eq // 4, int(round(0.5 / step_ps)))
+    if n_hot:
+        integ.setFriction(10 * friction_per_ps / unit.picosecond)
+        integ.step(n_hot)
+        integ.setFriction(friction_per_ps / unit.picosecond)
+    if n_eq - n_hot:
+        integ.step(n_eq - n_hot)
+    dof = 3 * system_md.getNumParticles() - 3  # CMMotionRemover removes 3 DOF
+    for _ in range(n_frames):
+        integ.step(n_stride)
+        st = ctx.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=True)
+        pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        ke = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        yield pos, round(2 * ke / (dof * BOLTZMANN_KJ_PER_MOL_K), 2)
+
+
 def sample_frames(
     n_molecules: int,
     temperature_K: float,
@@ -69,44 +117,28 @@ def sample_frames(
 
     Builds the box (:func:`build_water_system`), minimises, draws Maxwell-Boltzmann
     velocities, equilibrates for ``equilibration_ps`` and then takes ``n_frames`` frames
-    every ``stride_fs``. MD runs on the CPU platform with a looser Ewald tolerance;
-    labels are computed in double precision with the full teacher. ``atoms.info`` gets
+    every ``stride_fs`` (:func:`run_nvt`). MD runs on the CPU platform with a looser Ewald
+    tolerance; labels are computed in double precision with the full teacher. ``atoms.info`` gets
     ``temperature_K``, ``density_g_cm3``, ``config_type='bulk'``, ``traj``, ``frame`` and
     ``kinetic_temperature_K`` (instantaneous, from the MD).
     """
     system_label, top, pos0, box = build_water_system(n_molecules, density_g_cm3, seed)
     system_md = create_system(top, periodic=True, ewald_tolerance=MD_EWALD_TOLERANCE)
     labeller = TeacherLabeller(system_label, box)
-
-    step_ps = timestep_fs * 1e-3
-    integ = openmm.LangevinMiddleIntegrator(
-        temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
+    md = run_nvt(
+        system_md,
+        pos0,
+        box,
+        temperature_K,
+        n_frames,
+        seed,
+        equilibration_ps=equilibration_ps,
+        stride_fs=stride_fs,
+        timestep_fs=timestep_fs,
+        friction_per_ps=friction_per_ps,
     )
-    integ.setRandomNumberSeed(seed_for("langevin", seed))
-    platform, props = _cpu_platform()
-    ctx = openmm.Context(system_md, integ, platform, props)
-    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    ctx.setPositions(pos0 * unit.nanometer)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 0)
-    ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed_for("velocities", seed))
-    n_eq = int(round(equilibration_ps / step_ps))
-    n_stride = max(1, int(round(stride_fs * 1e-3 / step_ps)))
-    # Thermalise quickly first: the first quarter of the equilibration (at most 0.5 ps) uses a
-    # 10x larger friction, then the production friction for the rest of the run.
-    n_hot = min(n_eq // 4, int(round(0.5 / step_ps)))
-    if n_hot:
-        integ.setFriction(10 * friction_per_ps / unit.picosecond)
-        integ.step(n_hot)
-        integ.setFriction(friction_per_ps / unit.picosecond)
-    if n_eq - n_hot:
-        integ.step(n_eq - n_hot)
-    dof = 3 * system_md.getNumParticles() - 3  # CMMotionRemover removes 3 DOF
     frames = []
-    for i in range(n_frames):
-        integ.step(n_stride)
-        st = ctx.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=True)
-        pos = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        ke = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+    for i, (pos, t_kin) in enumerate(md):
         where = f"{traj or 'bulk'} frame {i}"
         check_geometry(pos, n_molecules, box, where)
         e, f = labeller.ev_ang(pos)
@@ -122,7 +154,7 @@ def sample_frames(
                 "config_type": "bulk",
                 "traj": traj or f"bulk_n{n_molecules}_T{temperature_K:g}_rho{density_g_cm3:.2f}_s{seed}",
                 "frame": i,
-                "kinetic_temperature_K": round(2 * ke / (dof * BOLTZMANN_KJ_PER_MOL_K), 2),
+                "kinetic_temperature_K": t_kin,
             },
         )
         frames.append(atoms)

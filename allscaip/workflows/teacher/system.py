@@ -71,15 +71,14 @@ TEACHER_NAME = "openmm-tip3p-flexible-ljpme"
 R_OH_NM = 0.09572
 THETA_HOH_RAD = 1.82421813418
 
-_FORCE_FIELD: Optional[app.ForceField] = None
+_FORCE_FIELDS: dict[str, app.ForceField] = {}
 
 
-def force_field() -> app.ForceField:
-    """OpenMM's ``tip3p.xml`` (read once)."""
-    global _FORCE_FIELD
-    if _FORCE_FIELD is None:
-        _FORCE_FIELD = app.ForceField(FORCE_FIELD_FILE)
-    return _FORCE_FIELD
+def force_field(path: str = FORCE_FIELD_FILE) -> app.ForceField:
+    """One of OpenMM's bundled force-field files, by default ``tip3p.xml`` (each read once)."""
+    if path not in _FORCE_FIELDS:
+        _FORCE_FIELDS[path] = app.ForceField(path)
+    return _FORCE_FIELDS[path]
 
 
 def water_molar_mass() -> float:
@@ -109,10 +108,17 @@ def water_topology(n_molecules: int, box_nm: Optional[float]) -> app.Topology:
 
 
 def create_system(
-    top: app.Topology, periodic: bool, ewald_tolerance: float = EWALD_TOLERANCE, cutoff_nm: float = CUTOFF_NM
+    top: app.Topology,
+    periodic: bool,
+    ewald_tolerance: float = EWALD_TOLERANCE,
+    cutoff_nm: float = CUTOFF_NM,
+    force_field_file: str = FORCE_FIELD_FILE,
 ) -> openmm.System:
-    """The teacher's OpenMM System for ``top`` (the definition in the module docstring)."""
-    ff = force_field()
+    """The teacher's OpenMM System for ``top`` (the definition in the module docstring).
+
+    ``force_field_file``: the bundled file to read; the electrolyte teacher
+    (:mod:`.electrolyte`) passes one whose water is this one and which adds ions."""
+    ff = force_field(force_field_file)
     if periodic:
         system = ff.createSystem(
             top,
