@@ -170,7 +170,7 @@ def staged_energies(
         if encoding and not hasattr(module, "dd_global_finish_heads"):
             rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
     # The layer loop is written three times: here (the staged calls, one process),
-    # allscaip.model.AllScAIP.forward (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
+    # allscaip.model.AllScAIP.forward and .layer (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
     # (these calls under MPI). A change here goes to all three.
     for layer in range(int(module.num_layers)):
         h_global = torch.zeros((n, int(module.hidden)), dtype=state[0][3].dtype, device=state[0][3].device)

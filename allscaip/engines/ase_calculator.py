@@ -44,7 +44,10 @@ class AllScAIPCalculator(Calculator):
     atoms like the checkpoint's. ``min_distance`` (Å): two atoms closer than this raise
     :class:`allscaip.result_checks.AtomsTooCloseError`; None takes the model's own (a fraction of
     its training data's shortest contact), 0 turns the check off. NaN or Inf results raise
-    :class:`allscaip.result_checks.NonFiniteResultError` (docs/errors.md).
+    :class:`allscaip.result_checks.NonFiniteResultError` (docs/errors.md). ``recompute`` (checkpoints
+    only): keep only each layer's inputs in the forward and run the layer again in the force
+    backward (activation checkpointing): about a third to a half of the peak memory of a large
+    system, for one more forward pass (docs/benchmarks.md).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -55,6 +58,7 @@ class AllScAIPCalculator(Calculator):
         device: str = "cpu",
         dtype: str = "float64",
         min_distance: Optional[float] = None,
+        recompute: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -70,6 +74,11 @@ class AllScAIPCalculator(Calculator):
         self._module = None
         self.metadata: Dict[str, Any] = {}
         suffix = path.suffix.lower()
+        if recompute and suffix in (".pt", ".pt2"):
+            raise ValueError(
+                f"recompute=True applies to checkpoints (.ckpt), not to the export {path.name}; "
+                "load the checkpoint it was exported from, or leave recompute off"
+            )
         if suffix == ".pt":
             self._module, self.metadata = load_torchscript(path, device=str(self.device))
             self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
@@ -81,6 +90,7 @@ class AllScAIPCalculator(Calculator):
         else:
             self._eager = load_model(path, dtype=self.dtype, device=str(self.device))
             self._eager.eval()
+            self._eager.recompute = "layers" if recompute else "none"
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
         self.elements: List[int] = (
             list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)

@@ -34,18 +34,13 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from allscaip.config import ModelConfig
+from allscaip.model.block import AllScAIPLayer
 from allscaip.model.core_repulsion import core_repulsion_energy
-from allscaip.model.layers import (
-    FeedForward,
-    NeighborAttention,
-    NodeAttention,
-    RMSNorm,
-    per_system_attention,
-    token_layout,
-)
+from allscaip.model.layers import FeedForward, RMSNorm, per_system_attention
 from allscaip.model.legacy_distance_bias import MIN_ATTENTION_WEIGHT, distance_bias_freqs, minimum_image_sinc_bias
 from allscaip.model.neighbor_geometry import (
     NeighborGeometry,
@@ -84,6 +79,9 @@ class WholeSystemOutput(NamedTuple):
     virial: Optional[torch.Tensor]  # [B, 3, 3] eV, -dE/dstrain (None unless asked)
 
 
+RECOMPUTE_CHOICES = ("none", "layers")
+
+
 def per_system_sum(values: torch.Tensor, system: Optional[torch.Tensor], num_systems: int) -> torch.Tensor:
     """Sum of per-atom ``values`` [N] over each system [B]; ``system`` None: one system, a plain
     sum (see :meth:`AllScAIP.energy_forces_virial`)."""
@@ -101,81 +99,6 @@ def apply_strain(
         e = strain[0]
         return positions + torch.matmul(positions, e), (cell[0] + torch.matmul(cell[0], e)).unsqueeze(0)
     return positions + torch.einsum("nx,nxy->ny", positions, strain[system]), cell + torch.bmm(cell, strain)
-
-
-class AllScAIPLayer(nn.Module):
-    """One AllScAIP block (local stage + global stage)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        hidden = cfg.hidden
-        init = 1.0 / cfg.layers
-        self.norm_src = RMSNorm(hidden)
-        self.attn_src = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
-        self.norm_msg = RMSNorm(hidden)
-        self.msg_proj = nn.Linear(hidden, hidden)
-        self.norm_dst = RMSNorm(hidden)
-        self.attn_dst = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
-        self.norm_edge = RMSNorm(hidden)
-        self.edge_ffn = FeedForward(hidden, cfg.ffn_ratio)
-        self.norm_node_attn = RMSNorm(hidden)
-        self.node_attn = NodeAttention(hidden, cfg.heads, cfg.qk_norm)
-        self.node_attention = cfg.node_attention
-        self.norm_node_ffn = RMSNorm(hidden)
-        self.node_ffn = FeedForward(hidden, cfg.ffn_ratio)
-        self.scale_src_node = nn.Parameter(torch.full((hidden,), init))
-        self.scale_src_edge = nn.Parameter(torch.full((hidden,), init))
-        self.scale_dst_node = nn.Parameter(torch.full((hidden,), init))
-        self.scale_dst_edge = nn.Parameter(torch.full((hidden,), init))
-        self.scale_edge_ffn = nn.Parameter(torch.full((hidden,), init))
-        self.scale_node_attn = nn.Parameter(torch.full((hidden,), init))
-        self.scale_node_ffn = nn.Parameter(torch.full((hidden,), init))
-
-    def local(
-        self,
-        nodes_all: torch.Tensor,
-        edges: torch.Tensor,
-        index: torch.Tensor,
-        legendre_p: torch.Tensor,
-        bias: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H])."""
-        nc = index.shape[0]
-        valid = torch.isfinite(bias[:, 1:])
-        tok_index, pad_pos = token_layout(valid)
-        n_edges = edges.shape[0]
-        is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
-        tokens = torch.cat([nodes_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
-        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
-        tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
-        # messages from the neighbours' node states (zero for the self tokens)
-        msg = self.msg_proj(self.norm_msg(nodes_all))
-        msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg[index[valid]]], 0)
-        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
-        tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
-        nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
-        edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
-        return nodes, edges
-
-    def global_project(self, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys, values of node attention for atoms ``nodes`` [N, H]."""
-        return self.node_attn.project(self.norm_node_attn(nodes))
-
-    def global_finish(
-        self, nodes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        """Attend with queries of ``nodes`` over (possibly gathered) keys/values, then node FFN."""
-        if self.node_attention:
-            nodes = nodes + self.scale_node_attn * self.node_attn.attend(q, k, v, mask)
-        return self.node_ffn_only(nodes)
-
-    def global_finish_heads(self, nodes: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """Residual update from node-attention outputs ``o`` [heads, N, d] computed outside, then node FFN."""
-        nodes = nodes + self.scale_node_attn * self.node_attn.merge_heads(o)
-        return self.node_ffn_only(nodes)
-
-    def node_ffn_only(self, nodes: torch.Tensor) -> torch.Tensor:
-        return nodes + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(nodes))
 
 
 class AllScAIP(nn.Module):
@@ -243,6 +166,9 @@ class AllScAIP(nn.Module):
         self.encoding_freqs = int(cfg.encoding_freqs)
         self.encoding_block_elements = BLOCK_LOGITS_ELEMENTS
         self.encoding_path = "auto"  # "dense" or "blocked" force one evaluation (tests, benchmarks)
+        # "layers": outside training, each block's activations are recomputed in the backward
+        # instead of kept (activation checkpointing; see recomputed_layer)
+        self.recompute = "none"
         if self.use_encoding:
             std = ENCODING_INIT_STD / math.sqrt(cfg.encoding_freqs)
             self.encoding_weights = nn.Parameter(torch.randn(cfg.layers, cfg.encoding_freqs, cfg.heads) * std)
@@ -465,12 +391,63 @@ class AllScAIP(nn.Module):
             pairs = encoding_pair_inputs(
                 positions, cell, system, pair_index, pair_shift, bounds, self.encoding_range, self.encoding_freqs
             )
-        # The layer loop is written three times: here (whole systems), in
-        # allscaip_export.dd_reference.dd_evaluate (the staged dd_* calls, one process) and in
-        # lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under MPI). A change here goes to all three.
-        for i, block in enumerate(self.blocks):
-            nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
-            if self.node_attention:
+        # The layer loop is written three times: here (whole systems, with the block in
+        # AllScAIP.layer), in allscaip_export.dd_reference.staged_energies (the staged dd_* calls, one
+        # process) and in lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under
+        # MPI). A change here goes to all three.
+        for i in range(len(self.blocks)):
+            if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+                if self.recompute != "none" and not self.training and torch.is_grad_enabled():
+                    nodes, edges = self.recomputed_layer(
+                        i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system
+                    )
+                    continue
+            nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
+        return self.readout_energy(nodes, species) + e_core
+
+    def recomputed_layer(
+        self,
+        i: int,
+        nodes: torch.Tensor,
+        edges: torch.Tensor,
+        geometry: NeighborGeometry,
+        pairs: Optional[EncodingPairs],
+        bounds: List[int],
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        system: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`AllScAIP.layer` under activation checkpointing: the forward keeps only the block's
+        inputs, and the force backward runs the block again to get what it needs, one block at a
+        time. Peak memory falls from all blocks' activations to one block's, for one more forward
+        per block. Eager inference only (``model.recompute = "layers"``; the training double backward
+        and the scripted export keep the stored activations, and TorchScript never compiles this)."""
+        return torch.utils.checkpoint.checkpoint(
+            self.layer, i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system, use_reentrant=False
+        )
+
+    def layer(
+        self,
+        i: int,
+        nodes: torch.Tensor,
+        edges: torch.Tensor,
+        geometry: NeighborGeometry,
+        pairs: Optional[EncodingPairs],
+        bounds: List[int],
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        system: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Block ``i`` of :meth:`forward`: its local stage, then node attention within each system
+        (``bounds``) with the encoding's pair bias, the legacy distance bias or none."""
+        # TorchScript indexes a ModuleList with literals only: find block i by iterating
+        for j, block in enumerate(self.blocks):
+            if j == i:
+                nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
+                if not self.node_attention:
+                    return block.node_ffn_only(nodes), edges
                 q, k, v = block.global_project(nodes)
                 if pairs is not None:
                     o = encoded_attention(
@@ -483,21 +460,18 @@ class AllScAIP(nn.Module):
                         self.encoding_path,
                         self.encoding_block_elements,
                     )
-                    nodes = block.global_finish_heads(nodes, o)
-                elif self.use_distance_bias:
-                    nodes = block.global_finish(
+                    return block.global_finish_heads(nodes, o), edges
+                if self.use_distance_bias:
+                    return block.global_finish(
                         nodes, q, k, v, self.distance_attention_bias(i, positions, cell, pbc, system)
-                    )
-                elif self.training and not torch.jit.is_scripting():
+                    ), edges
+                if self.training and not torch.jit.is_scripting():
                     o = training_content_attention(q, k, v, bounds, self.encoding_path, self.encoding_block_elements)
-                    nodes = block.global_finish_heads(nodes, o)
-                elif num_systems > 1:
-                    nodes = block.global_finish_heads(nodes, per_system_attention(q, k, v, bounds))
-                else:
-                    nodes = block.global_finish(nodes, q, k, v, None)
-            else:
-                nodes = block.node_ffn_only(nodes)
-        return self.readout_energy(nodes, species) + e_core
+                    return block.global_finish_heads(nodes, o), edges
+                if len(bounds) > 2:
+                    return block.global_finish_heads(nodes, per_system_attention(q, k, v, bounds)), edges
+                return block.global_finish(nodes, q, k, v, None), edges
+        raise RuntimeError("layer index out of range")
 
     def energy_forces_virial(
         self,

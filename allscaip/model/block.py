@@ -1,0 +1,89 @@
+"""One AllScAIP block (:class:`AllScAIPLayer`): the local (neighbour) stage and the global (node
+attention) stage, as :mod:`allscaip.model.allscaip` describes them and calls them, layer by layer.
+
+Pre-norm residual updates with learned per-channel scales initialised to 1/L (L layers)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from allscaip.config import ModelConfig
+from allscaip.model.layers import FeedForward, NeighborAttention, NodeAttention, RMSNorm, token_layout
+
+
+class AllScAIPLayer(nn.Module):
+    """One AllScAIP block (local stage + global stage)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.hidden
+        init = 1.0 / cfg.layers
+        self.norm_src = RMSNorm(hidden)
+        self.attn_src = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
+        self.norm_msg = RMSNorm(hidden)
+        self.msg_proj = nn.Linear(hidden, hidden)
+        self.norm_dst = RMSNorm(hidden)
+        self.attn_dst = NeighborAttention(hidden, cfg.heads, cfg.legendre, cfg.legendre_lmax, cfg.qk_norm)
+        self.norm_edge = RMSNorm(hidden)
+        self.edge_ffn = FeedForward(hidden, cfg.ffn_ratio)
+        self.norm_node_attn = RMSNorm(hidden)
+        self.node_attn = NodeAttention(hidden, cfg.heads, cfg.qk_norm)
+        self.node_attention = cfg.node_attention
+        self.norm_node_ffn = RMSNorm(hidden)
+        self.node_ffn = FeedForward(hidden, cfg.ffn_ratio)
+        self.scale_src_node = nn.Parameter(torch.full((hidden,), init))
+        self.scale_src_edge = nn.Parameter(torch.full((hidden,), init))
+        self.scale_dst_node = nn.Parameter(torch.full((hidden,), init))
+        self.scale_dst_edge = nn.Parameter(torch.full((hidden,), init))
+        self.scale_edge_ffn = nn.Parameter(torch.full((hidden,), init))
+        self.scale_node_attn = nn.Parameter(torch.full((hidden,), init))
+        self.scale_node_ffn = nn.Parameter(torch.full((hidden,), init))
+
+    def local(
+        self,
+        nodes_all: torch.Tensor,
+        edges: torch.Tensor,
+        index: torch.Tensor,
+        legendre_p: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H])."""
+        nc = index.shape[0]
+        valid = torch.isfinite(bias[:, 1:])
+        tok_index, pad_pos = token_layout(valid)
+        n_edges = edges.shape[0]
+        is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
+        tokens = torch.cat([nodes_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
+        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
+        tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
+        # messages from the neighbours' node states (zero for the self tokens)
+        msg = self.msg_proj(self.norm_msg(nodes_all))
+        msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg[index[valid]]], 0)
+        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
+        tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
+        nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
+        edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
+        return nodes, edges
+
+    def global_project(self, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values of node attention for atoms ``nodes`` [N, H]."""
+        return self.node_attn.project(self.norm_node_attn(nodes))
+
+    def global_finish(
+        self, nodes: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Attend with queries of ``nodes`` over (possibly gathered) keys/values, then node FFN."""
+        if self.node_attention:
+            nodes = nodes + self.scale_node_attn * self.node_attn.attend(q, k, v, mask)
+        return self.node_ffn_only(nodes)
+
+    def global_finish_heads(self, nodes: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual update from node-attention outputs ``o`` [heads, N, d] computed outside, then node FFN."""
+        nodes = nodes + self.scale_node_attn * self.node_attn.merge_heads(o)
+        return self.node_ffn_only(nodes)
+
+    def node_ffn_only(self, nodes: torch.Tensor) -> torch.Tensor:
+        return nodes + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(nodes))

@@ -1,0 +1,194 @@
+"""This project against fairchem's AllScAIP at equal sizes, in one run: time, memory and their ratios.
+
+For each model size and atom count, three fresh subprocesses run one after the other on the same
+water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine state:
+
+- ``allscaip``: the eager model (random weights, float32), one energy + forces + stress call per
+  step, neighbour list included, positions displaced by 0.01 Å between steps;
+- ``allscaip_recompute``: the same with ``recompute = "layers"`` (each block's activations are
+  recomputed in the force backward, activation checkpointing);
+- ``fairchem``: fairchem-core's ``FAIRChemCalculator`` on a random-weight AllScAIP checkpoint
+  (``bench/fairchem_allscaip.py``, run in the fairchem environment), energy + forces per step,
+  sincx mask off (the published "md" switches; our model has no encoding either).
+
+Sizes are ``hidden/layers/heads``, cutoff 6 Å, soft kNN 30 (fairchem ``knn_k``), as in issue 23.
+Time is the median of ``--repeats`` steps after a warm-up; memory is each subprocess's peak
+resident set (GiB), imports included. Prints a markdown table and writes JSON.
+
+    bash bench/setup_fairchem_venv.sh                      # .fcvenv (fairchem-core 2.24, torch 2.13 CPU)
+    python bench/side_by_side.py --sizes 256/4/4 --atoms 192,384,768 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CUTOFF_A = 6.0
+KNN = 30
+DISPLACEMENT_A = 0.01  # per-step random displacement, as bench/fairchem_allscaip.py
+
+
+def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, recompute: bool) -> dict:
+    """One configuration of this project's eager model in this process (see the module docstring)."""
+    import torch
+    from water_boxes import water_box
+
+    from allscaip.config import model_config
+    from allscaip.data import atoms_to_batch
+    from allscaip.model import AllScAIP, compute_properties
+
+    torch.manual_seed(0)
+    cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
+    model = AllScAIP(cfg).float().eval()
+    model.recompute = "layers" if recompute else "none"
+    atoms = water_box(max(1, n_atoms // 3), seed=0)
+    base = atoms.positions.copy()
+    rng = np.random.default_rng(1)
+
+    def step() -> float:
+        atoms.positions = base + rng.normal(0.0, DISPLACEMENT_A, base.shape)
+        t = time.perf_counter()
+        out = compute_properties(model, atoms_to_batch([atoms], dtype=torch.float32), stress=True)
+        seconds = time.perf_counter() - t
+        if not torch.isfinite(out["forces"]).all():
+            raise FloatingPointError("non-finite forces")
+        return seconds
+
+    step()
+    times = [step() for _ in range(repeats)]
+    return {
+        "atoms": len(atoms),
+        "seconds_per_call": float(np.median(times)),
+        "times_s": times,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "params": sum(p.numel() for p in model.parameters()),
+        "status": "ok",
+    }
+
+
+def run_ours(args, hidden: int, layers: int, heads: int, n_atoms: int, recompute: bool) -> dict:
+    cmd = [sys.executable, __file__, "--ours-worker", f"{hidden}/{layers}/{heads}", str(n_atoms)]
+    cmd += ["--repeats", str(args.repeats)] + (["--recompute"] if recompute else [])
+    return _run(cmd, args.threads, args.timeout)
+
+
+def run_fairchem(args, hidden: int, layers: int, heads: int, n_atoms: int) -> dict:
+    cmd = [str(args.fairchem_python), str(HERE / "fairchem_allscaip.py"), "--worker-size", str(n_atoms)]
+    cmd += ["--sizes", str(n_atoms), "--hidden", str(hidden), "--layers", str(layers), "--heads", str(heads)]
+    cmd += ["--cutoff", str(CUTOFF_A), "--max-neighbors", str(KNN), "--no-sincx", "--repeats", str(args.repeats)]
+    cmd += ["--threads", str(args.threads), "--displacement", str(DISPLACEMENT_A), "--mem-limit-gb", "0"]
+    return _run(cmd, args.threads, args.timeout)
+
+
+def _run(cmd: list, threads: int, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "note": f"killed after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {"status": "error", "note": f"exit code {proc.returncode}", "stderr_tail": proc.stderr[-1500:]}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def ratio(a: dict, b: dict, key: str):
+    if a.get("status") == "ok" and b.get("status") == "ok":
+        return a[key] / b[key]
+    return None
+
+
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256/4/4", help="comma-separated hidden/layers/heads")
+    ap.add_argument("--atoms", default="192,384,768")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
+    ap.add_argument("--fairchem-python", type=Path, default=HERE.parent / ".fcvenv" / "bin" / "python")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "side_by_side.json")
+    ap.add_argument("--ours-worker", nargs=2, metavar=("SIZE", "ATOMS"), help=argparse.SUPPRESS)
+    ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.ours_worker:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        h, n_layers, n_heads = (int(x) for x in args.ours_worker[0].split("/"))
+        row = ours_worker(h, n_layers, n_heads, int(args.ours_worker[1]), args.repeats, args.recompute)
+        print("RESULT " + json.dumps(row), flush=True)
+        return 0
+    if not args.fairchem_python.exists():
+        raise SystemExit(
+            f"no fairchem environment at {args.fairchem_python}: run `bash bench/setup_fairchem_venv.sh` "
+            "or pass --fairchem-python"
+        )
+    rows = []
+    print("| size | atoms | allscaip | allscaip, recompute | fairchem | speed-up | memory ratio | same, recompute |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        hidden, layers, heads = (int(x) for x in size.split("/"))
+        for n in (int(a) for a in args.atoms.split(",")):
+            load = os.getloadavg()[0]
+            ours = run_ours(args, hidden, layers, heads, n, recompute=False)
+            ours_rc = run_ours(args, hidden, layers, heads, n, recompute=True)
+            fc = run_fairchem(args, hidden, layers, heads, n)
+            row = {
+                "size": size,
+                "atoms": n,
+                "load_1m_before": load,
+                "allscaip": ours,
+                "allscaip_recompute": ours_rc,
+                "fairchem": fc,
+                "speedup": ratio(fc, ours, "seconds_per_call"),
+                "speedup_recompute": ratio(fc, ours_rc, "seconds_per_call"),
+                "memory_ratio": ratio(ours, fc, "peak_rss_gb"),
+                "memory_ratio_recompute": ratio(ours_rc, fc, "peak_rss_gb"),
+            }
+            rows.append(row)
+
+            def cell(r):
+                if r.get("status") != "ok":
+                    return r.get("status", "?")
+                return f"{r['seconds_per_call']:.2f} s, {r['peak_rss_gb']:.2f} GiB"
+
+            print(
+                f"| {size} | {n} | {cell(ours)} | {cell(ours_rc)} | {cell(fc)} | {fmt(row['speedup'], '.2f')}× "
+                f"({fmt(row['speedup_recompute'], '.2f')}× recompute) | {fmt(row['memory_ratio'], '.2f')} | "
+                f"{fmt(row['memory_ratio_recompute'], '.2f')} |",
+                flush=True,
+            )
+    result = {
+        "command": "python bench/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "cutoff_A": CUTOFF_A,
+        "knn": KNN,
+        "dtype": "float32",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
