@@ -1,0 +1,367 @@
+"""fairchem's AllScAIP (fairchem-core 2.24, md_NeNo configuration) as an eager PyTorch module.
+
+It computes what fairchem computes from a fairchem inference checkpoint (read by
+:mod:`allscaip.checkpoint_fairchem`), without fairchem, in float32 or float64
+(docs/fairchem.md lists each difference from our own AllScAIP):
+
+1. the graph and its features (:mod:`allscaip.model.fairchem_graph`): soft-kNN envelope with a
+   self loop in slot 0 of every row, source and destination layouts;
+2. :class:`InputBlock`: node token from the atomic-number table and the bond-order features, plus
+   one charge/spin vector per system; every slot's token from the row atom's node token and the
+   edge's Gaussians and harmonics (the self loop's token is the node token of the layers);
+3. :class:`GraphAttentionBlock` × L: attention within each source row, the same tokens moved to
+   the destination layout and attended there, moved back; edge feed-forward on slots 1..; node
+   attention over all atoms and node feed-forward on slot 0;
+4. heads on slot 0: energy (per-atom, summed) and, for direct models, forces; then fairchem's
+   normalisers and element references of the chosen task.
+
+Parameter names follow fairchem's state dict (``backbone.`` dropped, heads renamed), so the
+weights load one to one. Forces and stress of conserving models come from autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from allscaip.checkpoint_fairchem import FairchemCheckpointError
+from allscaip.model.fairchem_graph import build_fairchem_graph, edge_and_node_features
+
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+"""fairchem's ``nn.RMSNorm`` takes its dtype's machine epsilon; fairchem runs float32, so the
+float64 model keeps float32's epsilon and computes the same function."""
+
+CHARGE_OFFSET, CHARGE_RANGE = 100, (-100, 100)  # fairchem's charge table: rows 0..200 hold -100..100
+SPIN_RANGE = (0, 100)  # fairchem's spin table: rows 0..100 hold multiplicity 0..100
+
+SUPPORTED_SWITCHES = {  # backbone setting -> the value this module computes (md_NeNo)
+    "use_freq_mask": False,
+    "use_sincx_mask": False,
+    "knn_soft": True,
+    "knn_use_low_mem": True,
+    "activation": "gelu",
+    "normalization": "rmsnorm",
+    "distance_function": "gaussian",
+    "use_envelope": True,
+    "energy_reduce": "sum",
+}
+DEFAULTS = {  # fairchem-core 2.24's defaults of the settings a checkpoint may omit
+    "use_freq_mask": True,
+    "use_sincx_mask": True,
+    "knn_soft": True,
+    "knn_use_low_mem": True,
+    "activation": "gelu",
+    "normalization": "rmsnorm",
+    "distance_function": "gaussian",
+    "use_envelope": True,
+    "energy_reduce": "sum",
+    "use_node_path": True,
+    "knn_sigmoid_scale": 0.2,
+    "knn_lse_scale": 0.1,
+    "node_direction_expansion_size": 10,
+    "edge_direction_expansion_size": 6,
+    "edge_distance_expansion_size": 512,
+    "ffn_hidden_layer_multiplier": 2,
+    "output_hidden_layer_multiplier": 2,
+    "max_num_elements": 110,
+}
+
+
+class FairchemSettings(NamedTuple):
+    """The backbone settings the network depends on."""
+
+    hidden: int
+    layers: int
+    heads: int
+    cutoff: float
+    knn_k: int
+    rank_scale: float
+    lse_scale: float
+    node_lmax: int
+    edge_lmax: int
+    num_gaussians: int
+    ffn_multiplier: int
+    output_multiplier: int
+    max_elements: int
+    use_node_path: bool
+    direct_forces: bool
+
+
+class FairchemOutput(NamedTuple):
+    """fairchem's reported numbers (after normalisers and element references)."""
+
+    energy: torch.Tensor  # [] eV
+    energies: torch.Tensor  # [N] eV per atom (network, normaliser and reference shares)
+    forces: torch.Tensor  # [N, 3] eV/Å
+    stress: Optional[torch.Tensor]  # [3, 3] eV/Å³ (conserving models when asked), else None
+
+
+def settings_from_backbone(backbone: Dict) -> FairchemSettings:
+    """Settings of a checkpoint's backbone config; a clear error for what this module does not compute."""
+    cfg = {**DEFAULTS, **backbone}
+    for key, value in SUPPORTED_SWITCHES.items():
+        if cfg[key] != value:
+            raise FairchemCheckpointError(
+                f"fairchem backbone setting {key}={cfg[key]!r} is not supported: this converter computes the "
+                f"md_NeNo architecture ({key}={value!r}); sm models (frequency and sinc masks) are not converted yet"
+            )
+    return FairchemSettings(
+        hidden=int(cfg["hidden_size"]),
+        layers=int(cfg["num_layers"]),
+        heads=int(cfg["atten_num_heads"]),
+        cutoff=float(cfg["max_radius"]),
+        knn_k=int(cfg["knn_k"]),
+        rank_scale=float(cfg["knn_sigmoid_scale"]),
+        lse_scale=float(cfg["knn_lse_scale"]),
+        node_lmax=int(cfg["node_direction_expansion_size"]) - 1,
+        edge_lmax=int(cfg["edge_direction_expansion_size"]) - 1,
+        num_gaussians=int(cfg["edge_distance_expansion_size"]),
+        ffn_multiplier=int(cfg["ffn_hidden_layer_multiplier"]),
+        output_multiplier=int(cfg["output_hidden_layer_multiplier"]),
+        max_elements=int(cfg["max_num_elements"]),
+        use_node_path=bool(cfg["use_node_path"]),
+        direct_forces=bool(cfg["direct_forces"]),
+    )
+
+
+def dense(n_in: int, n_out: int, gelu: bool = True) -> nn.Sequential:
+    """fairchem's ``get_linear``: Linear, then GELU when asked (state keys ``.0.weight``, ``.0.bias``)."""
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.GELU()) if gelu else nn.Sequential(nn.Linear(n_in, n_out))
+
+
+def feed_forward(hidden: int, multiplier: int, n_out: int) -> nn.Sequential:
+    """Linear(H → mH) + GELU, Linear(mH → n_out)."""
+    return nn.Sequential(dense(hidden, multiplier * hidden), dense(multiplier * hidden, n_out, gelu=False))
+
+
+def rms_norm(size: int) -> nn.RMSNorm:
+    return nn.RMSNorm(size, eps=FLOAT32_EPS)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q, k, v, out projections (bias), no q/k norm, scale 1/sqrt(d)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.attn_in_proj_q = nn.Linear(hidden, hidden)
+        self.attn_in_proj_k = nn.Linear(hidden, hidden)
+        self.attn_in_proj_v = nn.Linear(hidden, hidden)
+        self.attn_out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x [B, S, H]``, ``key_bias [B, S]`` (or None) -> ``[B, S, H]``."""
+        b, s, h = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, s, self.heads, h // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.attn_in_proj_q(x)), split(self.attn_in_proj_k(x)), split(self.attn_in_proj_v(x))
+        mask = None if key_bias is None else key_bias[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.attn_out_proj(out.transpose(1, 2).reshape(b, s, h))
+
+
+class NeighborhoodAttention(nn.Module):
+    """Attention within source rows, then within destination rows, of the same edge tokens."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.src_attn, self.dst_attn = Attention(hidden, heads), Attention(hidden, heads)
+        self.src_attn_norm, self.dst_attn_norm = rms_norm(hidden), rms_norm(hidden)
+        self.src_attn_res_scale = nn.Parameter(torch.tensor(1.0))
+        self.dst_attn_res_scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, tokens: torch.Tensor, graph) -> torch.Tensor:
+        tokens = tokens + self.src_attn_res_scale * self.src_attn(self.src_attn_norm(tokens), graph.src_bias)
+        tokens = tokens[graph.src_of_dst[0], graph.src_of_dst[1]]
+        tokens = tokens + self.dst_attn_res_scale * self.dst_attn(self.dst_attn_norm(tokens), graph.dst_bias)
+        return tokens[graph.dst_of_src[0], graph.dst_of_src[1]]
+
+
+class FeedForwardNetwork(nn.Module):
+    """Pre-RMSNorm feed-forward with a scalar residual scale."""
+
+    def __init__(self, hidden: int, multiplier: int):
+        super().__init__()
+        self.ffn = feed_forward(hidden, multiplier, hidden)
+        self.ffn_norm = rms_norm(hidden)
+        self.ffn_res_scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_res_scale * self.ffn(self.ffn_norm(x)) + x
+
+
+class NodeAttention(Attention):
+    """Pre-RMSNorm attention of every atom to every atom of the system (periodic: the cell's atoms)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__(hidden, heads)
+        self.node_norm = rms_norm(hidden)
+        self.node_attn_res_scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, nodes: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = super().forward(self.node_norm(nodes)[None], None)[0]
+        return self.node_attn_res_scale * out + nodes
+
+
+class GraphAttentionBlock(nn.Module):
+    """One layer: neighbourhood attention, edge FFN (slots 1..), node attention and node FFN (slot 0)."""
+
+    def __init__(self, s: FairchemSettings):
+        super().__init__()
+        self.neighborhood_attention = NeighborhoodAttention(s.hidden, s.heads)
+        self.edge_ffn = FeedForwardNetwork(s.hidden, s.ffn_multiplier)
+        self.node_attention = NodeAttention(s.hidden, s.heads) if s.use_node_path else None
+        self.node_ffn = FeedForwardNetwork(s.hidden, s.ffn_multiplier)
+
+    def forward(self, tokens: torch.Tensor, graph) -> torch.Tensor:
+        tokens = self.neighborhood_attention(tokens, graph)
+        nodes, edges = tokens[:, 0], self.edge_ffn(tokens[:, 1:])
+        if self.node_attention is not None:
+            nodes = self.node_attention(nodes)
+        return torch.cat([self.node_ffn(nodes)[:, None], edges], dim=1)
+
+
+class InputBlock(nn.Module):
+    """Initial tokens of every slot (module docstring, step 2)."""
+
+    def __init__(self, s: FairchemSettings):
+        super().__init__()
+        h = s.hidden
+        self.atomic_embedding = nn.Embedding(s.max_elements, h)
+        self.node_direction_embedding = dense(s.node_lmax + 1, h)
+        self.node_norm = rms_norm(2 * h)
+        self.node_linear = dense(2 * h, h)
+        self.edge_attr_linear = dense(s.num_gaussians + (s.edge_lmax + 1) ** 2, h)
+        self.edge_feature_linear = dense(2 * h, h)
+        self.charge_embedding = nn.ModuleDict({"rand_emb": nn.Embedding(CHARGE_RANGE[1] - CHARGE_RANGE[0] + 1, h)})
+        self.spin_embedding = nn.ModuleDict({"rand_emb": nn.Embedding(SPIN_RANGE[1] + 1, h)})
+        self.charge_spin_linear = dense(2 * h, h)
+
+    def forward(self, numbers: torch.Tensor, charge: int, spin: int, features, graph) -> torch.Tensor:
+        direction = self.node_direction_embedding(features.bond_order)
+        nodes = self.node_linear(self.node_norm(torch.cat([self.atomic_embedding(numbers), direction], -1)))
+        index = torch.tensor([charge + CHARGE_OFFSET, spin], device=numbers.device)
+        charge_spin = torch.cat(
+            [self.charge_embedding["rand_emb"](index[:1]), self.spin_embedding["rand_emb"](index[1:])], -1
+        )
+        nodes = nodes + self.charge_spin_linear(charge_spin)
+        edge_attr = self.edge_attr_linear(torch.cat([features.distance_expansion, features.direction_expansion], -1))
+        # every slot of row i starts from atom i's node token (fairchem's neighbor_index[0])
+        row_nodes = nodes[:, None, :].expand(-1, edge_attr.shape[1], -1)
+        return self.edge_feature_linear(torch.cat([row_nodes, edge_attr], -1))
+
+
+class OutputHead(nn.Module):
+    """RMSNorm, Linear(H → mH) + GELU, Linear(mH → n_out) per atom: fairchem's energy and force heads."""
+
+    def __init__(self, hidden: int, multiplier: int, n_out: int, name: str):
+        super().__init__()
+        self.node_norm = rms_norm(hidden)
+        self.name = name
+        self.add_module(name, feed_forward(hidden, multiplier, n_out))
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.name)(self.node_norm(nodes))
+
+
+class FairchemAllScAIP(nn.Module):
+    """fairchem's AllScAIP backbone and heads for one task, with its normalisers and element references.
+
+    Build it with :func:`allscaip.model.fairchem_load.fairchem_model` from a checkpoint.
+    ``forward`` takes one system and returns fairchem's reported numbers (:class:`FairchemOutput`).
+    """
+
+    def __init__(self, settings: FairchemSettings, element_references: torch.Tensor, normalizers: Dict[str, tuple]):
+        super().__init__()
+        s = self.settings = settings
+        self.cutoff = s.cutoff
+        self.input_block = InputBlock(s)
+        self.transformer_blocks = nn.ModuleList([GraphAttentionBlock(s) for _ in range(s.layers)])
+        self.energy_head = OutputHead(s.hidden, s.output_multiplier, 1, "energy_ffn")
+        self.force_head = OutputHead(s.hidden, s.output_multiplier, 3, "force_ffn") if s.direct_forces else None
+        #: per-element reference energies (eV) by atomic number: float64 as fairchem adds them, hence
+        #: not a buffer (``model.to(float32)`` would round them: 1e-4 eV on a 1300 eV reference sum)
+        self.element_references = element_references.detach().to(torch.float64)
+        self.energy_mean, self.energy_rmsd = (float(v) for v in normalizers["energy"])
+        self.forces_mean, self.forces_rmsd = (float(v) for v in normalizers["forces"])
+
+    @property
+    def direct_forces(self) -> bool:
+        return self.force_head is not None
+
+    def node_tokens(self, positions, numbers, cell, pbc, charge: int, spin: int) -> torch.Tensor:
+        """The final node tokens ``[N, H]`` (slot 0 of every row)."""
+        s = self.settings
+        graph = build_fairchem_graph(positions, cell, pbc, s.cutoff, s.knn_k, s.rank_scale, s.lse_scale)
+        features = edge_and_node_features(graph, s.cutoff, s.num_gaussians, s.edge_lmax, s.node_lmax)
+        tokens = self.input_block(numbers, charge, spin, features, graph)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, graph)
+        return tokens[:, 0]
+
+    def check_inputs(self, numbers: torch.Tensor, charge: int, spin: int) -> None:
+        """Errors for inputs the tables cannot index, naming the value and the allowed range."""
+        if not CHARGE_RANGE[0] <= charge <= CHARGE_RANGE[1]:
+            raise ValueError(f"charge {charge} is outside fairchem's range {CHARGE_RANGE}; pass a total charge in it")
+        if not SPIN_RANGE[0] <= spin <= SPIN_RANGE[1]:
+            raise ValueError(f"spin multiplicity {spin} is outside fairchem's range {SPIN_RANGE}; pass one in it")
+        top = min(self.settings.max_elements, len(self.element_references)) - 1
+        if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) > top):
+            raise ValueError(
+                f"atomic numbers must lie in 1..{top} for this fairchem model (its tables and element references); "
+                f"got {sorted(set(numbers.tolist()))}"
+            )
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        charge: int = 0,
+        spin: int = 1,
+        compute_stress: bool = False,
+    ) -> FairchemOutput:
+        """One system: positions [N, 3] (Å), atomic numbers [N], cell [3, 3] (Å, rows), pbc [3] bool,
+        total charge, spin multiplicity. Stress needs periodicity on all three axes."""
+        self.check_inputs(numbers, charge, spin)
+        dtype = self.input_block.atomic_embedding.weight.dtype
+        positions, cell = positions.to(dtype), cell.to(dtype)
+        conserving = not self.direct_forces
+        if compute_stress and not conserving:
+            raise ValueError("a direct-force fairchem model has no stress; use a conserving checkpoint")
+        with torch.set_grad_enabled(conserving or torch.is_grad_enabled()):
+            strain = None
+            if conserving:
+                positions = positions.detach().requires_grad_(True)
+            if compute_stress:
+                strain = torch.zeros(3, 3, dtype=dtype, device=positions.device, requires_grad=True)
+                symmetric = 0.5 * (strain + strain.T)
+                inputs = (positions + positions @ symmetric, cell + cell @ symmetric)
+            else:
+                inputs = (positions, cell)
+            nodes = self.node_tokens(inputs[0], numbers, inputs[1], pbc, charge, spin)
+            per_atom = self.energy_head(nodes)[:, 0]
+            raw = per_atom.sum()
+            stress = None
+            if conserving:
+                wrt = [positions] if strain is None else [positions, strain]
+                grads = torch.autograd.grad(raw, wrt, create_graph=self.training)
+                forces = -grads[0] * self.forces_rmsd + self.forces_mean
+                if strain is not None:
+                    volume = torch.linalg.det(cell).abs()
+                    stress = grads[1] / volume * self.energy_rmsd + self.energy_mean
+            else:
+                forces = self.force_head(nodes) * self.forces_rmsd + self.forces_mean
+        references = self.element_references.to(numbers.device)[numbers]
+        energies = (per_atom * self.energy_rmsd).to(torch.float64) + references + self.energy_mean / len(numbers)
+        energy = (raw * self.energy_rmsd + self.energy_mean).to(torch.float64) + references.sum()
+        out = FairchemOutput(energy=energy, energies=energies, forces=forces, stress=stress)
+        if self.training:
+            return out
+        return FairchemOutput(*(None if t is None else t.detach() for t in out))
