@@ -21,7 +21,7 @@ weights load one to one. Forces and stress of conserving models come from autogr
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -304,13 +304,17 @@ class FairchemAllScAIP(nn.Module):
             tokens = block(tokens, graph)
         return tokens[:, 0]
 
+    def known_elements(self) -> List[int]:
+        """Atomic numbers the tables and element references cover (fairchem lists no training elements)."""
+        return list(range(1, min(self.settings.max_elements, len(self.element_references))))
+
     def check_inputs(self, numbers: torch.Tensor, charge: int, spin: int) -> None:
         """Errors for inputs the tables cannot index, naming the value and the allowed range."""
         if not CHARGE_RANGE[0] <= charge <= CHARGE_RANGE[1]:
             raise ValueError(f"charge {charge} is outside fairchem's range {CHARGE_RANGE}; pass a total charge in it")
         if not SPIN_RANGE[0] <= spin <= SPIN_RANGE[1]:
             raise ValueError(f"spin multiplicity {spin} is outside fairchem's range {SPIN_RANGE}; pass one in it")
-        top = min(self.settings.max_elements, len(self.element_references)) - 1
+        top = self.known_elements()[-1]
         if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) > top):
             raise ValueError(
                 f"atomic numbers must lie in 1..{top} for this fairchem model (its tables and element references); "
