@@ -21,14 +21,19 @@ weights load one to one. Forces and stress of conserving models come from autogr
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from allscaip.checkpoint_fairchem import FairchemCheckpointError
-from allscaip.model.fairchem_graph import build_fairchem_graph, edge_and_node_features
+from allscaip.model.fairchem_graph import (
+    EdgeAndNodeFeatures,
+    FairchemGraph,
+    build_fairchem_graph,
+    edge_and_node_features,
+)
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 """fairchem's ``nn.RMSNorm`` takes its dtype's machine epsilon; fairchem runs float32, so the
@@ -96,7 +101,8 @@ class FairchemOutput(NamedTuple):
     energy: torch.Tensor  # [] eV
     energies: torch.Tensor  # [N] eV per atom (network, normaliser and reference shares)
     forces: torch.Tensor  # [N, 3] eV/Å
-    stress: Optional[torch.Tensor]  # [3, 3] eV/Å³ (conserving models when asked), else None
+    stress: Optional[torch.Tensor]  # [3, 3] eV/Å³ (conserving, periodic, when asked), else None
+    virial: Optional[torch.Tensor]  # [3, 3] eV, -dE/dstrain (conserving, when asked; molecules too), else None
 
 
 def settings_from_backbone(backbone: Dict) -> FairchemSettings:
@@ -153,14 +159,18 @@ class Attention(nn.Module):
         self.attn_out_proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.attend(x, key_bias)
+
+    def attend(self, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
         """``x [B, S, H]``, ``key_bias [B, S]`` (or None) -> ``[B, S, H]``."""
-        b, s, h = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, s, self.heads, h // self.heads).transpose(1, 2)
-
-        q, k, v = split(self.attn_in_proj_q(x)), split(self.attn_in_proj_k(x)), split(self.attn_in_proj_v(x))
-        mask = None if key_bias is None else key_bias[:, None, None, :]
+        b, s, h = x.shape[0], x.shape[1], x.shape[2]
+        shape = [b, s, self.heads, h // self.heads]
+        q = self.attn_in_proj_q(x).view(shape).transpose(1, 2)
+        k = self.attn_in_proj_k(x).view(shape).transpose(1, 2)
+        v = self.attn_in_proj_v(x).view(shape).transpose(1, 2)
+        mask: Optional[torch.Tensor] = None
+        if key_bias is not None:
+            mask = key_bias[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.attn_out_proj(out.transpose(1, 2).reshape(b, s, h))
 
@@ -175,7 +185,7 @@ class NeighborhoodAttention(nn.Module):
         self.src_attn_res_scale = nn.Parameter(torch.tensor(1.0))
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, tokens: torch.Tensor, graph) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, graph: FairchemGraph) -> torch.Tensor:
         tokens = tokens + self.src_attn_res_scale * self.src_attn(self.src_attn_norm(tokens), graph.src_bias)
         tokens = tokens[graph.src_of_dst[0], graph.src_of_dst[1]]
         tokens = tokens + self.dst_attn_res_scale * self.dst_attn(self.dst_attn_norm(tokens), graph.dst_bias)
@@ -204,7 +214,7 @@ class NodeAttention(Attention):
         self.node_attn_res_scale = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, nodes: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = super().forward(self.node_norm(nodes)[None], None)[0]
+        out = self.attend(self.node_norm(nodes)[None], None)[0]
         return self.node_attn_res_scale * out + nodes
 
 
@@ -218,12 +228,20 @@ class GraphAttentionBlock(nn.Module):
         self.node_attention = NodeAttention(s.hidden, s.heads) if s.use_node_path else None
         self.node_ffn = FeedForwardNetwork(s.hidden, s.ffn_multiplier)
 
-    def forward(self, tokens: torch.Tensor, graph) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, graph: FairchemGraph) -> torch.Tensor:
         tokens = self.neighborhood_attention(tokens, graph)
         nodes, edges = tokens[:, 0], self.edge_ffn(tokens[:, 1:])
         if self.node_attention is not None:
             nodes = self.node_attention(nodes)
         return torch.cat([self.node_ffn(nodes)[:, None], edges], dim=1)
+
+
+class ChargeSpinTable(nn.Module):
+    """fairchem's ``ChgSpinEmbedding('rand_emb')``: one learned vector per charge or multiplicity."""
+
+    def __init__(self, rows: int, hidden: int):
+        super().__init__()
+        self.rand_emb = nn.Embedding(rows, hidden)
 
 
 class InputBlock(nn.Module):
@@ -238,16 +256,19 @@ class InputBlock(nn.Module):
         self.node_linear = dense(2 * h, h)
         self.edge_attr_linear = dense(s.num_gaussians + (s.edge_lmax + 1) ** 2, h)
         self.edge_feature_linear = dense(2 * h, h)
-        self.charge_embedding = nn.ModuleDict({"rand_emb": nn.Embedding(CHARGE_RANGE[1] - CHARGE_RANGE[0] + 1, h)})
-        self.spin_embedding = nn.ModuleDict({"rand_emb": nn.Embedding(SPIN_RANGE[1] + 1, h)})
+        self.charge_embedding = ChargeSpinTable(CHARGE_RANGE[1] - CHARGE_RANGE[0] + 1, h)
+        self.spin_embedding = ChargeSpinTable(SPIN_RANGE[1] + 1, h)
         self.charge_spin_linear = dense(2 * h, h)
+        self.charge_offset: int = CHARGE_OFFSET
 
-    def forward(self, numbers: torch.Tensor, charge: int, spin: int, features, graph) -> torch.Tensor:
+    def forward(
+        self, numbers: torch.Tensor, charge: int, spin: int, features: EdgeAndNodeFeatures, graph: FairchemGraph
+    ) -> torch.Tensor:
         direction = self.node_direction_embedding(features.bond_order)
         nodes = self.node_linear(self.node_norm(torch.cat([self.atomic_embedding(numbers), direction], -1)))
-        index = torch.tensor([charge + CHARGE_OFFSET, spin], device=numbers.device)
+        index = torch.tensor([charge + self.charge_offset, spin], device=numbers.device)
         charge_spin = torch.cat(
-            [self.charge_embedding["rand_emb"](index[:1]), self.spin_embedding["rand_emb"](index[1:])], -1
+            [self.charge_embedding.rand_emb(index[:1]), self.spin_embedding.rand_emb(index[1:])], -1
         )
         nodes = nodes + self.charge_spin_linear(charge_spin)
         edge_attr = self.edge_attr_linear(torch.cat([features.distance_expansion, features.direction_expansion], -1))
@@ -257,16 +278,16 @@ class InputBlock(nn.Module):
 
 
 class OutputHead(nn.Module):
-    """RMSNorm, Linear(H → mH) + GELU, Linear(mH → n_out) per atom: fairchem's energy and force heads."""
+    """RMSNorm, Linear(H → mH) + GELU, Linear(mH → n_out) per atom: fairchem's energy head
+    (``energy_ffn``) and direct-force head (``force_ffn``), both loaded as ``ffn``."""
 
-    def __init__(self, hidden: int, multiplier: int, n_out: int, name: str):
+    def __init__(self, hidden: int, multiplier: int, n_out: int):
         super().__init__()
         self.node_norm = rms_norm(hidden)
-        self.name = name
-        self.add_module(name, feed_forward(hidden, multiplier, n_out))
+        self.ffn = feed_forward(hidden, multiplier, n_out)
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.name)(self.node_norm(nodes))
+        return self.ffn(self.node_norm(nodes))
 
 
 class FairchemAllScAIP(nn.Module):
@@ -274,52 +295,67 @@ class FairchemAllScAIP(nn.Module):
 
     Build it with :func:`allscaip.model.fairchem_load.fairchem_model` from a checkpoint.
     ``forward`` takes one system and returns fairchem's reported numbers (:class:`FairchemOutput`).
+    TorchScript-compatible (``allscaip_export.fairchem_torchscript``); scripted, it computes the
+    gradients of a conserving model only when called with gradients enabled.
     """
 
     def __init__(self, settings: FairchemSettings, element_references: torch.Tensor, normalizers: Dict[str, tuple]):
         super().__init__()
-        s = self.settings = settings
-        self.cutoff = s.cutoff
+        s = settings
+        self.cutoff, self.knn_k, self.rank_scale, self.lse_scale = s.cutoff, s.knn_k, s.rank_scale, s.lse_scale
+        self.num_gaussians, self.edge_lmax, self.node_lmax = s.num_gaussians, s.edge_lmax, s.node_lmax
         self.input_block = InputBlock(s)
         self.transformer_blocks = nn.ModuleList([GraphAttentionBlock(s) for _ in range(s.layers)])
-        self.energy_head = OutputHead(s.hidden, s.output_multiplier, 1, "energy_ffn")
-        self.force_head = OutputHead(s.hidden, s.output_multiplier, 3, "force_ffn") if s.direct_forces else None
+        self.energy_head = OutputHead(s.hidden, s.output_multiplier, 1)
+        self.force_head = OutputHead(s.hidden, s.output_multiplier, 3) if s.direct_forces else None
+        self.direct_forces: bool = s.direct_forces
         #: per-element reference energies (eV) by atomic number: float64 as fairchem adds them, hence
         #: not a buffer (``model.to(float32)`` would round them: 1e-4 eV on a 1300 eV reference sum)
         self.element_references = element_references.detach().to(torch.float64)
-        self.energy_mean, self.energy_rmsd = (float(v) for v in normalizers["energy"])
-        self.forces_mean, self.forces_rmsd = (float(v) for v in normalizers["forces"])
+        #: the largest atomic number the tables and the element references cover
+        self.max_atomic_number: int = min(s.max_elements, len(element_references)) - 1
+        self.energy_mean, self.energy_rmsd = float(normalizers["energy"][0]), float(normalizers["energy"][1])
+        self.forces_mean, self.forces_rmsd = float(normalizers["forces"][0]), float(normalizers["forces"][1])
+        self.settings = s  # for Python callers (stage-by-stage tests)
+        self.charge_range: Tuple[int, int] = CHARGE_RANGE
+        self.spin_range: Tuple[int, int] = SPIN_RANGE
 
-    @property
-    def direct_forces(self) -> bool:
-        return self.force_head is not None
+    @torch.jit.unused
+    def known_elements(self) -> List[int]:
+        """Atomic numbers the tables and element references cover (fairchem lists no training elements)."""
+        return list(range(1, self.max_atomic_number + 1))
 
-    def node_tokens(self, positions, numbers, cell, pbc, charge: int, spin: int) -> torch.Tensor:
+    def node_tokens(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        charge: int,
+        spin: int,
+    ) -> torch.Tensor:
         """The final node tokens ``[N, H]`` (slot 0 of every row)."""
-        s = self.settings
-        graph = build_fairchem_graph(positions, cell, pbc, s.cutoff, s.knn_k, s.rank_scale, s.lse_scale)
-        features = edge_and_node_features(graph, s.cutoff, s.num_gaussians, s.edge_lmax, s.node_lmax)
+        graph = build_fairchem_graph(positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale)
+        features = edge_and_node_features(graph, self.cutoff, self.num_gaussians, self.edge_lmax, self.node_lmax)
         tokens = self.input_block(numbers, charge, spin, features, graph)
         for block in self.transformer_blocks:
             tokens = block(tokens, graph)
         return tokens[:, 0]
 
-    def known_elements(self) -> List[int]:
-        """Atomic numbers the tables and element references cover (fairchem lists no training elements)."""
-        return list(range(1, min(self.settings.max_elements, len(self.element_references))))
-
     def check_inputs(self, numbers: torch.Tensor, charge: int, spin: int) -> None:
         """Errors for inputs the tables cannot index, naming the value and the allowed range."""
-        if not CHARGE_RANGE[0] <= charge <= CHARGE_RANGE[1]:
-            raise ValueError(f"charge {charge} is outside fairchem's range {CHARGE_RANGE}; pass a total charge in it")
-        if not SPIN_RANGE[0] <= spin <= SPIN_RANGE[1]:
-            raise ValueError(f"spin multiplicity {spin} is outside fairchem's range {SPIN_RANGE}; pass one in it")
-        top = self.known_elements()[-1]
-        if numbers.numel() and (int(numbers.min()) < 1 or int(numbers.max()) > top):
-            raise ValueError(
-                f"atomic numbers must lie in 1..{top} for this fairchem model (its tables and element references); "
-                f"got {sorted(set(numbers.tolist()))}"
-            )
+        if charge < self.charge_range[0] or charge > self.charge_range[1]:
+            raise ValueError(f"charge {charge} is outside fairchem's range -100..100; pass a total charge in it")
+        if spin < self.spin_range[0] or spin > self.spin_range[1]:
+            raise ValueError(f"spin multiplicity {spin} is outside fairchem's range 0..100; pass one in it")
+        top = self.max_atomic_number
+        if numbers.numel() > 0:
+            low, high = int(numbers.min()), int(numbers.max())
+            if low < 1 or high > top:
+                raise ValueError(
+                    f"atomic numbers must lie in 1..{top} for this fairchem model (its tables and element "
+                    f"references); got {low}..{high}"
+                )
 
     def forward(
         self,
@@ -332,40 +368,65 @@ class FairchemAllScAIP(nn.Module):
         compute_stress: bool = False,
     ) -> FairchemOutput:
         """One system: positions [N, 3] (Å), atomic numbers [N], cell [3, 3] (Å, rows), pbc [3] bool,
-        total charge, spin multiplicity. Stress needs periodicity on all three axes."""
+        total charge, spin multiplicity. ``compute_stress``: the virial, and the stress when all three
+        axes are periodic (fairchem's stress is the strain derivative over the volume, then its energy
+        normaliser: ``stress · rmsd + mean``)."""
+        if torch.jit.is_scripting():
+            return self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress)
+        return self._evaluate_with_gradients(positions, numbers, cell, pbc, charge, spin, compute_stress)
+
+    @torch.jit.unused
+    def _evaluate_with_gradients(self, positions, numbers, cell, pbc, charge, spin, compute_stress) -> FairchemOutput:
+        with torch.set_grad_enabled(not self.direct_forces or torch.is_grad_enabled()):
+            out = self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress)
+        if self.training:
+            return out
+        return FairchemOutput(*(None if t is None else t.detach() for t in out))
+
+    def evaluate(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        charge: int,
+        spin: int,
+        compute_stress: bool,
+    ) -> FairchemOutput:
+        """``forward`` without managing the gradient mode (conserving models need it enabled)."""
         self.check_inputs(numbers, charge, spin)
         dtype = self.input_block.atomic_embedding.weight.dtype
         positions, cell = positions.to(dtype), cell.to(dtype)
         conserving = not self.direct_forces
         if compute_stress and not conserving:
             raise ValueError("a direct-force fairchem model has no stress; use a conserving checkpoint")
-        with torch.set_grad_enabled(conserving or torch.is_grad_enabled()):
-            strain = None
-            if conserving:
-                positions = positions.detach().requires_grad_(True)
+        if conserving:
+            positions = positions.detach().requires_grad_(True)
+        strain = torch.zeros(3, 3, dtype=dtype, device=positions.device)
+        if compute_stress:
+            strain.requires_grad_(True)
+        symmetric = 0.5 * (strain + strain.transpose(0, 1))
+        nodes = self.node_tokens(positions + positions @ symmetric, numbers, cell + cell @ symmetric, pbc, charge, spin)
+        per_atom = self.energy_head(nodes)[:, 0]
+        raw = per_atom.sum()
+        stress: Optional[torch.Tensor] = None
+        virial: Optional[torch.Tensor] = None
+        force_head = self.force_head
+        if force_head is not None:
+            forces = force_head(nodes) * self.forces_rmsd + self.forces_mean
+        else:
+            wrt = [positions, strain] if compute_stress else [positions]
+            grads = torch.autograd.grad([raw], wrt, create_graph=self.training)
+            gradient = grads[0]
+            assert gradient is not None  # positions enter the energy (TorchScript type refinement)
+            forces = -gradient * self.forces_rmsd + self.forces_mean
             if compute_stress:
-                strain = torch.zeros(3, 3, dtype=dtype, device=positions.device, requires_grad=True)
-                symmetric = 0.5 * (strain + strain.T)
-                inputs = (positions + positions @ symmetric, cell + cell @ symmetric)
-            else:
-                inputs = (positions, cell)
-            nodes = self.node_tokens(inputs[0], numbers, inputs[1], pbc, charge, spin)
-            per_atom = self.energy_head(nodes)[:, 0]
-            raw = per_atom.sum()
-            stress = None
-            if conserving:
-                wrt = [positions] if strain is None else [positions, strain]
-                grads = torch.autograd.grad(raw, wrt, create_graph=self.training)
-                forces = -grads[0] * self.forces_rmsd + self.forces_mean
-                if strain is not None:
-                    volume = torch.linalg.det(cell).abs()
-                    stress = grads[1] / volume * self.energy_rmsd + self.energy_mean
-            else:
-                forces = self.force_head(nodes) * self.forces_rmsd + self.forces_mean
+                strain_gradient = grads[1]
+                assert strain_gradient is not None
+                virial = -strain_gradient * self.energy_rmsd
+                if bool(pbc.all()):
+                    stress = strain_gradient / torch.linalg.det(cell).abs() * self.energy_rmsd + self.energy_mean
         references = self.element_references.to(numbers.device)[numbers]
-        energies = (per_atom * self.energy_rmsd).to(torch.float64) + references + self.energy_mean / len(numbers)
+        energies = (per_atom * self.energy_rmsd).to(torch.float64) + references + self.energy_mean / numbers.shape[0]
         energy = (raw * self.energy_rmsd + self.energy_mean).to(torch.float64) + references.sum()
-        out = FairchemOutput(energy=energy, energies=energies, forces=forces, stress=stress)
-        if self.training:
-            return out
-        return FairchemOutput(*(None if t is None else t.detach() for t in out))
+        return FairchemOutput(energy=energy, energies=energies, forces=forces, stress=stress, virial=virial)

@@ -26,7 +26,7 @@ choice of kept edges is not, and needs none: the bias reaches -inf where an edge
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 
@@ -49,11 +49,6 @@ BOND_ORDER_FLOOR = 1e-6
 GAUSSIAN_WIDTH_FACTOR = 2.0
 """fairchem's ``basis_width_scalar``: each Gaussian's width is twice the spacing of the centres."""
 
-E3NN_AXIS_ORDER = [2, 0, 1]
-"""e3nn's harmonics use y as the polar axis: with (x, y, z) read as (z, x, y), our Schmidt harmonics
-(:mod:`allscaip.model.spherical`, polar axis z) equal e3nn's component-normalised ones divided by
-sqrt(2l+1), component for component and sign for sign (checked against e3nn for l ≤ 9)."""
-
 
 class FairchemGraph(NamedTuple):
     """fairchem's padded neighbour layouts of one system (N atoms, K slots; slot 0 = self loop)."""
@@ -74,24 +69,24 @@ class EdgeAndNodeFeatures(NamedTuple):
     bond_order: torch.Tensor  # [N, lmax+1] bond-order features of each row
 
 
-def safe_norm(vec: torch.Tensor) -> torch.Tensor:
+def safe_norm(vec: torch.Tensor, eps: float = SAFE_NORM_EPS) -> torch.Tensor:
     """Length of ``vec [..., 3]``, exactly 0 (with zero gradient) for a zero-length vector."""
     square = (vec * vec).sum(-1)
-    length = square.clamp_min(SAFE_NORM_EPS).sqrt()
-    return torch.where(square <= SAFE_NORM_EPS, torch.zeros_like(length), length)
+    length = square.clamp_min(eps).sqrt()
+    return torch.where(square <= eps, torch.zeros_like(length), length)
 
 
-def safe_direction(vec: torch.Tensor) -> torch.Tensor:
+def safe_direction(vec: torch.Tensor, eps: float = SAFE_NORM_EPS) -> torch.Tensor:
     """Unit vector of ``vec [..., 3]``; the zero vector for a zero-length one."""
     square = (vec * vec).sum(-1, keepdim=True)
-    unit = vec / square.clamp_min(SAFE_NORM_EPS).sqrt()
-    return torch.where(square <= SAFE_NORM_EPS, torch.zeros_like(vec), unit)
+    unit = vec / square.clamp_min(eps).sqrt()
+    return torch.where(square <= eps, torch.zeros_like(vec), unit)
 
 
-def bump_step(x: torch.Tensor) -> torch.Tensor:
+def bump_step(x: torch.Tensor, half_width: float = BUMP_HALF_WIDTH) -> torch.Tensor:
     """Smooth step: 0 for x ≤ -4, 1 for x ≥ 4, 1/2 at 0, C∞ in between (fairchem's ``bump_function``)."""
-    inside = x.abs() < BUMP_HALF_WIDTH
-    t = torch.where(inside, x / BUMP_HALF_WIDTH, torch.zeros_like(x))
+    inside = x.abs() < half_width
+    t = torch.where(inside, x / half_width, torch.zeros_like(x))
     rise = torch.exp(-2.0 / (t + 1.0))
     fall = torch.exp(-2.0 / (1.0 - t))
     return torch.where(inside, rise / (rise + fall), (x >= 0).to(x.dtype))
@@ -102,18 +97,19 @@ def periodic_shifts(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> tor
     along periodic axes); the zero shift alone without periodicity. Differentiable in ``cell``."""
     if not bool(pbc.any()):
         return torch.zeros(1, 3, dtype=cell.dtype, device=cell.device)
-    with torch.no_grad():
-        volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2]))
-        ranges = []
-        for k in range(3):
-            reciprocal = torch.linalg.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]) / volume
-            reps = int(math.ceil(cutoff * float(torch.linalg.vector_norm(reciprocal)))) if bool(pbc[k]) else 0
-            ranges.append(torch.arange(-reps, reps + 1, dtype=cell.dtype, device=cell.device))
-        images = torch.cartesian_prod(*ranges)
+    box = cell.detach()
+    volume = torch.dot(box[0], torch.linalg.cross(box[1], box[2]))
+    ranges: List[torch.Tensor] = []
+    for k in range(3):
+        reciprocal = torch.linalg.cross(box[(k + 1) % 3], box[(k + 2) % 3]) / volume
+        reps = int(math.ceil(cutoff * float(torch.linalg.vector_norm(reciprocal)))) if bool(pbc[k]) else 0
+        ranges.append(torch.arange(-reps, reps + 1, dtype=cell.dtype, device=cell.device))
+    grid = torch.meshgrid(ranges, indexing="ij")
+    images = torch.stack([grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1)], dim=-1)
     return images @ cell
 
 
-def _nearest_candidates(dist: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_candidates(dist: torch.Tensor, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``dist [N, C]``: the ``count`` smallest distances ``[N, count]`` (with gradient)
     and a mask ``[N, C]`` of the candidates among them."""
     order = torch.argsort(dist.detach(), dim=1)
@@ -122,7 +118,7 @@ def _nearest_candidates(dist: torch.Tensor, count: int) -> tuple[torch.Tensor, t
     return torch.gather(dist, 1, order[:, :count]), position < count
 
 
-def _slots(row: torch.Tensor, key: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _slots(row: torch.Tensor, key: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Slot of each edge in its row (rows sorted by ``key``, ascending) and the row lengths ``[n]``."""
     by_key = torch.argsort(key, stable=True)
     order = by_key[torch.argsort(row[by_key], stable=True)]
@@ -141,6 +137,7 @@ def build_fairchem_graph(
     knn_k: int,
     rank_scale: float,
     lse_scale: float,
+    candidate_margin: int = KNN_CANDIDATE_MARGIN,
 ) -> FairchemGraph:
     """fairchem's soft-kNN graph of one system (module docstring, steps 1 to 5)."""
     n = positions.shape[0]
@@ -149,11 +146,12 @@ def build_fairchem_graph(
     # disp[i, j, s] = r_j + shift_s - r_i
     disp = positions[None, :, None, :] + shifts[None, None, :, :] - positions[:, None, None, :]
     dist = safe_norm(disp)
-    count = min(knn_k + KNN_CANDIDATE_MARGIN, n * m)
+    count = min(knn_k + candidate_margin, n * m)
     src_top, src_listed = _nearest_candidates(dist.reshape(n, n * m), count)
     dst_top, dst_listed = _nearest_candidates(dist.transpose(0, 1).reshape(n, n * m), count)
     listed = src_listed.view(n, n, m) & dst_listed.view(n, n, m).transpose(0, 1)
-    i, j, s = listed.nonzero(as_tuple=True)
+    pairs = listed.nonzero()
+    i, j, s = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     d = dist[i, j, s]
     src_rank = bump_step((d[:, None] - src_top[i]) / rank_scale).sum(-1)
     dst_rank = bump_step((d[:, None] - dst_top[j]) / rank_scale).sum(-1)
@@ -170,50 +168,69 @@ def build_fairchem_graph(
     cols = torch.arange(width, device=positions.device)[None, :].expand(n, width)
     identity = torch.stack([rows, cols]).clone()
     src_of_dst, dst_of_src = identity.clone(), identity.clone()
-    src_of_dst[0, j, dst_slot], src_of_dst[1, j, dst_slot] = i, src_slot
-    dst_of_src[0, i, src_slot], dst_of_src[1, i, src_slot] = j, dst_slot
+    src_of_dst[0, j, dst_slot] = i
+    src_of_dst[1, j, dst_slot] = src_slot
+    dst_of_src[0, i, src_slot] = j
+    dst_of_src[1, i, src_slot] = dst_slot
     neighbor = rows.clone()
     neighbor[i, src_slot] = j
     blank = torch.full((n, width), -math.inf, dtype=positions.dtype, device=positions.device)
     return FairchemGraph(
         disp=torch.zeros(n, width, 3, dtype=positions.dtype, device=positions.device).index_put(
-            (i, src_slot), disp[i, j, s]
+            [i, src_slot], disp[i, j, s]
         ),
-        src_bias=blank.index_put((i, src_slot), bias),
-        dst_bias=blank.index_put((j, dst_slot), bias),
+        src_bias=blank.index_put([i, src_slot], bias),
+        dst_bias=blank.index_put([j, dst_slot], bias),
         src_of_dst=src_of_dst,
         dst_of_src=dst_of_src,
         neighbor=neighbor,
     )
 
 
+def harmonic_degrees(lmax: int, device: torch.device) -> torch.Tensor:
+    """Degree l of each of the (lmax+1)² harmonic components (int64)."""
+    blocks: List[torch.Tensor] = []
+    for l in range(lmax + 1):
+        blocks.append(torch.full((2 * l + 1,), l, dtype=torch.long, device=device))
+    return torch.cat(blocks)
+
+
 def e3nn_harmonics(direction: torch.Tensor, lmax: int) -> torch.Tensor:
     """e3nn's component-normalised real harmonics ``[..., (lmax+1)²]`` of unit or zero vectors (the
-    zero vector gives 1 for l = 0 and 0 above, as e3nn's homogeneous polynomials do)."""
-    schmidt = spherical_harmonics(direction[..., E3NN_AXIS_ORDER], lmax)
-    degree = torch.cat([torch.full((2 * l + 1,), float(l)) for l in range(lmax + 1)]).to(direction)
+    zero vector gives 1 for l = 0 and 0 above, as e3nn's homogeneous polynomials do).
+
+    e3nn's polar axis is y: with (x, y, z) read as (z, x, y), our Schmidt harmonics
+    (:mod:`allscaip.model.spherical`, polar axis z) equal e3nn's divided by sqrt(2l+1), component
+    for component and sign for sign (checked against e3nn 0.5 for l ≤ 9)."""
+    axes = torch.stack([direction[..., 2], direction[..., 0], direction[..., 1]], dim=-1)
+    schmidt = spherical_harmonics(axes, lmax)
+    degree = harmonic_degrees(lmax, direction.device).to(direction.dtype)
     nonzero = (direction * direction).sum(-1, keepdim=True) > 0
     return torch.where(nonzero | (degree == 0), schmidt * (2.0 * degree + 1.0).sqrt(), torch.zeros_like(schmidt))
 
 
-def gaussian_expansion(dist: torch.Tensor, cutoff: float, count: int) -> torch.Tensor:
+def gaussian_expansion(
+    dist: torch.Tensor, cutoff: float, count: int, width_factor: float = GAUSSIAN_WIDTH_FACTOR
+) -> torch.Tensor:
     """fairchem's ``GaussianSmearing(0, cutoff, count, basis_width_scalar=2)`` of ``dist [...]``."""
     centres = torch.linspace(0.0, cutoff, count, dtype=dist.dtype, device=dist.device)
-    coeff = -0.5 / (GAUSSIAN_WIDTH_FACTOR * cutoff / (count - 1)) ** 2
+    coeff = -0.5 / (width_factor * cutoff / (count - 1)) ** 2
     return torch.exp(coeff * (dist[..., None] - centres) ** 2)
 
 
-def bond_order_features(direction: torch.Tensor, valid: torch.Tensor, lmax: int) -> torch.Tensor:
+def bond_order_features(
+    direction: torch.Tensor, valid: torch.Tensor, lmax: int, floor: float = BOND_ORDER_FLOOR
+) -> torch.Tensor:
     """fairchem's bond-order features ``[N, lmax+1]``: the plain mean over each row's kept slots (self
     loop included) of the harmonics divided by sqrt(2l+1), then per l ``sqrt(max(Σ_m mean², 1e-6))``."""
     harmonics = e3nn_harmonics(direction, lmax)
-    degree = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)]).to(valid.device)
-    scaled = harmonics / (2.0 * degree.to(harmonics) + 1.0).sqrt()
+    degree = harmonic_degrees(lmax, direction.device)
+    scaled = harmonics / (2.0 * degree.to(harmonics.dtype) + 1.0).sqrt()
     weight = valid.to(harmonics.dtype)[..., None]
     mean = (scaled * weight).sum(1) / weight.sum(1).clamp_min(1.0)
     per_degree = torch.zeros(mean.shape[0], lmax + 1, dtype=mean.dtype, device=mean.device)
     per_degree = per_degree.index_add(1, degree, mean * mean)
-    return per_degree.clamp_min(BOND_ORDER_FLOOR).sqrt()
+    return per_degree.clamp_min(floor).sqrt()
 
 
 def edge_and_node_features(

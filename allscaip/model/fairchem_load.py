@@ -20,6 +20,7 @@ BACKBONE_PREFIX = "backbone."
 HEADS_PREFIX = "output_heads."
 WRAPPER_PREFIX = "head."  # DatasetSpecificSingleHeadWrapper keeps its head as ``head``
 HEAD_OF_FFN = {"energy_ffn": "energy_head", "force_ffn": "force_head"}  # fairchem head FFN -> our head
+OUR_HEAD_FFN = "ffn"  # both our heads call their feed-forward ``ffn``
 
 
 def _head_weights(path: str, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -38,10 +39,13 @@ def _head_weights(path: str, state: Dict[str, torch.Tensor]) -> Dict[str, torch.
                 f"{path}: head {name!r} has neither or both of {sorted(HEAD_OF_FFN)}; this converter reads "
                 "AllScAIP energy, direct-force and gradient energy-force-stress heads"
             )
-        ours = HEAD_OF_FFN[kinds.pop()]
+        ffn = kinds.pop()
+        ours = HEAD_OF_FFN[ffn]
         if any(k.startswith(ours + ".") for k in out):
             raise FairchemCheckpointError(f"{path} has two {ours.replace('_', ' ')}s; pass a single-task checkpoint")
-        out.update({f"{ours}.{k}": v for k, v in weights.items()})
+        for key, value in weights.items():
+            renamed = OUR_HEAD_FFN + key[len(ffn) :] if key.startswith(ffn + ".") else key
+            out[f"{ours}.{renamed}"] = value
     return out
 
 
