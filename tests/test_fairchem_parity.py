@@ -176,3 +176,22 @@ def test_not_rotation_invariant_but_translation_invariant(models):
     )
     assert abs(moved - base) < 1e-9
     assert abs(rotated - base) > 1e-4
+
+
+def test_edge_cases_single_atom_far_pair_and_flat_cell(models):
+    model = models["conserving", torch.float64]
+    no_cell, no_pbc = torch.zeros(3, 3, dtype=torch.float64), torch.tensor([False] * 3)
+    lone = model(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([8]), no_cell, no_pbc)
+    assert torch.equal(lone.forces, torch.zeros(1, 3, dtype=torch.float64))  # the self loop alone
+    # beyond the cutoff two atoms see each other through node attention only: no forces
+    far = model(
+        torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64), torch.tensor([8, 1]), no_cell, no_pbc
+    )
+    assert float(far.forces.abs().max()) == 0.0
+    flat = torch.diag(torch.tensor([3.0, 3.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="spans no volume"):
+        model(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([8, 1]), flat, torch.tensor([True, True, False]))
+    with pytest.raises(ValueError, match="spin multiplicity 101"):
+        model(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([8]), no_cell, no_pbc, 0, 101)
+    with pytest.raises(ValueError, match="atomic numbers must lie in 1..100"):
+        model(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([101]), no_cell, no_pbc)

@@ -99,6 +99,11 @@ def periodic_shifts(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> tor
         return torch.zeros(1, 3, dtype=cell.dtype, device=cell.device)
     box = cell.detach()
     volume = torch.dot(box[0], torch.linalg.cross(box[1], box[2]))
+    if not bool(volume.abs() > 0):
+        raise ValueError(
+            "the cell spans no volume; fairchem's periodic images come from the reciprocal cell, so give every "
+            "axis a non-zero cell vector (a vacuum length along non-periodic axes)"
+        )
     ranges: List[torch.Tensor] = []
     for k in range(3):
         reciprocal = torch.linalg.cross(box[(k + 1) % 3], box[(k + 2) % 3]) / volume
