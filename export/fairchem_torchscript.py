@@ -2,9 +2,10 @@
 whole-system call of every allscaip export, so that the ASE calculator and the OpenMM plugin load it
 like our own exports (docs/fairchem.md).
 
-The module takes the usual eight inputs but builds fairchem's own graph from positions, cell and
-periodicity (the soft kNN reads every atom's distances to all atoms and images): ``edge_index`` and
-``cell_shifts`` are accepted and ignored. It has no domain-decomposition methods: fairchem's
+The module takes the usual eight inputs; the neighbour list (metadata ``cutoff``) must reach the
+model's ``pair_cutoff`` (fairchem's cutoff plus the soft rank's reach, 6.8 Å for the published
+models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem_graph). It has no
+domain-decomposition methods: fairchem's
 destination attention needs the edge states of ghost sources, which the staged interface does not
 carry, so multi-rank LAMMPS cannot run it. Conserving models only: a direct-force model has no
 virial for the whole-system call to return.
@@ -25,9 +26,9 @@ from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE
 from allscaip_export.metadata import INTERFACE_VERSION, WHOLE_SYSTEM_INPUTS, WHOLE_SYSTEM_OUTPUTS, dumps
 
-IGNORED_INPUTS_NOTE = (
-    "edge_index and cell_shifts are ignored: the model builds fairchem's soft-kNN graph from positions, cell "
-    "and pbc (dense over all atoms and periodic images, O(N^2 M) memory)"
+PAIRS_NOTE = (
+    "edge_index/cell_shifts: the full neighbour list within 'cutoff', which is fairchem's cutoff plus the soft "
+    "rank's reach (fairchem_cutoff + 4 * knn_sigmoid_scale); the model builds fairchem's soft-kNN graph from it"
 )
 
 
@@ -42,7 +43,7 @@ class ExportedFairchemAllScAIP(nn.Module):
                 "export the conserving checkpoint, or use the direct one through AllScAIPCalculator"
             )
         self.model = model
-        self.cutoff: float = float(model.cutoff)
+        self.cutoff: float = float(model.pair_cutoff)
         self.metadata_json: str = metadata_json
 
     @torch.jit.export
@@ -64,7 +65,9 @@ class ExportedFairchemAllScAIP(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Whole system -> (energy [], forces [N,3], virial [3,3], energies [N]) in the model's dtype.
         Callers must not run this under ``no_grad`` (forces and virial are autograd derivatives)."""
-        out = self.model.evaluate(positions, numbers, cell, pbc, int(charge.item()), int(spin.item()), True)
+        out = self.model.evaluate(
+            positions, numbers, cell, pbc, int(charge.item()), int(spin.item()), True, edge_index, cell_shifts
+        )
         virial = out.virial
         assert virial is not None  # asked for (TorchScript type refinement)
         dtype = positions.dtype
@@ -87,8 +90,9 @@ def fairchem_metadata(
         "fairchem_backbone": backbone,
         "elements": [chemical_symbols[z] for z in numbers],
         "atomic_numbers": numbers,
-        "cutoff": float(s.cutoff),
-        "ghost_cutoff": float(s.cutoff),
+        "cutoff": float(model.pair_cutoff),
+        "fairchem_cutoff": float(s.cutoff),
+        "ghost_cutoff": float(model.pair_cutoff),
         "node_encoding": "none",
         "encoding_range": 0.0,
         "num_layers": int(s.layers),
@@ -107,7 +111,7 @@ def fairchem_metadata(
         "source_checkpoint_sha256": source_sha256,
         "model_config": dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s._asdict(),
         "inputs": WHOLE_SYSTEM_INPUTS,
-        "inputs_note": IGNORED_INPUTS_NOTE,
+        "inputs_note": PAIRS_NOTE,
         "outputs": WHOLE_SYSTEM_OUTPUTS,
     }
 

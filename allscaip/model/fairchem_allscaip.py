@@ -32,8 +32,11 @@ from allscaip.model.fairchem_graph import (
     EdgeAndNodeFeatures,
     FairchemGraph,
     build_fairchem_graph,
+    build_fairchem_graph_from_pairs,
+    candidate_cutoff,
     edge_and_node_features,
 )
+from allscaip.neighbors import system_neighbor_pairs
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 """fairchem's ``nn.RMSNorm`` takes its dtype's machine epsilon; fairchem runs float32, so the
@@ -303,6 +306,9 @@ class FairchemAllScAIP(nn.Module):
         super().__init__()
         s = settings
         self.cutoff, self.knn_k, self.rank_scale, self.lse_scale = s.cutoff, s.knn_k, s.rank_scale, s.lse_scale
+        #: radius of the neighbour list the graph is built from (the envelope's cutoff plus the soft
+        #: rank's reach); engines pass pairs within it
+        self.pair_cutoff: float = candidate_cutoff(s.cutoff, s.rank_scale)
         self.num_gaussians, self.edge_lmax, self.node_lmax = s.num_gaussians, s.edge_lmax, s.node_lmax
         self.input_block = InputBlock(s)
         self.transformer_blocks = nn.ModuleList([GraphAttentionBlock(s) for _ in range(s.layers)])
@@ -325,6 +331,21 @@ class FairchemAllScAIP(nn.Module):
         """Atomic numbers the tables and element references cover (fairchem lists no training elements)."""
         return list(range(1, self.max_atomic_number + 1))
 
+    def graph(
+        self,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        edge_index: Optional[torch.Tensor] = None,
+        cell_shifts: Optional[torch.Tensor] = None,
+    ) -> FairchemGraph:
+        """fairchem's graph: from the neighbour pairs within ``pair_cutoff`` when given, else dense."""
+        if edge_index is not None and cell_shifts is not None:
+            return build_fairchem_graph_from_pairs(
+                positions, cell, edge_index, cell_shifts, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale
+            )
+        return build_fairchem_graph(positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale)
+
     def node_tokens(
         self,
         positions: torch.Tensor,
@@ -333,9 +354,11 @@ class FairchemAllScAIP(nn.Module):
         pbc: torch.Tensor,
         charge: int,
         spin: int,
+        edge_index: Optional[torch.Tensor] = None,
+        cell_shifts: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The final node tokens ``[N, H]`` (slot 0 of every row)."""
-        graph = build_fairchem_graph(positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale)
+        graph = self.graph(positions, cell, pbc, edge_index, cell_shifts)
         features = edge_and_node_features(graph, self.cutoff, self.num_gaussians, self.edge_lmax, self.node_lmax)
         tokens = self.input_block(numbers, charge, spin, features, graph)
         for block in self.transformer_blocks:
@@ -366,19 +389,39 @@ class FairchemAllScAIP(nn.Module):
         charge: int = 0,
         spin: int = 1,
         compute_stress: bool = False,
+        edge_index: Optional[torch.Tensor] = None,
+        cell_shifts: Optional[torch.Tensor] = None,
     ) -> FairchemOutput:
         """One system: positions [N, 3] (Å), atomic numbers [N], cell [3, 3] (Å, rows), pbc [3] bool,
         total charge, spin multiplicity. ``compute_stress``: the virial, and the stress when all three
         axes are periodic (fairchem's stress is the strain derivative over the volume, then its energy
-        normaliser: ``stress · rmsd + mean``)."""
+        normaliser: ``stress · rmsd + mean``). ``edge_index [2, E]`` / ``cell_shifts [E, 3]``: the full
+        neighbour list within ``pair_cutoff`` (integer shifts S, ``r_ij = x_j - x_i + S @ cell``); eager
+        calls compute it when absent, scripted calls then build the dense graph (same numbers)."""
         if torch.jit.is_scripting():
-            return self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress)
-        return self._evaluate_with_gradients(positions, numbers, cell, pbc, charge, spin, compute_stress)
+            return self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress, edge_index, cell_shifts)
+        if edge_index is None:
+            edge_index, cell_shifts = self.neighbor_pairs(positions, cell, pbc)
+        return self._evaluate_with_gradients(
+            positions, numbers, cell, pbc, charge, spin, compute_stress, edge_index, cell_shifts
+        )
 
     @torch.jit.unused
-    def _evaluate_with_gradients(self, positions, numbers, cell, pbc, charge, spin, compute_stress) -> FairchemOutput:
+    def neighbor_pairs(self, positions, cell, pbc) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The full neighbour list within ``pair_cutoff`` (vesin, as for our models)."""
+        i, j, shift = system_neighbor_pairs(
+            positions.detach().cpu().double().numpy(),
+            cell.detach().cpu().double().numpy(),
+            pbc.cpu().numpy(),
+            self.pair_cutoff,
+        )
+        device = positions.device
+        return torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(device), torch.from_numpy(shift).to(device)
+
+    @torch.jit.unused
+    def _evaluate_with_gradients(self, positions, numbers, cell, pbc, charge, spin, compute_stress, edge_index, shifts):
         with torch.set_grad_enabled(not self.direct_forces or torch.is_grad_enabled()):
-            out = self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress)
+            out = self.evaluate(positions, numbers, cell, pbc, charge, spin, compute_stress, edge_index, shifts)
         if self.training:
             return out
         return FairchemOutput(*(None if t is None else t.detach() for t in out))
@@ -392,8 +435,11 @@ class FairchemAllScAIP(nn.Module):
         charge: int,
         spin: int,
         compute_stress: bool,
+        edge_index: Optional[torch.Tensor] = None,
+        cell_shifts: Optional[torch.Tensor] = None,
     ) -> FairchemOutput:
-        """``forward`` without managing the gradient mode (conserving models need it enabled)."""
+        """``forward`` without managing the gradient mode (conserving models need it enabled) or
+        computing the neighbour list."""
         self.check_inputs(numbers, charge, spin)
         dtype = self.input_block.atomic_embedding.weight.dtype
         positions, cell = positions.to(dtype), cell.to(dtype)
@@ -406,7 +452,8 @@ class FairchemAllScAIP(nn.Module):
         if compute_stress:
             strain.requires_grad_(True)
         symmetric = 0.5 * (strain + strain.transpose(0, 1))
-        nodes = self.node_tokens(positions + positions @ symmetric, numbers, cell + cell @ symmetric, pbc, charge, spin)
+        strained_positions, strained_cell = positions + positions @ symmetric, cell + cell @ symmetric
+        nodes = self.node_tokens(strained_positions, numbers, strained_cell, pbc, charge, spin, edge_index, cell_shifts)
         per_atom = self.energy_head(nodes)[:, 0]
         raw = per_atom.sum()
         stress: Optional[torch.Tensor] = None

@@ -5,8 +5,9 @@ Input: one system (positions, cell, periodic flags). Output: the padded layouts 
 :func:`edge_and_node_features` compute them:
 
 1. :func:`periodic_shifts`: every lattice shift up to ``ceil(cutoff·|b_k|)`` along each periodic axis;
-2. dense distances from every atom ``i`` to every image of every atom ``j`` (O(N² M) memory, as
-   in fairchem);
+2. distances from every atom ``i`` to every image of every atom ``j``: dense (O(N² M) memory, as
+   fairchem; :func:`build_fairchem_graph`) or from a neighbour list within
+   :func:`candidate_cutoff` (O(E); :func:`build_fairchem_graph_from_pairs`), the same graph;
 3. soft ranks: the source rank of (i → j) sums a smooth step (:func:`bump_step`) of
    ``(d_ij - d_ic)/scale`` over the ``k + 20`` nearest candidates ``c`` of ``i``; the destination
    rank the same over the ``k + 20`` nearest sources of ``j``; an edge outside either list is dropped;
@@ -134,6 +135,63 @@ def _slots(row: torch.Tensor, key: torch.Tensor, n: int) -> Tuple[torch.Tensor, 
     return slot, counts
 
 
+def _row_nearest(row: torch.Tensor, dist: torch.Tensor, n: int, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sparse form of :func:`_nearest_candidates` over pairs grouped by ``row``: the ``count`` smallest
+    distances of each row ``[n, count]`` (+inf where a row has fewer) and a mask of the pairs among them."""
+    position, _ = _slots(row, dist.detach(), n)
+    listed = position < count
+    top = torch.full((n, count), math.inf, dtype=dist.dtype, device=dist.device)
+    return top.index_put([row[listed], position[listed]], dist[listed]), listed
+
+
+def _graph_of_candidates(
+    n: int,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    disp: torch.Tensor,
+    src_top: torch.Tensor,
+    dst_top: torch.Tensor,
+    cutoff: float,
+    knn_k: int,
+    rank_scale: float,
+    lse_scale: float,
+) -> FairchemGraph:
+    """Steps 3 (rank sums) to 5 of the module docstring for the candidate pairs ``i -> j`` (edge vectors
+    ``disp [E, 3]``) that are among the nearest of both their source and destination rows, whose
+    nearest distances are ``src_top [n, T]`` and ``dst_top [n, T]``."""
+    d = safe_norm(disp)
+    src_rank = bump_step((d[:, None] - src_top[i]) / rank_scale).sum(-1)
+    dst_rank = bump_step((d[:, None] - dst_top[j]) / rank_scale).sum(-1)
+    terms = torch.stack([src_rank / knn_k, dst_rank / knn_k, d / cutoff], dim=-1)
+    x = lse_scale * torch.logsumexp(terms / lse_scale, dim=-1)
+    x = torch.where(d == 0, torch.zeros_like(x), x)
+    kept = (x < 1.0).detach()
+    i, j, disp, x = i[kept], j[kept], disp[kept], x[kept]
+    bias = -x * x / (1.0 - x * x)
+    src_slot, src_counts = _slots(i, x.detach(), n)
+    dst_slot, dst_counts = _slots(j, x.detach(), n)
+    width = int(max(int(src_counts.max()), int(dst_counts.max())))
+    rows = torch.arange(n, device=disp.device)[:, None].expand(n, width)
+    cols = torch.arange(width, device=disp.device)[None, :].expand(n, width)
+    identity = torch.stack([rows, cols]).clone()
+    src_of_dst, dst_of_src = identity.clone(), identity.clone()
+    src_of_dst[0, j, dst_slot] = i
+    src_of_dst[1, j, dst_slot] = src_slot
+    dst_of_src[0, i, src_slot] = j
+    dst_of_src[1, i, src_slot] = dst_slot
+    neighbor = rows.clone()
+    neighbor[i, src_slot] = j
+    blank = torch.full((n, width), -math.inf, dtype=disp.dtype, device=disp.device)
+    return FairchemGraph(
+        disp=torch.zeros(n, width, 3, dtype=disp.dtype, device=disp.device).index_put([i, src_slot], disp),
+        src_bias=blank.index_put([i, src_slot], bias),
+        dst_bias=blank.index_put([j, dst_slot], bias),
+        src_of_dst=src_of_dst,
+        dst_of_src=dst_of_src,
+        neighbor=neighbor,
+    )
+
+
 def build_fairchem_graph(
     positions: torch.Tensor,
     cell: torch.Tensor,
@@ -144,7 +202,8 @@ def build_fairchem_graph(
     lse_scale: float,
     candidate_margin: int = KNN_CANDIDATE_MARGIN,
 ) -> FairchemGraph:
-    """fairchem's soft-kNN graph of one system (module docstring, steps 1 to 5)."""
+    """fairchem's soft-kNN graph of one system, built as fairchem builds it: from the dense distances
+    of every atom to every image of every atom (O(N² M) memory; module docstring, steps 1 to 5)."""
     n = positions.shape[0]
     shifts = periodic_shifts(cell, pbc, cutoff)
     m = shifts.shape[0]
@@ -157,38 +216,51 @@ def build_fairchem_graph(
     listed = src_listed.view(n, n, m) & dst_listed.view(n, n, m).transpose(0, 1)
     pairs = listed.nonzero()
     i, j, s = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-    d = dist[i, j, s]
-    src_rank = bump_step((d[:, None] - src_top[i]) / rank_scale).sum(-1)
-    dst_rank = bump_step((d[:, None] - dst_top[j]) / rank_scale).sum(-1)
-    terms = torch.stack([src_rank / knn_k, dst_rank / knn_k, d / cutoff], dim=-1)
-    x = lse_scale * torch.logsumexp(terms / lse_scale, dim=-1)
-    x = torch.where(d == 0, torch.zeros_like(x), x)
-    kept = (x < 1.0).detach()
-    i, j, s, x = i[kept], j[kept], s[kept], x[kept]
-    bias = -x * x / (1.0 - x * x)
-    src_slot, src_counts = _slots(i, x.detach(), n)
-    dst_slot, dst_counts = _slots(j, x.detach(), n)
-    width = int(max(int(src_counts.max()), int(dst_counts.max())))
-    rows = torch.arange(n, device=positions.device)[:, None].expand(n, width)
-    cols = torch.arange(width, device=positions.device)[None, :].expand(n, width)
-    identity = torch.stack([rows, cols]).clone()
-    src_of_dst, dst_of_src = identity.clone(), identity.clone()
-    src_of_dst[0, j, dst_slot] = i
-    src_of_dst[1, j, dst_slot] = src_slot
-    dst_of_src[0, i, src_slot] = j
-    dst_of_src[1, i, src_slot] = dst_slot
-    neighbor = rows.clone()
-    neighbor[i, src_slot] = j
-    blank = torch.full((n, width), -math.inf, dtype=positions.dtype, device=positions.device)
-    return FairchemGraph(
-        disp=torch.zeros(n, width, 3, dtype=positions.dtype, device=positions.device).index_put(
-            [i, src_slot], disp[i, j, s]
-        ),
-        src_bias=blank.index_put([i, src_slot], bias),
-        dst_bias=blank.index_put([j, dst_slot], bias),
-        src_of_dst=src_of_dst,
-        dst_of_src=dst_of_src,
-        neighbor=neighbor,
+    return _graph_of_candidates(n, i, j, disp[i, j, s], src_top, dst_top, cutoff, knn_k, rank_scale, lse_scale)
+
+
+def candidate_cutoff(cutoff: float, rank_scale: float, half_width: float = BUMP_HALF_WIDTH) -> float:
+    """Radius of the neighbour list :func:`build_fairchem_graph_from_pairs` needs: a candidate farther
+    than ``d + half_width·scale`` adds exactly 0 to the rank of an edge of length ``d < cutoff``, and
+    only nearer candidates move an edge down its row."""
+    return cutoff + half_width * rank_scale
+
+
+def build_fairchem_graph_from_pairs(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    edge_index: torch.Tensor,
+    cell_shifts: torch.Tensor,
+    cutoff: float,
+    knn_k: int,
+    rank_scale: float,
+    lse_scale: float,
+    candidate_margin: int = KNN_CANDIDATE_MARGIN,
+) -> FairchemGraph:
+    """The graph of :func:`build_fairchem_graph` from a full neighbour list within
+    :func:`candidate_cutoff` (``edge_index [2, E]``: i, j; ``cell_shifts [E, 3]``: integer shifts S,
+    ``r_ij = x_j - x_i + S @ cell``; both directions, no self pair of zero shift): memory O(E).
+
+    Equal to the dense graph: every candidate that can change a kept edge's ranks or row position is
+    in the list, and the destination row of j (pairs arriving at j) holds the same distances as its
+    source row. Where fairchem's image range (:func:`periodic_shifts`) misses an image between the
+    cutoff and the candidate cutoff, this graph counts it: the ranks of edges near the cutoff, whose
+    bias is below -3, can then differ slightly from fairchem's."""
+    n = positions.shape[0]
+    self_loop = torch.arange(n, device=positions.device)
+    i = torch.cat([edge_index[0], self_loop])
+    j = torch.cat([edge_index[1], self_loop])
+    shifts = torch.cat(
+        [cell_shifts.to(positions.dtype), torch.zeros(n, 3, dtype=positions.dtype, device=positions.device)]
+    )
+    disp = positions[j] + shifts @ cell - positions[i]
+    dist = safe_norm(disp)
+    count = knn_k + candidate_margin
+    src_top, src_listed = _row_nearest(i, dist, n, count)
+    dst_top, dst_listed = _row_nearest(j, dist, n, count)
+    listed = src_listed & dst_listed
+    return _graph_of_candidates(
+        n, i[listed], j[listed], disp[listed], src_top, dst_top, cutoff, knn_k, rank_scale, lse_scale
     )
 
 
