@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from ase.data import chemical_symbols
@@ -26,6 +26,10 @@ from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE
 from allscaip_export.metadata import INTERFACE_VERSION, WHOLE_SYSTEM_INPUTS, WHOLE_SYSTEM_OUTPUTS, dumps
 
+NO_STAGES = (
+    "a converted fairchem AllScAIP has no staged (domain-decomposition) interface: its destination attention "
+    "needs the edge states of ghost sources; run it on one process (LAMMPS: one MPI rank)"
+)
 PAIRS_NOTE = (
     "edge_index/cell_shifts: the full neighbour list within 'cutoff', which is fairchem's cutoff plus the soft "
     "rank's reach (fairchem_cutoff + 4 * knn_sigmoid_scale); the model builds fairchem's soft-kNN graph from it"
@@ -43,8 +47,15 @@ class ExportedFairchemAllScAIP(nn.Module):
                 "export the conserving checkpoint, or use the direct one through AllScAIPCalculator"
             )
         self.model = model
-        self.cutoff: float = float(model.pair_cutoff)
         self.metadata_json: str = metadata_json
+        self.no_stages: str = NO_STAGES
+        # the attributes engines check against the metadata (lammps_plugin/allscaip_model.cpp)
+        self.cutoff: float = float(model.pair_cutoff)
+        self.interface_version: int = INTERFACE_VERSION
+        self.num_layers: int = int(model.settings.layers)
+        self.hidden: int = int(model.settings.hidden)
+        self.node_attention: bool = bool(model.settings.use_node_path)
+        self.atomic_numbers: List[int] = model.known_elements()
 
     @torch.jit.export
     def metadata(self) -> str:
@@ -73,6 +84,47 @@ class ExportedFairchemAllScAIP(nn.Module):
         dtype = positions.dtype
         energy, energies = out.energy.detach().to(dtype), out.energies.detach().to(dtype)
         return energy, out.forces.detach().to(dtype), virial.detach().to(dtype), energies
+
+    # The staged (domain-decomposition) methods exist so that engines which look them up at load time
+    # (the LAMMPS plugin) accept the file; its metadata says supports_domain_decomposition: false, so
+    # they run it through forward on one process and never call these.
+    @torch.jit.export
+    def dd_prepare(
+        self,
+        vec: torch.Tensor,
+        mask: torch.Tensor,
+        index: torch.Tensor,
+        numbers_all: torch.Tensor,
+        charge: int,
+        spin: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise RuntimeError(self.no_stages)
+
+    @torch.jit.export
+    def dd_local(
+        self,
+        layer: int,
+        h_all: torch.Tensor,
+        edges: torch.Tensor,
+        index: torch.Tensor,
+        legendre_p: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError(self.no_stages)
+
+    @torch.jit.export
+    def dd_global_project(self, layer: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise RuntimeError(self.no_stages)
+
+    @torch.jit.export
+    def dd_global_finish(
+        self, layer: int, h: torch.Tensor, q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor
+    ) -> torch.Tensor:
+        raise RuntimeError(self.no_stages)
+
+    @torch.jit.export
+    def dd_readout(self, h: torch.Tensor, numbers_c: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(self.no_stages)
 
 
 def fairchem_metadata(

@@ -29,7 +29,9 @@ def reference() -> dict:
 
 def atoms_of(name: str, with_charge_spin: bool = True) -> Atoms:
     s = reference()["structures"][name]
-    atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
+    # coordinates rounded to float32 as fairchem's float32 run saw them (tests/test_fairchem_parity.py)
+    rounded = {key: np.asarray(s[key], dtype=np.float32).astype(np.float64) for key in ("positions", "cell")}
+    atoms = Atoms(numbers=s["numbers"], positions=rounded["positions"], cell=rounded["cell"], pbc=s["pbc"])
     if with_charge_spin:
         atoms.info.update(charge=s["charge"], spin=s["spin"])
     return atoms
