@@ -19,8 +19,9 @@ Parameter names follow fairchem's state dict (``backbone.`` dropped, heads renam
 weights load one to one. Forces and stress of conserving models come from autograd.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: TorchScript reads the class annotation of
+# ``frequency_list`` (the type of a possibly empty list) as a type, not as a string
+import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -35,6 +36,14 @@ from allscaip.model.fairchem_graph import (
     build_fairchem_graph_from_pairs,
     candidate_cutoff,
     edge_and_node_features,
+    safe_direction,
+)
+from allscaip.model.fairchem_masks import (
+    expand_by_frequency,
+    frequency_vectors,
+    min_image_distances,
+    sinc_basis,
+    sinc_bias,
 )
 from allscaip.neighbors import system_neighbor_pairs
 
@@ -45,9 +54,7 @@ float64 model keeps float32's epsilon and computes the same function."""
 CHARGE_OFFSET, CHARGE_RANGE = 100, (-100, 100)  # fairchem's charge table: rows 0..200 hold -100..100
 SPIN_RANGE = (0, 100)  # fairchem's spin table: rows 0..100 hold multiplicity 0..100
 
-SUPPORTED_SWITCHES = {  # backbone setting -> the value this module computes (md_NeNo)
-    "use_freq_mask": False,
-    "use_sincx_mask": False,
+SUPPORTED_SWITCHES = {  # backbone setting -> the value this module computes (md_NeNo and sm_NeAnNoSi)
     "knn_soft": True,
     "knn_use_low_mem": True,
     "activation": "gelu",
@@ -75,6 +82,8 @@ DEFAULTS = {  # fairchem-core 2.24's defaults of the settings a checkpoint may o
     "ffn_hidden_layer_multiplier": 2,
     "output_hidden_layer_multiplier": 2,
     "max_num_elements": 110,
+    "freequency_list": [20, 10, 4, 10, 20],  # (sic) fairchem's spelling
+    "attn_num_freq": 32,
 }
 
 
@@ -96,6 +105,8 @@ class FairchemSettings(NamedTuple):
     max_elements: int
     use_node_path: bool
     direct_forces: bool
+    frequency_list: List[int]  # empty without the frequency mask (md)
+    sinc_frequencies: int  # 0 without the sinc mask (md)
 
 
 class FairchemOutput(NamedTuple):
@@ -115,8 +126,15 @@ def settings_from_backbone(backbone: Dict) -> FairchemSettings:
         if cfg[key] != value:
             raise FairchemCheckpointError(
                 f"fairchem backbone setting {key}={cfg[key]!r} is not supported: this converter computes the "
-                f"md_NeNo architecture ({key}={value!r}); sm models (frequency and sinc masks) are not converted yet"
+                f"md_NeNo and sm_NeAnNoSi architectures ({key}={value!r})"
             )
+    heads, hidden = int(cfg["atten_num_heads"]), int(cfg["hidden_size"])
+    frequency_list = [int(n) for n in cfg["freequency_list"]] if cfg["use_freq_mask"] else []
+    if frequency_list and sum(frequency_list) != hidden // heads:
+        raise FairchemCheckpointError(
+            f"fairchem backbone freequency_list {frequency_list} must sum to the head size {hidden // heads}; "
+            "the checkpoint is inconsistent"
+        )
     return FairchemSettings(
         hidden=int(cfg["hidden_size"]),
         layers=int(cfg["num_layers"]),
@@ -133,6 +151,8 @@ def settings_from_backbone(backbone: Dict) -> FairchemSettings:
         max_elements=int(cfg["max_num_elements"]),
         use_node_path=bool(cfg["use_node_path"]),
         direct_forces=bool(cfg["direct_forces"]),
+        frequency_list=frequency_list,
+        sinc_frequencies=int(cfg["attn_num_freq"]) if cfg["use_sincx_mask"] and cfg["use_node_path"] else 0,
     )
 
 
@@ -151,47 +171,64 @@ def rms_norm(size: int) -> nn.RMSNorm:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q, k, v, out projections (bias), no q/k norm, scale 1/sqrt(d)."""
+    """Multi-head attention with separate q, k, v, out projections (bias), no q/k norm, scale 1/sqrt(d);
+    with a ``frequency_list``, queries and keys expanded by the frequency mask (sm)."""
 
-    def __init__(self, hidden: int, heads: int):
+    frequency_list: List[int]  # empty for md; TorchScript cannot infer an empty list's type
+
+    def __init__(self, hidden: int, heads: int, frequency_list: Optional[List[int]] = None):
         super().__init__()
         self.heads = heads
+        self.frequency_list = list(frequency_list) if frequency_list else []
+        self.scale: float = 1.0 / math.sqrt(hidden // heads)
         self.attn_in_proj_q = nn.Linear(hidden, hidden)
         self.attn_in_proj_k = nn.Linear(hidden, hidden)
         self.attn_in_proj_v = nn.Linear(hidden, hidden)
         self.attn_out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.attend(x, key_bias)
+    def forward(
+        self, x: torch.Tensor, key_bias: Optional[torch.Tensor], frequency: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        mask: Optional[torch.Tensor] = None
+        if key_bias is not None:
+            mask = key_bias[:, None, None, :]
+        return self.attend(x, mask, frequency)
 
-    def attend(self, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """``x [B, S, H]``, ``key_bias [B, S]`` (or None) -> ``[B, S, H]``."""
+    def attend(self, x: torch.Tensor, mask: Optional[torch.Tensor], frequency: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x [B, S, H]``, additive ``mask`` broadcastable to ``[B, heads, S, S]`` (or None), frequency
+        vectors ``[B, S, F]`` (sm, or None) -> ``[B, S, H]``."""
         b, s, h = x.shape[0], x.shape[1], x.shape[2]
         shape = [b, s, self.heads, h // self.heads]
         q = self.attn_in_proj_q(x).view(shape).transpose(1, 2)
         k = self.attn_in_proj_k(x).view(shape).transpose(1, 2)
         v = self.attn_in_proj_v(x).view(shape).transpose(1, 2)
-        mask: Optional[torch.Tensor] = None
-        if key_bias is not None:
-            mask = key_bias[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if frequency is not None and len(self.frequency_list) > 0:
+            q = expand_by_frequency(q, self.frequency_list, frequency)
+            k = expand_by_frequency(k, self.frequency_list, frequency)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.attn_out_proj(out.transpose(1, 2).reshape(b, s, h))
 
 
 class NeighborhoodAttention(nn.Module):
     """Attention within source rows, then within destination rows, of the same edge tokens."""
 
-    def __init__(self, hidden: int, heads: int):
+    def __init__(self, hidden: int, heads: int, frequency_list: List[int]):
         super().__init__()
-        self.src_attn, self.dst_attn = Attention(hidden, heads), Attention(hidden, heads)
+        self.src_attn = Attention(hidden, heads, frequency_list)
+        self.dst_attn = Attention(hidden, heads, frequency_list)
         self.src_attn_norm, self.dst_attn_norm = rms_norm(hidden), rms_norm(hidden)
         self.src_attn_res_scale = nn.Parameter(torch.tensor(1.0))
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, tokens: torch.Tensor, graph: FairchemGraph) -> torch.Tensor:
-        tokens = tokens + self.src_attn_res_scale * self.src_attn(self.src_attn_norm(tokens), graph.src_bias)
+    def forward(self, tokens: torch.Tensor, graph: FairchemGraph, frequency: Optional[torch.Tensor]) -> torch.Tensor:
+        src_frequency, dst_frequency = frequency, frequency
+        if frequency is not None:
+            dst_frequency = frequency[graph.src_of_dst[0], graph.src_of_dst[1]]
+        src = self.src_attn(self.src_attn_norm(tokens), graph.src_bias, src_frequency)
+        tokens = tokens + self.src_attn_res_scale * src
         tokens = tokens[graph.src_of_dst[0], graph.src_of_dst[1]]
-        tokens = tokens + self.dst_attn_res_scale * self.dst_attn(self.dst_attn_norm(tokens), graph.dst_bias)
+        dst = self.dst_attn(self.dst_attn_norm(tokens), graph.dst_bias, dst_frequency)
+        tokens = tokens + self.dst_attn_res_scale * dst
         return tokens[graph.dst_of_src[0], graph.dst_of_src[1]]
 
 
@@ -209,15 +246,25 @@ class FeedForwardNetwork(nn.Module):
 
 
 class NodeAttention(Attention):
-    """Pre-RMSNorm attention of every atom to every atom of the system (periodic: the cell's atoms)."""
+    """Pre-RMSNorm attention of every atom to every atom of the system (periodic: the cell's atoms);
+    sm models add the sinc bias of the pair distances (``radial_weight``)."""
 
-    def __init__(self, hidden: int, heads: int):
+    frequency_list: List[int]  # always empty here (TorchScript does not inherit class annotations)
+
+    def __init__(self, hidden: int, heads: int, sinc_frequencies: int):
         super().__init__(hidden, heads)
         self.node_norm = rms_norm(hidden)
         self.node_attn_res_scale = nn.Parameter(torch.tensor(1.0))
+        self.radial_weight = nn.Parameter(torch.zeros(heads, sinc_frequencies)) if sinc_frequencies else None
 
-    def forward(self, nodes: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.attend(self.node_norm(nodes)[None], None)[0]
+    def forward(
+        self, nodes: torch.Tensor, key_bias: Optional[torch.Tensor] = None, basis: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        mask: Optional[torch.Tensor] = None
+        radial_weight = self.radial_weight
+        if radial_weight is not None and basis is not None:
+            mask = sinc_bias(basis, radial_weight)[None]
+        out = self.attend(self.node_norm(nodes)[None], mask, None)[0]
         return self.node_attn_res_scale * out + nodes
 
 
@@ -226,16 +273,24 @@ class GraphAttentionBlock(nn.Module):
 
     def __init__(self, s: FairchemSettings):
         super().__init__()
-        self.neighborhood_attention = NeighborhoodAttention(s.hidden, s.heads)
+        self.neighborhood_attention = NeighborhoodAttention(s.hidden, s.heads, s.frequency_list)
         self.edge_ffn = FeedForwardNetwork(s.hidden, s.ffn_multiplier)
-        self.node_attention = NodeAttention(s.hidden, s.heads) if s.use_node_path else None
+        self.node_attention = NodeAttention(s.hidden, s.heads, s.sinc_frequencies) if s.use_node_path else None
         self.node_ffn = FeedForwardNetwork(s.hidden, s.ffn_multiplier)
 
-    def forward(self, tokens: torch.Tensor, graph: FairchemGraph) -> torch.Tensor:
-        tokens = self.neighborhood_attention(tokens, graph)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        graph: FairchemGraph,
+        frequency: Optional[torch.Tensor] = None,
+        basis: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``frequency [N, K, F]``: frequency vectors of the source slots; ``basis [N, N, F']``: sinc
+        basis of the pair distances (sm models; None for md)."""
+        tokens = self.neighborhood_attention(tokens, graph, frequency)
         nodes, edges = tokens[:, 0], self.edge_ffn(tokens[:, 1:])
         if self.node_attention is not None:
-            nodes = self.node_attention(nodes)
+            nodes = self.node_attention(nodes, None, basis)
         return torch.cat([self.node_ffn(nodes)[:, None], edges], dim=1)
 
 
@@ -302,6 +357,8 @@ class FairchemAllScAIP(nn.Module):
     gradients of a conserving model only when called with gradients enabled.
     """
 
+    frequency_list: List[int]  # empty for md
+
     def __init__(self, settings: FairchemSettings, element_references: torch.Tensor, normalizers: Dict[str, tuple]):
         super().__init__()
         s = settings
@@ -310,6 +367,8 @@ class FairchemAllScAIP(nn.Module):
         #: rank's reach); engines pass pairs within it
         self.pair_cutoff: float = candidate_cutoff(s.cutoff, s.rank_scale)
         self.num_gaussians, self.edge_lmax, self.node_lmax = s.num_gaussians, s.edge_lmax, s.node_lmax
+        self.frequency_list = list(s.frequency_list)
+        self.sinc_frequencies: int = s.sinc_frequencies
         self.input_block = InputBlock(s)
         self.transformer_blocks = nn.ModuleList([GraphAttentionBlock(s) for _ in range(s.layers)])
         self.energy_head = OutputHead(s.hidden, s.output_multiplier, 1)
@@ -360,9 +419,15 @@ class FairchemAllScAIP(nn.Module):
         """The final node tokens ``[N, H]`` (slot 0 of every row)."""
         graph = self.graph(positions, cell, pbc, edge_index, cell_shifts)
         features = edge_and_node_features(graph, self.cutoff, self.num_gaussians, self.edge_lmax, self.node_lmax)
+        frequency: Optional[torch.Tensor] = None
+        if len(self.frequency_list) > 0:
+            frequency = frequency_vectors(safe_direction(graph.disp), self.frequency_list)
+        basis: Optional[torch.Tensor] = None
+        if self.sinc_frequencies > 0:
+            basis = sinc_basis(min_image_distances(positions, cell, pbc, self.cutoff), self.sinc_frequencies)
         tokens = self.input_block(numbers, charge, spin, features, graph)
         for block in self.transformer_blocks:
-            tokens = block(tokens, graph)
+            tokens = block(tokens, graph, frequency, basis)
         return tokens[:, 0]
 
     def check_inputs(self, numbers: torch.Tensor, charge: int, spin: int) -> None:
