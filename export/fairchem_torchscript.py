@@ -137,7 +137,7 @@ def fairchem_metadata(
         "allscaip_version": allscaip.__version__,
         "interface_version": INTERFACE_VERSION,
         "format": "torchscript",
-        "source_family": "fairchem AllScAIP (fairchem-core 2.24, md_NeNo)",
+        "source_family": "fairchem AllScAIP (fairchem-core 2.24)",
         "fairchem_task": task,
         "fairchem_backbone": backbone,
         "elements": [chemical_symbols[z] for z in numbers],

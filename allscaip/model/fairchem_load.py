@@ -14,7 +14,8 @@ from typing import Dict
 import torch
 
 from allscaip.checkpoint_fairchem import FairchemCheckpoint, FairchemCheckpointError, read_fairchem_checkpoint
-from allscaip.model.fairchem_allscaip import FairchemAllScAIP, settings_from_backbone
+from allscaip.model.fairchem_allscaip import FairchemAllScAIP
+from allscaip.model.fairchem_settings import settings_from_backbone
 
 BACKBONE_PREFIX = "backbone."
 HEADS_PREFIX = "output_heads."
