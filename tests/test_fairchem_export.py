@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -81,20 +82,29 @@ def test_direct_model_and_aoti_are_refused(tmp_path, capsys):
     assert "TorchScript only" in capsys.readouterr().err
 
 
-def test_exported_model_in_openmm_matches_fairchem(exported):
+def topology_of(atoms):
+    from openmm import app
+
+    top = app.Topology()
+    residue = top.addResidue("MOL", top.addChain())
+    for k, z in enumerate(atoms.numbers):
+        top.addAtom(f"A{k}", app.element.Element.getByAtomicNumber(int(z)), residue)
+    return top
+
+
+@pytest.mark.parametrize("source", ["export", "checkpoint"])
+def test_openmm_matches_fairchem(exported, source):
+    """The OpenMM plugin (PythonForce) with the export, or with the fairchem checkpoint itself."""
     openmm = pytest.importorskip("openmm")
-    from openmm import app, unit
+    from openmm import unit
 
     from allscaip_openmm import MLPotential
 
     name = "benzene_cation_doublet"
     atoms = atoms_of(name)
     expected = reference()["models"]["conserving"]["results"][name]
-    top = app.Topology()
-    residue = top.addResidue("MOL", top.addChain())
-    for k, z in enumerate(atoms.numbers):
-        top.addAtom(f"A{k}", app.element.Element.getByAtomicNumber(int(z)), residue)
-    system = MLPotential("allscaip", modelPath=str(exported["float64"])).createSystem(top, charge=1, spin=2)
+    path = exported["float64"] if source == "export" else FIXTURE / "allscaip_md_conserving.pt"
+    system = MLPotential("allscaip", modelPath=str(path)).createSystem(topology_of(atoms), charge=1, spin=2)
     context = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(atoms.positions * 0.1)
     state = context.getState(getEnergy=True, getForces=True)
@@ -102,4 +112,23 @@ def test_exported_model_in_openmm_matches_fairchem(exported):
     forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
     assert energy == pytest.approx(expected["energy"], abs=ENERGY_ATOL)
     forces_ev = np.asarray(forces) / (EV_TO_KJ_PER_MOL * 10.0)
+    np.testing.assert_allclose(forces_ev, expected["forces"], atol=FORCE_ATOL["float64"], rtol=0)
+
+
+def test_torchforce_module_of_fairchem_checkpoint(tmp_path):
+    """openmm-torch's module (what TorchForce runs) built from the fairchem checkpoint: called as the
+    Reference kernel calls it (float64 positions in nm), it gives fairchem's energy and forces."""
+    pytest.importorskip("openmm")
+    from allscaip_openmm.torchforce import write_torchforce_module
+
+    name = "benzene_cation_doublet"
+    atoms = atoms_of(name)
+    expected = reference()["models"]["conserving"]["results"][name]
+    source = FIXTURE / "allscaip_md_conserving.pt"
+    path = write_torchforce_module(source, topology_of(atoms), tmp_path / "tf.pt", charge=1, spin=2)
+    module = torch.jit.load(str(path))
+    positions_nm = torch.tensor(atoms.positions * 0.1, dtype=torch.float64, requires_grad=True)
+    energy, forces = module(positions_nm)
+    assert float(energy) / EV_TO_KJ_PER_MOL == pytest.approx(expected["energy"], abs=ENERGY_ATOL)
+    forces_ev = forces.detach().numpy() / (EV_TO_KJ_PER_MOL * 10.0)
     np.testing.assert_allclose(forces_ev, expected["forces"], atol=FORCE_ATOL["float64"], rtol=0)

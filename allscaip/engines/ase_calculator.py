@@ -75,6 +75,8 @@ class AllScAIPCalculator(Calculator):
         suffix = path.suffix.lower()
         #: the converted fairchem model when ``model`` is a fairchem checkpoint, else None
         self._fairchem = None
+        #: the fairchem task whose normalisers and element references a fairchem checkpoint uses
+        self.fairchem_task = fairchem_task
         if is_fairchem_checkpoint(path):
             self._fairchem = fairchem_model(path, task=fairchem_task, dtype=self.dtype).to(self.device)
             self._eager = self._fairchem
