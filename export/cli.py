@@ -3,6 +3,10 @@
     allscaip-export CHECKPOINT [-o OUT] [--format torchscript|aoti]
                     [--dtype float64|float32] [--device cpu|cuda] [--no-verify]
 
+A fairchem AllScAIP inference checkpoint (recognised by content, whatever its suffix) is converted
+(allscaip.model.fairchem_allscaip) and exported to TorchScript (``--fairchem-task``, default omol;
+output default ``<name>.allscaip.pt``); see docs/fairchem.md.
+
 After writing, the artefact is reloaded and evaluated on a triclinic periodic box and a
 molecule made of the model's elements; energy, forces and virial are compared with the
 checkpoint's eager model in the same dtype. Exit status: 0 written and verified, 1 the
@@ -22,16 +26,20 @@ import torch
 from ase import Atoms
 
 from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
+from allscaip.checkpoint_fairchem import FairchemCheckpointError, is_fairchem_checkpoint, read_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
 from allscaip.model.evaluate import UnknownElementError
+from allscaip.model.fairchem_load import fairchem_model_from_checkpoint
 from allscaip.neighbors import whole_system_inputs  # also reachable as allscaip_export.cli.whole_system_inputs
 from allscaip.structures import water_box
 from allscaip_export.aoti import export_aoti, load_aoti
+from allscaip_export.fairchem_torchscript import export_fairchem_torchscript, fairchem_metadata
 from allscaip_export.metadata import build_metadata, checkpoint_hash
 from allscaip_export.torchscript import export_torchscript, load_torchscript
 
 SUFFIX = {"torchscript": ".pt", "aoti": ".pt2"}
+FAIRCHEM_EXPORT_SUFFIX = ".allscaip.pt"  # fairchem checkpoints are .pt files themselves
 # float64: absolute eV (energy, per-atom energies, virial) and eV/Å (forces);
 # float32: relative to the largest reference value of each quantity.
 TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
@@ -108,6 +116,24 @@ def eager_reference(model, atoms, dtype, device) -> Dict[str, Any]:
     return ref
 
 
+def fairchem_reference(model, atoms, dtype, device) -> Dict[str, Any]:
+    """energy, forces, energies and (periodic) virial from the eager converted fairchem model."""
+    periodic = bool(atoms.pbc.all())
+    out = model(
+        torch.as_tensor(atoms.positions, dtype=dtype, device=device),
+        torch.as_tensor(atoms.numbers, device=device),
+        torch.as_tensor(atoms.cell.array, dtype=dtype, device=device),
+        torch.as_tensor(atoms.pbc, device=device),
+        int(atoms.info.get("charge", 0)),
+        int(atoms.info.get("spin", 1)),
+        compute_stress=periodic,
+    )
+    ref = {"energy": out.energy, "forces": out.forces, "energies": out.energies}
+    if periodic:
+        ref["virial"] = out.virial
+    return ref
+
+
 def compare(artefact_out: Sequence[Any], ref: Dict[str, Any], dtype_name: str) -> Dict[str, Tuple[float, bool]]:
     """Largest difference per quantity and whether it is within tolerance."""
     tol = TOLERANCE[dtype_name]
@@ -130,8 +156,9 @@ def compare(artefact_out: Sequence[Any], ref: Dict[str, Any], dtype_name: str) -
     return result
 
 
-def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = False) -> bool:
-    """Evaluate the reloaded artefact ``call`` and the eager ``model`` on the test structures."""
+def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = False, reference=eager_reference) -> bool:
+    """Evaluate the reloaded artefact ``call`` and the eager ``model`` (through ``reference``) on the
+    test structures."""
     dtype_name = metadata["dtype"]
     dtype = getattr(torch, dtype_name)
     unit = {"energy": "eV", "forces": "eV/Å", "virial": "eV", "energies": "eV"}
@@ -142,7 +169,7 @@ def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = Fal
             atoms, float(metadata["cutoff"]), dtype, device, float(metadata.get("encoding_range", 0.0))
         )
         out = call(*args)
-        ref = eager_reference(model, atoms, dtype, device)
+        ref = reference(model, atoms, dtype, device)
         res = compare(out, ref, dtype_name)
         parts = []
         for key, (diff, good) in res.items():
@@ -179,13 +206,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the checkpoint")
+    p.add_argument(
+        "--fairchem-task",
+        default="omol",
+        help="fairchem checkpoints: task whose normalisers and element references apply",
+    )
     return p
+
+
+def run_fairchem(args: argparse.Namespace, ckpt: Path) -> int:
+    """Convert and export a fairchem AllScAIP checkpoint (TorchScript only), then verify the reload."""
+    if args.format != "torchscript":
+        raise UsageError(f"{ckpt} is a fairchem checkpoint: it exports to TorchScript only (--format torchscript)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no GPU (use --device cpu)")
+    out = Path(args.output) if args.output else ckpt.with_name(ckpt.stem + FAIRCHEM_EXPORT_SUFFIX)
+    if out.suffix != SUFFIX["torchscript"] or out.resolve() == ckpt.resolve():
+        raise UsageError(f"-o {out}: give a new .pt file (the fairchem checkpoint {ckpt.name} stays as it is)")
+    dtype = getattr(torch, args.dtype)
+    try:
+        source = read_fairchem_checkpoint(ckpt)
+        model = fairchem_model_from_checkpoint(source, args.fairchem_task, dtype, use_ema=not args.raw_weights)
+    except FairchemCheckpointError as err:
+        raise UsageError(str(err)) from None
+    if model.direct_forces:
+        raise UsageError(
+            f"{ckpt} is a direct-force fairchem model: it has no virial for the whole-system call; use it "
+            "through AllScAIPCalculator, or export the conserving checkpoint"
+        )
+    model = model.to(args.device)
+    sha = checkpoint_hash(ckpt)
+    meta = fairchem_metadata(model, args.dtype, args.device, sha, source.backbone, args.fairchem_task)
+    meta.update(checkpoint_hash=sha, source_checkpoint=ckpt.name, weights="raw" if args.raw_weights else "ema")
+    log(f"converted fairchem {ckpt} (sha256 {sha[:12]}...): task {args.fairchem_task}, {meta['weights']} weights")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_fairchem_torchscript(model, out, meta)
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    if args.no_verify:
+        return 0
+    call, meta_back = load_torchscript(out, device=args.device)
+    return 0 if verify(call, model, meta_back, args.device, reference=fairchem_reference) else 1
 
 
 def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {ckpt} does not exist" if not ckpt.exists() else f"{ckpt} is not a file")
+    if is_fairchem_checkpoint(ckpt):
+        return run_fairchem(args, ckpt)
     if ckpt.suffix.lower() in (".pt", ".pt2"):
         raise UsageError(
             f"{ckpt} is an exported model ({ckpt.suffix}), not a training checkpoint; give the .ckpt it was "

@@ -31,6 +31,7 @@ from allscaip.engines.ase_calculator import AllScAIPCalculator, check_device
 from allscaip.neighbors import system_encoding_pairs, system_neighbor_pairs
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # also re-exported
+from allscaip_export.fairchem_torchscript import ExportedFairchemAllScAIP, fairchem_metadata
 from allscaip_export.metadata import build_metadata, dumps
 from allscaip_export.torchscript import ExportedAllScAIP
 
@@ -117,8 +118,13 @@ def _load_uncached(path: Path, device: str, dtype: Optional[str]) -> LoadedModel
     else:
         eager = calc._eager
         dt = "float64" if calc.dtype == torch.float64 else "float32"
-        metadata = build_metadata(eager, dt, str(calc.device), "checkpoint")
-        module = ExportedAllScAIP(eager.eval(), dumps(metadata))
+        if calc._fairchem is not None:  # a fairchem checkpoint (docs/fairchem.md): its own wrapper
+            metadata = fairchem_metadata(eager, dt, str(calc.device), "", {}, calc.fairchem_task)
+            metadata["format"] = "checkpoint"
+            module = ExportedFairchemAllScAIP(eager.eval(), dumps(metadata))
+        else:
+            metadata = build_metadata(eager, dt, str(calc.device), "checkpoint")
+            module = ExportedAllScAIP(eager.eval(), dumps(metadata))
         kind = "checkpoint"
     return LoadedModel(
         path=path,

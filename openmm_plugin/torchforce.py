@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE, min_distance_of_model
 from allscaip_export.metadata import dumps
-from allscaip_export.torchscript import ExportedAllScAIP, load_torchscript
+from allscaip_export.torchscript import load_torchscript
 from allscaip_openmm.forces import (
     ANGSTROM_PER_NM,
     EV_TO_KJ_PER_MOL,
@@ -255,7 +255,8 @@ def _scripted_model(model_path: str | os.PathLike, device: str, dtype: Optional[
     if loaded.kind == "torchscript":
         module, _ = load_torchscript(loaded.path, device=str(loaded.device))  # own copy
     elif loaded.kind == "checkpoint":
-        module = torch.jit.script(ExportedAllScAIP(loaded.eager.eval(), dumps(loaded.metadata)))
+        # the loaded wrapper's class: ExportedAllScAIP, or ExportedFairchemAllScAIP for fairchem checkpoints
+        module = torch.jit.script(type(loaded.module)(loaded.eager.eval(), dumps(loaded.metadata)))
     else:
         raise ValueError(
             f"{loaded.path.name} is an AOTInductor package; a TorchForce module needs a TorchScript "

@@ -1,5 +1,6 @@
 """ASE calculator for allscaip models: checkpoints (.ckpt), TorchScript (.pt) and
-AOTInductor packages (.pt2) alike."""
+AOTInductor packages (.pt2) alike, and fairchem AllScAIP inference checkpoints (detected by content;
+docs/fairchem.md)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from allscaip.checkpoint import load_model
+from allscaip.checkpoint_fairchem import is_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
+from allscaip.model.fairchem_load import fairchem_model
 from allscaip.neighbors import whole_system_inputs
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip_export.aoti import load_aoti
@@ -35,8 +38,10 @@ def check_device(device: str) -> torch.device:
 class AllScAIPCalculator(Calculator):
     """Energy, forces, stress and per-atom energies from an allscaip model.
 
-    ``model``: path to a checkpoint (``.ckpt``), an exported TorchScript file (``.pt``) or an
-    AOTInductor package (``.pt2``). Total charge and spin multiplicity are read from
+    ``model``: path to a checkpoint (``.ckpt``), an exported TorchScript file (``.pt``), an
+    AOTInductor package (``.pt2``) or a fairchem AllScAIP inference checkpoint (recognised by its
+    content whatever its suffix; ``fairchem_task`` picks its normalisers and element references,
+    ``dtype`` applies; it has no per-element list, so every element of its tables is accepted). Total charge and spin multiplicity are read from
     ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
     Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
     checkpoints. A TorchScript export with a node encoding runs through its staged methods with
@@ -59,6 +64,7 @@ class AllScAIPCalculator(Calculator):
         dtype: str = "float64",
         min_distance: Optional[float] = None,
         recompute: bool = False,
+        fairchem_task: str = "omol",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,7 +85,18 @@ class AllScAIPCalculator(Calculator):
                 f"recompute=True applies to checkpoints (.ckpt), not to the export {path.name}; "
                 "load the checkpoint it was exported from, or leave recompute off"
             )
-        if suffix == ".pt":
+        #: the converted fairchem model when ``model`` is a fairchem checkpoint, else None
+        self._fairchem = None
+        #: the fairchem task whose normalisers and element references a fairchem checkpoint uses
+        self.fairchem_task = fairchem_task
+        if is_fairchem_checkpoint(path):
+            if recompute:
+                raise ValueError(
+                    f"recompute=True applies to allscaip checkpoints, not to the fairchem file {path.name}"
+                )
+            self._fairchem = fairchem_model(path, task=fairchem_task, dtype=self.dtype).to(self.device)
+            self._eager = self._fairchem
+        elif suffix == ".pt":
             self._module, self.metadata = load_torchscript(path, device=str(self.device))
             self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
             if runs_staged(self._module):  # node encoding: blocked attention, memory linear in atoms
@@ -92,9 +109,10 @@ class AllScAIPCalculator(Calculator):
             self._eager.eval()
             self._eager.recompute = "layers" if recompute else "none"
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
-        self.elements: List[int] = (
-            list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)
-        )
+        if self._fairchem is not None:
+            self.elements: List[int] = self._fairchem.known_elements()
+        else:
+            self.elements = list(self.metadata["atomic_numbers"]) if self.metadata else list(self._eager.cfg.elements)
         if min_distance is not None and not min_distance >= 0:
             raise ValueError(
                 f"min_distance must be a distance >= 0 in Å (0 turns the check off) or None for the model's, "
@@ -124,7 +142,9 @@ class AllScAIPCalculator(Calculator):
         where = f"AllScAIPCalculator({self.path.name})"
         check_min_distance(atoms.positions, atoms.cell.array, atoms.pbc, self.min_distance, where, "atoms (0-based)")
         periodic = bool(np.all(atoms.pbc))
-        if self._eager is not None:
+        if self._fairchem is not None:
+            energy, forces, energies, stress = self._fairchem_results(atoms, periodic)
+        elif self._eager is not None:
             batch = atoms_to_batch([atoms], dtype=self.dtype).to(self.device)
             out = compute_properties(self._eager, batch, forces=True, stress=periodic)
             energy = out["energy"][0]
@@ -145,3 +165,18 @@ class AllScAIPCalculator(Calculator):
         self.results["energies"] = energies.detach().cpu().double().numpy()
         if stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress.detach().cpu().double().numpy())
+
+    def _fairchem_results(self, atoms, periodic: bool):
+        """(energy, forces, per-atom energies, stress or None) of the converted fairchem model; stress
+        only from a conserving model (a direct-force model has none)."""
+        dev = self.device
+        out = self._fairchem(
+            torch.as_tensor(atoms.positions, dtype=self.dtype, device=dev),
+            torch.as_tensor(atoms.numbers, device=dev),
+            torch.as_tensor(atoms.cell.array, dtype=self.dtype, device=dev),
+            torch.as_tensor(atoms.pbc, device=dev),
+            charge=int(atoms.info.get("charge", 0)),
+            spin=int(atoms.info.get("spin", 1)),
+            compute_stress=periodic and not self._fairchem.direct_forces,
+        )
+        return out.energy, out.forces, out.energies, out.stress
