@@ -38,7 +38,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from allscaip.config import ModelConfig
-from allscaip.model.block import AllScAIPLayer
+from allscaip.model.block import LOCAL_RECOMPUTE_ROWS, AllScAIPLayer, recomputed_local
 from allscaip.model.core_repulsion import core_repulsion_energy
 from allscaip.model.layers import FeedForward, RMSNorm, per_system_attention
 from allscaip.model.legacy_distance_bias import MIN_ATTENTION_WEIGHT, distance_bias_freqs, minimum_image_sinc_bias
@@ -169,6 +169,7 @@ class AllScAIP(nn.Module):
         # "layers": outside training, each block's activations are recomputed in the backward
         # instead of kept (activation checkpointing; see recomputed_layer)
         self.recompute = "none"
+        self.recompute_rows = LOCAL_RECOMPUTE_ROWS  # centres per recomputed slice of a local stage
         if self.use_encoding:
             std = ENCODING_INIT_STD / math.sqrt(cfg.encoding_freqs)
             self.encoding_weights = nn.Parameter(torch.randn(cfg.layers, cfg.encoding_freqs, cfg.heads) * std)
@@ -420,8 +421,9 @@ class AllScAIP(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`AllScAIP.layer` under activation checkpointing: the forward keeps only the block's
         inputs, and the force backward runs the block again to get what it needs, one block at a
-        time. Peak memory falls from all blocks' activations to one block's, for one more forward
-        per block. Eager inference only (``model.recompute = "layers"``; the training double backward
+        time, its local stage once more in slices of ``recompute_rows`` centres
+        (:func:`allscaip.model.block.recomputed_local`). Peak memory falls from all blocks'
+        activations to one slice's, for about two more forward passes of the local stage. Eager inference only (``model.recompute = "layers"``; the training double backward
         and the scripted export keep the stored activations, and TorchScript never compiles this)."""
         return torch.utils.checkpoint.checkpoint(
             self.layer, i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system, use_reentrant=False
@@ -445,7 +447,15 @@ class AllScAIP(nn.Module):
         # TorchScript indexes a ModuleList with literals only: find block i by iterating
         for j, block in enumerate(self.blocks):
             if j == i:
-                nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
+                sliced = False
+                if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+                    if self.recompute != "none" and not self.training and torch.is_grad_enabled():
+                        nodes, edges = recomputed_local(
+                            block, nodes, edges, geometry.index, geometry.legendre_p, geometry.bias, self.recompute_rows
+                        )
+                        sliced = True
+                if not sliced:
+                    nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
                 if not self.node_attention:
                     return block.node_ffn_only(nodes), edges
                 q, k, v = block.global_project(nodes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from allscaip.config import ModelConfig
@@ -49,14 +50,17 @@ class AllScAIPLayer(nn.Module):
         index: torch.Tensor,
         legendre_p: torch.Tensor,
         bias: torch.Tensor,
+        first: int = 0,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H])."""
+        """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H]).
+        The centres are rows ``first .. first + Nc`` of ``nodes_all`` (engines put them first; a
+        slice of centres, :func:`recomputed_local`, starts further on)."""
         nc = index.shape[0]
         valid = torch.isfinite(bias[:, 1:])
         tok_index, pad_pos = token_layout(valid)
         n_edges = edges.shape[0]
         is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
-        tokens = torch.cat([nodes_all[:nc], edges], 0)  # [Nc + E, H]: self tokens first
+        tokens = torch.cat([nodes_all[first : first + nc], edges], 0)  # [Nc + E, H]: self tokens first
         out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
         tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
         # messages from the neighbours' node states (zero for the self tokens)
@@ -87,3 +91,44 @@ class AllScAIPLayer(nn.Module):
 
     def node_ffn_only(self, nodes: torch.Tensor) -> torch.Tensor:
         return nodes + self.scale_node_ffn * self.node_ffn(self.norm_node_ffn(nodes))
+
+
+LOCAL_RECOMPUTE_ROWS = 128
+"""Centres per slice of :func:`recomputed_local`: the neighbour stage of 128 centres with 30
+neighbours at hidden 256 holds about 0.25 GB of activations, small next to a large system's
+stored edge states, and slices of 128 rows keep the per-slice overhead negligible."""
+
+
+def recomputed_local(
+    block: AllScAIPLayer,
+    nodes_all: torch.Tensor,
+    edges: torch.Tensor,
+    index: torch.Tensor,
+    legendre_p: torch.Tensor,
+    bias: torch.Tensor,
+    rows: int = LOCAL_RECOMPUTE_ROWS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``block.local`` in slices of ``rows`` centres, each under activation checkpointing, so the
+    backward holds one slice's activations at a time. The neighbour stage of a centre reads only
+    its own edges (a contiguous range, edges being in row-major (centre, slot) order) and the node
+    states of all atoms, so slices are independent and their results concatenate exactly. Eager
+    only (called where the TorchScript compiler does not look)."""
+    nc = index.shape[0]
+    edge_ends = [0] + torch.cumsum(torch.isfinite(bias[:, 1:]).sum(1), 0).tolist()
+    node_parts, edge_parts = [], []
+    for c0 in range(0, nc, rows):
+        c1 = min(nc, c0 + rows)
+        lp = legendre_p[:, c0:c1] if legendre_p.numel() > 0 else legendre_p
+        n, e = torch.utils.checkpoint.checkpoint(
+            block.local,
+            nodes_all,
+            edges[edge_ends[c0] : edge_ends[c1]],
+            index[c0:c1],
+            lp,
+            bias[c0:c1],
+            c0,
+            use_reentrant=False,
+        )
+        node_parts.append(n)
+        edge_parts.append(e)
+    return torch.cat(node_parts), torch.cat(edge_parts)
