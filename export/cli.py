@@ -3,6 +3,8 @@
     allscaip-export CHECKPOINT [-o OUT] [--format torchscript|aoti]
                     [--dtype float64|float32] [--device cpu|cuda] [--no-verify]
 
+(dtype default: float64 on cpu, float32 on cuda)
+
 A fairchem AllScAIP inference checkpoint (recognised by content, whatever its suffix) is converted
 (allscaip.model.fairchem_allscaip) and exported to TorchScript (``--fairchem-task``, default omol;
 output default ``<name>.allscaip.pt``); see docs/fairchem.md.
@@ -28,6 +30,7 @@ from ase import Atoms
 from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
 from allscaip.checkpoint_fairchem import FairchemCheckpointError, is_fairchem_checkpoint, read_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
+from allscaip.dtypes import default_dtype_name
 from allscaip.model import compute_properties
 from allscaip.model.evaluate import UnknownElementError
 from allscaip.model.fairchem_load import fairchem_model_from_checkpoint
@@ -197,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="training checkpoint (.ckpt)")
     p.add_argument("-o", "--output", help="output file (default: the checkpoint path with .pt / .pt2)")
     p.add_argument("--format", choices=sorted(SUFFIX), default="torchscript", help="default: torchscript")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="default: float64")
+    p.add_argument(
+        "--dtype", choices=["float64", "float32"], default=None, help="default: float64 on cpu, float32 on cuda"
+    )
     p.add_argument(
         "--device",
         choices=["cpu", "cuda"],
@@ -321,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dtype is None:
+        args.dtype = default_dtype_name(args.device)
     try:
         return run(args)
     except UsageError as err:

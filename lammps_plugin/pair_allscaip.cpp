@@ -37,6 +37,8 @@
 #include "update.h"
 #include "utils.h"
 
+#include <torch/cuda.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -138,6 +140,10 @@ void PairAllscaip::settings(int narg, char **arg)
   } catch (const allscaip::ModelError &e) {
     error->all(FLERR, "pair_style allscaip: {}", e.what());
   }
+  // `device cuda`: one GPU per rank by node-local rank (cuda:N names one for every rank)
+  if (new_device == "cuda")
+    new_device = allscaip::device_for_rank(new_device, allscaip::node_ranks(world).local_rank,
+                                           static_cast<int>(torch::cuda::device_count()));
   // a model loaded for another device must be loaded again by a new pair_coeff
   if (model && new_device != device_name) {
     model.reset();

@@ -67,7 +67,7 @@ _CACHE_LOCK = threading.Lock()
 def load_model(model_path: str | os.PathLike, device: str = "cpu", dtype: Optional[str] = None) -> LoadedModel:
     """Load an allscaip model file through :class:`AllScAIPCalculator`'s loading logic.
 
-    ``dtype`` applies to checkpoints only (default float64); exported artefacts compute in
+    ``dtype`` applies to checkpoints only (default float64 on cpu, float32 on cuda); exported artefacts compute in
     the dtype they were exported with. Results are cached per (file, mtime, device, dtype),
     so building several Systems (or unpickling a serialized PythonForce) loads the file once.
     Raises ``FileNotFoundError`` for a missing file and :class:`NotAnAllScAIPModelError`
@@ -94,7 +94,7 @@ def _load_uncached(path: Path, device: str, dtype: Optional[str]) -> LoadedModel
         "an AOTInductor .pt2 package, or a training checkpoint .ckpt)"
     )
     try:
-        calc = AllScAIPCalculator(path, device=device, dtype=dtype or "float64")
+        calc = AllScAIPCalculator(path, device=device, dtype=dtype)  # None: float64 on cpu, float32 on cuda
     except ModuleNotFoundError as err:
         # a missing allscaip submodule (e.g. checkpoint or AOTI support) is not the file's fault
         if err.name and err.name.startswith(("allscaip", "allscaip_export")):

@@ -16,7 +16,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from allscaip.checkpoint import load_model
 from allscaip.checkpoint_fairchem import is_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
-from allscaip.dtypes import DTYPES, dtype_from_name
+from allscaip.dtypes import DTYPES, default_dtype_name, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
 from allscaip.model.fairchem_load import fairchem_model
@@ -44,7 +44,7 @@ class AllScAIPCalculator(Calculator):
     ``dtype`` applies; it has no per-element list, so every element of its tables is accepted). Total charge and spin multiplicity are read from
     ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
     Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
-    checkpoints. A TorchScript export with a node encoding runs through its staged methods with
+    checkpoints (default float64 on the CPU, float32 on a GPU). A TorchScript export with a node encoding runs through its staged methods with
     the blocked attention (:mod:`allscaip_export.staged_whole_system`), so its memory is linear in
     atoms like the checkpoint's. ``min_distance`` (Å): two atoms closer than this raise
     :class:`allscaip.result_checks.AtomsTooCloseError`; None takes the model's own (a fraction of
@@ -61,7 +61,7 @@ class AllScAIPCalculator(Calculator):
         self,
         model: str | Path,
         device: str = "cpu",
-        dtype: str = "float64",
+        dtype: Optional[str] = None,
         min_distance: Optional[float] = None,
         recompute: bool = False,
         fairchem_task: str = "omol",
@@ -73,7 +73,7 @@ class AllScAIPCalculator(Calculator):
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"model file {path} does not exist")
-        self.dtype = dtype_from_name(dtype)
+        self.dtype = dtype_from_name(dtype if dtype is not None else default_dtype_name(device))
         self.device = check_device(device)
         self.path = path
         self._eager = None
