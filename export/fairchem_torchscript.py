@@ -4,11 +4,13 @@ like our own exports (docs/fairchem.md).
 
 The module takes the usual eight inputs; the neighbour list (metadata ``cutoff``) must reach the
 model's ``pair_cutoff`` (fairchem's cutoff plus the soft rank's reach, 6.8 Å for the published
-models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem_graph). It has no
-domain-decomposition methods: fairchem's
-destination attention needs the edge states of ghost sources, which the staged interface does not
-carry, so multi-rank LAMMPS cannot run it. Conserving models only: a direct-force model has no
-virial for the whole-system call to return.
+models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem_graph). Its
+domain-decomposition stages are the submodule ``stages``
+(:class:`allscaip.model.fairchem_staged.FairchemStages`: fairchem's destination attention moves edge
+tokens between ranks, so they are not our models' ``dd_*`` interface; executable specification
+:mod:`allscaip_export.fairchem_dd_reference`); the LAMMPS plugin does not call them yet and runs the
+model on one MPI rank. Conserving models only: a direct-force model has no virial for the
+whole-system call to return.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from torch import nn
 
 import allscaip
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
+from allscaip.model.fairchem_staged import FairchemStages
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE
 from allscaip_export.metadata import INTERFACE_VERSION, WHOLE_SYSTEM_INPUTS, WHOLE_SYSTEM_OUTPUTS, dumps
 
 NO_STAGES = (
-    "a converted fairchem AllScAIP has no staged (domain-decomposition) interface: its destination attention "
-    "needs the edge states of ghost sources; run it on one process (LAMMPS: one MPI rank)"
+    "a converted fairchem AllScAIP has not our models' staged (dd_*) interface: its destination attention moves "
+    "edge tokens between ranks (its stages are the submodule 'stages'); run it on one process (LAMMPS: one MPI rank)"
 )
 PAIRS_NOTE = (
     "edge_index/cell_shifts: the full neighbour list within 'cutoff', which is fairchem's cutoff plus the soft "
@@ -47,6 +50,9 @@ class ExportedFairchemAllScAIP(nn.Module):
                 "export the conserving checkpoint, or use the direct one through AllScAIPCalculator"
             )
         self.model = model
+        #: the staged (domain-decomposition) evaluation, sharing the model's weights (docs/fairchem.md,
+        #: *Multi-rank evaluation*; specification: allscaip_export.fairchem_dd_reference)
+        self.stages = FairchemStages(model)
         self.metadata_json: str = metadata_json
         self.no_stages: str = NO_STAGES
         # the attributes engines check against the metadata (lammps_plugin/allscaip_model.cpp)
