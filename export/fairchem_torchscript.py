@@ -8,8 +8,8 @@ models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem
 domain-decomposition stages are the submodule ``stages``
 (:class:`allscaip.model.fairchem_staged.FairchemStages`: fairchem's destination attention moves edge
 tokens between ranks, so they are not our models' ``dd_*`` interface; executable specification
-:mod:`allscaip_export.fairchem_dd_reference`); the LAMMPS plugin does not call them yet and runs the
-model on one MPI rank. Conserving models only: a direct-force model has no virial for the
+:mod:`allscaip_export.fairchem_dd_reference`); the metadata's ``staged_interface: "fairchem"`` tells
+the LAMMPS plugin to run them, on any number of MPI ranks. Conserving models only: a direct-force model has no virial for the
 whole-system call to return.
 """
 
@@ -39,6 +39,11 @@ PAIRS_NOTE = (
 )
 
 
+def staged(model: FairchemAllScAIP) -> bool:
+    """Whether the staged (multi-rank) evaluation supports ``model``: md, i.e. no frequency or sinc mask."""
+    return len(model.frequency_list) == 0 and model.sinc_frequencies == 0
+
+
 class ExportedFairchemAllScAIP(nn.Module):
     """Engine-facing whole-system wrapper of a conserving :class:`FairchemAllScAIP` (TorchScript)."""
 
@@ -52,7 +57,8 @@ class ExportedFairchemAllScAIP(nn.Module):
         self.model = model
         #: the staged (domain-decomposition) evaluation, sharing the model's weights (docs/fairchem.md,
         #: *Multi-rank evaluation*; specification: allscaip_export.fairchem_dd_reference)
-        self.stages = FairchemStages(model)
+        #: None for sm models (frequency or sinc mask): one process only
+        self.stages = FairchemStages(model) if staged(model) else None
         self.metadata_json: str = metadata_json
         self.no_stages: str = NO_STAGES
         # the attributes engines check against the metadata (lammps_plugin/allscaip_model.cpp)
@@ -91,9 +97,9 @@ class ExportedFairchemAllScAIP(nn.Module):
         energy, energies = out.energy.detach().to(dtype), out.energies.detach().to(dtype)
         return energy, out.forces.detach().to(dtype), virial.detach().to(dtype), energies
 
-    # The staged (domain-decomposition) methods exist so that engines which look them up at load time
-    # (the LAMMPS plugin) accept the file; its metadata says supports_domain_decomposition: false, so
-    # they run it through forward on one process and never call these.
+    # Our models' staged methods exist so that engines which look them up at load time (the LAMMPS
+    # plugin) accept the file; its metadata says staged_interface: "fairchem", so they call the
+    # submodule 'stages' instead and never these.
     @torch.jit.export
     def dd_prepare(
         self,
@@ -162,7 +168,10 @@ def fairchem_metadata(
         "charge_spin": True,
         "core_radius": {},
         "min_distance": DEFAULT_MIN_DISTANCE,
-        "supports_domain_decomposition": False,
+        # md models: engines run the submodule 'stages', not the dd_* methods
+        # (lammps_plugin/allscaip_fairchem_staged.cpp); sm models: one process only
+        "supports_domain_decomposition": staged(model),
+        "staged_interface": "fairchem",
         "units": {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom", "virial": "eV"},
         "dtype": dtype,
         "device": device,
