@@ -104,7 +104,10 @@ StagedResult evaluate_fairchem_staged(Model &model, const NeighborLayout &layout
     tokens = call("node_finish", {layer, tokens, qkv[0], kv[0], kv[1]}).toTensor();
   }
   torch::Tensor energies = call("readout", {tokens, numbers_c, natoms}).toTensor();
-  torch::Tensor e_rank = energies.sum();
+  // + 0 x the candidate distances: on a rank that owns no atoms nothing else ties them to the
+  // energy, and their exchange must run backward on every rank (its +inf padding left out)
+  torch::Tensor e_rank =
+      energies.sum() + 0.0 * torch::where(torch::isfinite(top_all), top_all, torch::zeros_like(top_all)).sum();
   auto grads = torch::autograd::grad({e_rank}, {vec}, {}, false, false, true);
 
   // each communication once per evaluation or per layer, forward and backward (docs/fairchem.md)

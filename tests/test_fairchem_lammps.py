@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from lammps_harness import activated_env, assert_rel, lammps_input, run_lammps, single_point, write_data
+from lammps_harness import (
+    _cluster_in_big_box,
+    activated_env,
+    assert_rel,
+    lammps_input,
+    run_lammps,
+    single_point,
+    write_data,
+)
 
 from allscaip.model.fairchem_load import fairchem_model
 from allscaip_export.cli import main as export_main
@@ -60,6 +68,20 @@ def rattled_water(workdir: Path) -> Atoms:
     return write_data(atoms, workdir / "data.lmp")
 
 
+def python_reference(atoms: Atoms):
+    """Energy, forces, virial (LAMMPS's six components) of the whole-system Python model, float64."""
+    model = fairchem_model(FIXTURE / "allscaip_md_conserving.pt", dtype=torch.float64)
+    ref = model(
+        torch.tensor(atoms.positions),
+        torch.tensor(atoms.numbers),
+        torch.tensor(np.array(atoms.cell)),
+        torch.tensor(atoms.pbc),
+        compute_stress=True,
+    )
+    w = ref.virial.numpy()
+    return float(ref.energy), ref.forces.numpy(), np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
+
+
 def test_ranks_equal_one_rank_and_the_python_model(exported, tmp_path):
     """Slabs of 9.3 and 6.2 Å (2 and 3 ranks along x): edges, destination rows and node attention
     cross ranks; charge and spin default (0, multiplicity 1) as in the Python call."""
@@ -70,21 +92,24 @@ def test_ranks_equal_one_rank_and_the_python_model(exported, tmp_path):
         workdir = tmp_path / f"np{nprocs}"
         script = lammps_input(tmp_path / "data.lmp", exported, processors=f"{nprocs} 1 1", per_atom_virial=False)
         got[nprocs] = single_point(run_lammps(env, workdir, script, nprocs=nprocs), workdir)
-    model = fairchem_model(FIXTURE / "allscaip_md_conserving.pt", dtype=torch.float64)
-    ref = model(
-        torch.tensor(atoms.positions),
-        torch.tensor(atoms.numbers),
-        torch.tensor(np.array(atoms.cell)),
-        torch.tensor([True, True, True]),
-        compute_stress=True,
-    )
-    w = ref.virial.numpy()
-    voigt = np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
+    energy, forces, voigt = python_reference(atoms)
     for nprocs in (1, 2, 3):
-        assert_rel(got[nprocs]["energy"], float(ref.energy), RANK_INDEPENDENCE, f"energy on {nprocs} ranks")
-        assert_rel(got[nprocs]["forces"], ref.forces.numpy(), RANK_INDEPENDENCE, f"forces on {nprocs} ranks")
+        assert_rel(got[nprocs]["energy"], energy, RANK_INDEPENDENCE, f"energy on {nprocs} ranks")
+        assert_rel(got[nprocs]["forces"], forces, RANK_INDEPENDENCE, f"forces on {nprocs} ranks")
         assert_rel(got[nprocs]["virial"], voigt, RANK_INDEPENDENCE, f"virial on {nprocs} ranks")
         assert_rel(got[nprocs]["energies"], got[1]["energies"], RANK_INDEPENDENCE, f"energies on {nprocs} ranks")
+
+
+def test_ranks_without_atoms(exported, tmp_path):
+    """Three waters near x = 3 Å of a 24 Å box on `processors 4 1 1`: two ranks own no atom and must
+    still run every communication (forward and backward) in step with the others."""
+    atoms = write_data(_cluster_in_big_box(), tmp_path / "cluster.lmp")
+    script = lammps_input(tmp_path / "cluster.lmp", exported, processors="4 1 1", per_atom_virial=False)
+    got = single_point(run_lammps(activated_env(), tmp_path, script, nprocs=4), tmp_path)
+    energy, forces, voigt = python_reference(atoms)
+    assert_rel(got["energy"], energy, RANK_INDEPENDENCE, "energy")
+    assert_rel(got["forces"], forces, RANK_INDEPENDENCE, "forces")
+    assert_rel(got["virial"], voigt, RANK_INDEPENDENCE, "virial")
 
 
 def test_sm_model_on_two_ranks_is_refused(tmp_path):

@@ -45,15 +45,19 @@ from allscaip.model.fairchem_graph import (
     safe_norm,
 )
 
-ROW_MATCH_TOLERANCE = 1e-6
+ROW_MATCH_TOLERANCE = 1e-3
 """Å: an owned atom's candidate vector and a descriptor's edge vector name the same edge when they
-differ by less than this. Ranks compute one vector from different images to about 1e-14 Å, and two
-distinct atoms are never this close, so the match is exact and unique."""
+differ by less than this. Ranks compute one vector from different images: equal to ~1e-14 Å in
+float64, to one float32 rounding (~1e-6 Å on a 7 Å vector) in float32; distinct atoms are never
+this close (engines stop at their minimum distance, 0.1 Å or more), so the match is unique."""
 
-LISTED_RELATIVE_TOLERANCE = 1e-12
+LISTED_RELATIVE_TOLERANCE = 1e-6
 """An edge counts as among its destination's ``k + 20`` nearest when its length is at most the
 destination's ``(k + 20)``-th distance (computed by that atom's owner) times ``1 +`` this: the two
-ranks round the same length differently."""
+ranks round the same length differently (float32 included). Only a candidate within this of that
+boundary distance, i.e. a tie, is affected, and such an edge is dropped either way (soft rank
+above ``k``, ``x > 1``) unless most of its ``k + 20`` nearer candidates lie within 4 rank scales of
+its own length (a dense shell)."""
 
 
 def _key_bias(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
