@@ -30,7 +30,7 @@ token moved once each way per layer. The calls, with the communications between 
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,11 @@ ranks round the same length differently (float32 included). Only a candidate wit
 boundary distance, i.e. a tie, is affected, and such an edge is dropped either way (soft rank
 above ``k``, ``x > 1``) unless most of its ``k + 20`` nearer candidates lie within 4 rank scales of
 its own length (a dense shell)."""
+
+
+MATCH_BLOCK_ROWS = 256
+"""Owned rows whose candidates are matched against the descriptors at once: bounds that step's
+memory to 256 · Kc · W · 4 values (about 40 MB for md in water) whatever the rank's atom count."""
 
 
 def _key_bias(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -95,6 +100,7 @@ class FairchemStages(nn.Module):
         self.pair_cutoff: float = float(model.pair_cutoff)
         self.match_tolerance: float = ROW_MATCH_TOLERANCE
         self.listed_tolerance: float = LISTED_RELATIVE_TOLERANCE
+        self.match_block_rows: int = MATCH_BLOCK_ROWS
 
     @torch.jit.export
     def nearest(self, vec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -189,12 +195,20 @@ class FairchemStages(nn.Module):
         all-atom token rows, key bias ``[Nc, D]``, -inf on padding; slot 0 = own self loop).
         ``desc_all [Na, W, 4]``: every atom's row descriptor (ghosts: their owner's)."""
         nc = vec.shape[0]
-        # the edge index[j, c] -> j is kept by its source when its row holds the vector x_j - x_source
-        row_desc = desc_all[index]
-        gap = (row_desc[..., :3] + vec.detach()[:, :, None, :]).abs().amax(-1)
-        match = (gap < self.match_tolerance) & (row_desc[..., 3] > 0.5) & mask[..., None]
-        found = match.any(-1)
-        slot = match.to(torch.int64).argmax(-1)
+        # the edge index[j, c] -> j is kept by its source when its row holds the vector x_j - x_source;
+        # compared in blocks of rows: [block, Kc, W, 4] at a time instead of [Nc, Kc, W, 4]
+        found_blocks: List[torch.Tensor] = []
+        slot_blocks: List[torch.Tensor] = []
+        target = vec.detach()
+        for start in range(0, nc, self.match_block_rows):
+            stop = min(start + self.match_block_rows, nc)
+            row_desc = desc_all[index[start:stop]]
+            gap = (row_desc[..., :3] + target[start:stop, :, None, :]).abs().amax(-1)
+            match = (gap < self.match_tolerance) & (row_desc[..., 3] > 0.5) & mask[start:stop, :, None]
+            found_blocks.append(match.any(-1))
+            slot_blocks.append(match.to(torch.int64).argmax(-1))
+        found = torch.cat(found_blocks) if nc > 0 else mask
+        slot = torch.cat(slot_blocks) if nc > 0 else index
         count = found.sum(1)
         depth = int(count.max()) if nc > 0 else 0
         order = torch.argsort((~found).to(torch.int64), dim=1, stable=True)[:, :depth]
