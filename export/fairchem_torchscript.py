@@ -4,11 +4,13 @@ like our own exports (docs/fairchem.md).
 
 The module takes the usual eight inputs; the neighbour list (metadata ``cutoff``) must reach the
 model's ``pair_cutoff`` (fairchem's cutoff plus the soft rank's reach, 6.8 Å for the published
-models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem_graph). It has no
-domain-decomposition methods: fairchem's
-destination attention needs the edge states of ghost sources, which the staged interface does not
-carry, so multi-rank LAMMPS cannot run it. Conserving models only: a direct-force model has no
-virial for the whole-system call to return.
+models), from which it builds fairchem's soft-kNN graph (allscaip.model.fairchem_graph). Its
+domain-decomposition stages are the submodule ``stages``
+(:class:`allscaip.model.fairchem_staged.FairchemStages`: fairchem's destination attention moves edge
+tokens between ranks, so they are not our models' ``dd_*`` interface; executable specification
+:mod:`allscaip_export.fairchem_dd_reference`); the metadata's ``staged_interface: "fairchem"`` tells
+the LAMMPS plugin to run them, on any number of MPI ranks. Conserving models only: a direct-force model has no virial for the
+whole-system call to return.
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ from torch import nn
 
 import allscaip
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
+from allscaip.model.fairchem_staged import FairchemStages
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE
 from allscaip_export.metadata import INTERFACE_VERSION, WHOLE_SYSTEM_INPUTS, WHOLE_SYSTEM_OUTPUTS, dumps
 
 NO_STAGES = (
-    "a converted fairchem AllScAIP has no staged (domain-decomposition) interface: its destination attention "
-    "needs the edge states of ghost sources; run it on one process (LAMMPS: one MPI rank)"
+    "a converted fairchem AllScAIP has not our models' staged (dd_*) interface: its destination attention moves "
+    "edge tokens between ranks (its stages are the submodule 'stages'); run it on one process (LAMMPS: one MPI rank)"
 )
 PAIRS_NOTE = (
     "edge_index/cell_shifts: the full neighbour list within 'cutoff', which is fairchem's cutoff plus the soft "
     "rank's reach (fairchem_cutoff + 4 * knn_sigmoid_scale); the model builds fairchem's soft-kNN graph from it"
 )
+
+
+def staged(model: FairchemAllScAIP) -> bool:
+    """Whether the staged (multi-rank) evaluation supports ``model``: md, i.e. no frequency or sinc mask."""
+    return len(model.frequency_list) == 0 and model.sinc_frequencies == 0
 
 
 class ExportedFairchemAllScAIP(nn.Module):
@@ -47,6 +55,10 @@ class ExportedFairchemAllScAIP(nn.Module):
                 "export the conserving checkpoint, or use the direct one through AllScAIPCalculator"
             )
         self.model = model
+        #: the staged (domain-decomposition) evaluation, sharing the model's weights (docs/fairchem.md,
+        #: *Multi-rank evaluation*; specification: allscaip_export.fairchem_dd_reference)
+        #: None for sm models (frequency or sinc mask): one process only
+        self.stages = FairchemStages(model) if staged(model) else None
         self.metadata_json: str = metadata_json
         self.no_stages: str = NO_STAGES
         # the attributes engines check against the metadata (lammps_plugin/allscaip_model.cpp)
@@ -85,9 +97,9 @@ class ExportedFairchemAllScAIP(nn.Module):
         energy, energies = out.energy.detach().to(dtype), out.energies.detach().to(dtype)
         return energy, out.forces.detach().to(dtype), virial.detach().to(dtype), energies
 
-    # The staged (domain-decomposition) methods exist so that engines which look them up at load time
-    # (the LAMMPS plugin) accept the file; its metadata says supports_domain_decomposition: false, so
-    # they run it through forward on one process and never call these.
+    # Our models' staged methods exist so that engines which look them up at load time (the LAMMPS
+    # plugin) accept the file; its metadata says staged_interface: "fairchem", so they call the
+    # submodule 'stages' instead and never these.
     @torch.jit.export
     def dd_prepare(
         self,
@@ -156,7 +168,10 @@ def fairchem_metadata(
         "charge_spin": True,
         "core_radius": {},
         "min_distance": DEFAULT_MIN_DISTANCE,
-        "supports_domain_decomposition": False,
+        # md models: engines run the submodule 'stages', not the dd_* methods
+        # (lammps_plugin/allscaip_fairchem_staged.cpp); sm models: one process only
+        "supports_domain_decomposition": staged(model),
+        "staged_interface": "fairchem",
         "units": {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom", "virial": "eV"},
         "dtype": dtype,
         "device": device,

@@ -205,6 +205,12 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
   info.supports_domain_decomposition = require_bool(root, "supports_domain_decomposition", path);
   if (const Json *v = optional(root, "node_encoding", Kind::String))
     info.node_encoding = v->get<std::string>();
+  if (const Json *v = optional(root, "staged_interface", Kind::String))
+    info.staged_interface = v->get<std::string>();
+  if (info.staged_interface != "dd" && info.staged_interface != "fairchem")
+    throw ModelError("metadata.json of " + path + ": staged_interface \"" + info.staged_interface +
+                     "\" is not known to this plugin build (dd, fairchem); rebuild the plugin from the "
+                     "allscaip version that exported the model");
   if (const Json *v = optional(root, "encoding_range", Kind::Number))
     info.encoding_range = v->get<double>();
   if (info.node_encoding != "none" && info.node_encoding != "sinc_pairs")

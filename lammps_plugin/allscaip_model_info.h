@@ -52,6 +52,9 @@ struct ModelInfo {
   bool charge_spin = true;
   bool supports_domain_decomposition = false;
   std::string node_encoding = "none";     // "none" | "sinc_pairs"
+  // "dd": our models' dd_* methods; "fairchem": a converted fairchem AllScAIP's submodule
+  // "stages" (allscaip_fairchem_staged.h)
+  std::string staged_interface = "dd";
   double encoding_range = 0.0;            // Angstrom; > 0 exactly when the model has a node encoding
   int max_charge = 0;                     // |charge| allowed (0: unknown)
   int max_spin = 0;                       // spin multiplicity allowed (0: unknown)

@@ -268,6 +268,10 @@ void PairAllscaip::init_style()
                  "whole-system call only and cannot run on {} MPI ranks; run it on 1 rank, or "
                  "export the model with allscaip-export --format torchscript for domain "
                  "decomposition", model_path, comm->nprocs);
+    if (info.staged_interface == "fairchem")
+      error->all(FLERR, "pair_style allscaip: model {} is a fairchem AllScAIP with the frequency or "
+                 "sinc mask (sm), whose staged evaluation does not exist, and cannot run on {} MPI "
+                 "ranks; run it on 1 rank, or use an md checkpoint", model_path, comm->nprocs);
     error->all(FLERR, "pair_style allscaip: model {} does not support domain decomposition{} and "
                "cannot run on {} MPI ranks; run it on 1 rank (one GPU/CPU process) or export a "
                "model without distance_bias", model_path,
@@ -317,7 +321,10 @@ void PairAllscaip::compute(int eflag, int vflag)
   if (atom->natoms == 0) return;
   torch::AutoGradMode grad_mode(true);
   try {
-    if (model->info().supports_domain_decomposition)
+    const allscaip::ModelInfo &info = model->info();
+    if (info.supports_domain_decomposition && info.staged_interface == "fairchem")
+      compute_fairchem_staged();
+    else if (info.supports_domain_decomposition)
       compute_staged();
     else
       compute_whole_system();
@@ -346,15 +353,7 @@ void PairAllscaip::build_layout()
 void PairAllscaip::compute_staged()
 {
   build_layout();
-
-  // halo buffer [nall, hidden] (capacity in doubles: a later pair_coeff may change hidden)
-  const int nall = atom->nlocal + atom->nghost;
-  if (static_cast<int64_t>(nall) * halo_cols > halo_nmax) {
-    halo_nmax = std::max<int64_t>(atom->nmax, nall) * halo_cols;
-    memory->destroy(halo);
-    memory->create(halo, halo_nmax, "pair:allscaip:halo");
-  }
-  halo_nall = nall;
+  prepare_halo();
   ghost_ctx.halo = this;
 
   const bool encoded = model->has_encoding();
@@ -368,6 +367,22 @@ void PairAllscaip::compute_staged()
   tally_energies(result.energies, torch::Tensor());
   if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);
   if (result.dE_dpair.defined() && encoding_pairs.size() > 0) tally_pair_gradients(result.dE_dpair);
+}
+
+/* ----------------------------------------------------------------------
+   halo buffer [nall, hidden] (capacity in doubles: a later pair_coeff may
+   change hidden)
+------------------------------------------------------------------------- */
+
+void PairAllscaip::prepare_halo()
+{
+  const int nall = atom->nlocal + atom->nghost;
+  if (static_cast<int64_t>(nall) * halo_cols > halo_nmax) {
+    halo_nmax = std::max<int64_t>(atom->nmax, nall) * halo_cols;
+    memory->destroy(halo);
+    memory->create(halo, halo_nmax, "pair:allscaip:halo");
+  }
+  halo_nall = nall;
 }
 
 /* ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ PairStyle(allscaip,PairAllscaip);
 #include "pair.h"
 
 #include "allscaip_comm.h"
+#include "allscaip_fairchem_staged.h"
 #include "allscaip_model.h"
 #include "allscaip_neighbors.h"
 #include "allscaip_staged.h"
@@ -86,11 +87,14 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   std::vector<int64_t> centre_tags;
   allscaip::GhostExchangeContext ghost_ctx;
   allscaip::GatherContext gather_ctx;
+  allscaip::RowCommContext row_ctx;    // fairchem models
 
   void allocate();
   void configure_threads();
   void build_layout();
   void compute_staged();
+  void compute_fairchem_staged();
+  void prepare_halo();
   void compute_whole_system();
   void tally_energies(const torch::Tensor &energies, const torch::Tensor &total);
   void build_encoding_pairs();

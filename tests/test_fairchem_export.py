@@ -56,7 +56,8 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_exported_model_in_ase_matches_fairchem(exported, dtype):
     module, meta = load_torchscript(exported[dtype])
-    assert meta["supports_domain_decomposition"] is False and meta["dtype"] == dtype
+    assert meta["supports_domain_decomposition"] is True and meta["staged_interface"] == "fairchem"
+    assert meta["dtype"] == dtype
     assert meta["weights"] == "ema" and meta["fairchem_task"] == "omol"
     calc = AllScAIPCalculator(exported[dtype])
     for name, expected in reference()["models"]["conserving"]["results"].items():
