@@ -94,6 +94,15 @@ def test_channel_frame_clears_the_path_and_keeps_the_order(val_frames):
         pair_curve.channel_frame(two_na, r)
 
 
+def test_scan_direction_is_perpendicular_to_the_pair(val_frames):
+    pair, _ = val_frames
+    _, _, u = pair_curve.pair_direction(pair)
+    v = pair_curve.scan_direction(pair)
+    assert abs(u @ v) < 1e-12 and np.linalg.norm(v) == pytest.approx(1.0)
+    frame, cl_pos = pair_curve.channel_frame(pair, [3.0, 5.0], v)
+    assert (cl_pos[1] - frame.positions[-2]) == pytest.approx(5.0 * v)
+
+
 def test_scan_of_a_coulomb_pair_and_the_edge_check(val_frames):
     pair, _ = val_frames
     r = np.arange(3.0, 6.01, 0.5)
@@ -157,7 +166,7 @@ def test_command_end_to_end_with_random_weight_models(val_frames, tmp_path):
     assert res["checks"]["ion_force_mae_ratio"] == pytest.approx(loc["ion_force_mae_meV_A"] / lr["ion_force_mae_meV_A"])
 
     # the teacher's curve: zero at the largest separation, and the first point is the teacher's own energy difference
-    frame, cl_pos = pair_curve.channel_frame(pair, [3.0, 4.25, 5.5])
+    frame, cl_pos = pair_curve.channel_frame(pair, [3.0, 4.25, 5.5], pair_curve.scan_direction(pair))
     e = []
     for p in cl_pos[[0, -1]]:
         a = frame.copy()
@@ -166,6 +175,8 @@ def test_command_end_to_end_with_random_weight_models(val_frames, tmp_path):
     teacher = res["pair"]["curves"]["teacher"]
     assert teacher[-1] == 0.0 and teacher[0] == pytest.approx(e[0] - e[1], abs=1e-9)
     assert res["pair"]["n_atoms"] == len(frame)
+    bare = res["pair"]["curves"][cli.BARE_PAIR]  # the two ions alone: attraction from 5.5 to 3 Å
+    assert bare[-1] == 0.0 and bare[0] < -1.0
 
     text = doc.read_text()
     assert "## Acceptance checks of issue 25" in text and "A note on the numbers." in text

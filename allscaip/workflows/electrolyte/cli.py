@@ -35,6 +35,7 @@ from allscaip.workflows.electrolyte import forces, pair_curve, report
 from allscaip.workflows.teacher.labelling import teacher_for_atoms
 
 EXAMPLE = Path("examples/electrolyte")
+BARE_PAIR = "teacher, ions only"  # the pair curve's reference line: no water
 #: separations of the pair scan (Å): from just past contact (2.8 Å) to short of half the 24.9 Å test box,
 #: with the receptive-field edge (8 Å) on the grid
 DEFAULT_SEPARATIONS = "3:12:1"
@@ -149,10 +150,12 @@ def evaluate(
         )
 
     source = pick_pair_frame(test_frames)
-    frame, cl_positions = pair_curve.channel_frame(source, separations)
+    frame, cl_positions = pair_curve.channel_frame(source, separations, pair_curve.scan_direction(source))
     fns = {"teacher": teacher_energy(), **{n: model_energy(c) for n, c in calcs.items()}}
     t = time.perf_counter()
     curves = pair_curve.scan(frame, cl_positions, fns)
+    # the teacher's bare pair term: the two ions alone in the same box (PME), the same positions
+    curves[BARE_PAIR] = pair_curve.scan(frame[-2:], cl_positions, {BARE_PAIR: teacher_energy()})[BARE_PAIR]
     log(f"pair scan: {len(separations)} separations x {len(fns)} in {time.perf_counter() - t:.0f} s")
     checks = {n: pair_curve.edge_check(separations, curves["teacher"], curves[n], cutoff * n_layers) for n in calcs}
     results["pair"] = {

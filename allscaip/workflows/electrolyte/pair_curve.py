@@ -1,19 +1,22 @@
 """The Na+/Cl- interaction energy against separation in a fixed water configuration.
 
 Start from a solvated ion-pair frame. The Na stays where it is and the Cl moves along a straight
-line from it (the frame's own Na->Cl direction). Every water is held fixed, except the few that
-stand in the Cl's way, which are removed once for all separations (a channel around the path), so
-that each point of the scan is the same neutral system with only the Cl displaced. The energy at
-each separation is reported relative to the largest one, for the teacher and for each model alike.
+line from it (:func:`scan_direction`: perpendicular to the frame's own Na->Cl line, so that the
+path runs through bulk water, not out of the Cl's own hydration shell, whose loss would dominate
+the curve). Every water is held fixed, except the few that stand in the Cl's way, which are
+removed once for all separations (a channel around the path), so that each point of the scan is
+the same neutral system with only the Cl displaced. The energy at each separation is reported
+relative to the largest one, for the teacher and for each model alike.
 
 In frozen water this energy is the bare Coulomb attraction of the pair (unscreened: the water
-does not reorient) plus the change of the Cl's interaction with the channel walls. A model whose
-receptive field (layers x cutoff) is shorter than the separation cannot see the first part.
+does not reorient) plus the change of the Cl's interaction with the channel walls (the
+electrostatic potential of frozen water varies by tenths of a volt from place to place). A model
+whose receptive field (layers x cutoff) is shorter than the separation cannot see the first part.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -41,6 +44,16 @@ def pair_direction(atoms: Atoms) -> tuple[int, int, np.ndarray]:
     return int(na[0]), int(cl[0]), d / np.linalg.norm(d)
 
 
+def scan_direction(atoms: Atoms) -> np.ndarray:
+    """Unit vector perpendicular to the frame's Na->Cl line: its cross product with the box axis
+    least aligned with it."""
+    _, _, u = pair_direction(atoms)
+    axis = np.zeros(3)
+    axis[int(np.argmin(np.abs(u)))] = 1.0
+    v = np.cross(u, axis)
+    return v / np.linalg.norm(v)
+
+
 def _distance_to_segment(points: np.ndarray, start: np.ndarray, end: np.ndarray, atoms: Atoms) -> np.ndarray:
     """Minimum-image distance (Å) of each point to the segment start-end (shorter than half the box)."""
     seg = end - start
@@ -49,12 +62,17 @@ def _distance_to_segment(points: np.ndarray, start: np.ndarray, end: np.ndarray,
     return np.linalg.norm(rel - t[:, None] * seg[None, :], axis=1)
 
 
-def channel_frame(atoms: Atoms, separations: Sequence[float]) -> tuple[Atoms, np.ndarray]:
-    """The frame without the waters in the Cl's path, and the Cl positions for ``separations`` (Å).
+def channel_frame(
+    atoms: Atoms, separations: Sequence[float], direction: Optional[np.ndarray] = None
+) -> tuple[Atoms, np.ndarray]:
+    """The frame without the waters in the Cl's path, and the Cl positions for ``separations`` (Å)
+    from the Na along ``direction`` (default: the frame's Na->Cl line).
 
     Waters are (O, H, H) triples in front of the ions, as the teacher writes them. Returns
     ``(frame, cl_positions [n, 3])``; the frame keeps the teacher's atom order and is neutral."""
     na, cl, u = pair_direction(atoms)
+    if direction is not None:
+        u = np.asarray(direction, dtype=float) / np.linalg.norm(direction)
     r = np.asarray(separations, dtype=float)
     half_box = 0.5 * float(np.min(atoms.cell.lengths()))
     if r.min() <= 0 or r.max() >= half_box:

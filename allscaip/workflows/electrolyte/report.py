@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 #: the issue's acceptance thresholds
 MIN_ION_MAE_RATIO = 2.0  # local ion force MAE / long-range ion force MAE, at least
 MAX_PAIR_ERROR_FRACTION = 0.10  # pair-curve error beyond the edge / teacher value at the edge, at most
-COLORS = {"teacher": "black", "local": "tab:orange", "longrange": "tab:blue"}
+COLORS = {"teacher": "black", "local": "tab:orange", "longrange": "tab:blue", "teacher, ions only": "gray"}
 
 
 def plot(results: Dict[str, Any], img_dir: Path) -> Dict[str, Path]:
@@ -46,7 +46,8 @@ def plot(results: Dict[str, Any], img_dir: Path) -> Dict[str, Path]:
     pair = results["pair"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, e in pair["curves"].items():
-        ax.plot(pair["separations_A"], e, "-" if name == "teacher" else "o-", color=COLORS.get(name), label=name)
+        style = {"teacher": "-", "teacher, ions only": "--"}.get(name, "o-")
+        ax.plot(pair["separations_A"], e, style, color=COLORS.get(name), label=name)
     ax.axvline(results["receptive_field_A"], color="gray", ls=":", label="receptive field")
     ax.set_xlabel("Na–Cl separation (Å)")
     ax.set_ylabel(f"E(r) − E({pair['separations_A'][-1]:.1f} Å) (eV)")
@@ -156,12 +157,15 @@ def markdown(results: Dict[str, Any], images: Dict[str, Path], doc: Path) -> str
         "",
         "## Na⁺/Cl⁻ interaction energy in fixed water",
         "",
-        f"From the test ion-pair frame at {pair['frame_separation_A']:.2f} Å: the Na stays, the Cl moves along the "
-        f"frame's Na→Cl line from {pair['separations_A'][0]:g} to {pair['separations_A'][-1]:g} Å, and the "
-        f"{pair['removed_waters']} waters in its path are removed (O within 3.0 Å, H within 2.1 Å of the path), "
-        f"leaving {pair['n_atoms']} atoms. All other waters stay fixed. Energies are relative to the largest "
-        "separation. Frozen water does not screen, so the teacher's curve is close to the bare Coulomb "
-        "attraction plus the Cl's changing contact with the channel wall.",
+        f"From the test ion-pair frame at {pair['frame_separation_A']:.2f} Å: the Na stays, the Cl moves from "
+        f"{pair['separations_A'][0]:g} to {pair['separations_A'][-1]:g} Å along a line perpendicular to the "
+        "frame's Na→Cl line (through bulk water, so that the Cl's loss of its own hydration shell does not "
+        f"enter), and the {pair['removed_waters']} waters in its path are removed (O within 3.0 Å, H within "
+        f"2.1 Å of the path), leaving {pair['n_atoms']} atoms. All other waters stay fixed. Energies are "
+        "relative to the largest separation. Frozen water does not screen: the teacher's curve is the bare "
+        "Coulomb + LJ attraction of the pair (dashed: the teacher with the two ions alone in the same box) plus "
+        "the change of the Cl's interaction with the channel's frozen water, which is as large, and which a "
+        "local model can see.",
         "",
         f"![pair energy against separation]({rel['pair']})",
         "",
