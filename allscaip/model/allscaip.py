@@ -167,7 +167,7 @@ class AllScAIP(nn.Module):
         self.encoding_block_elements = BLOCK_LOGITS_ELEMENTS
         self.encoding_path = "auto"  # "dense" or "blocked" force one evaluation (tests, benchmarks)
         # "layers": outside training, each block's activations are recomputed in the backward
-        # instead of kept (activation checkpointing; see recomputed_layer)
+        # instead of kept (activation checkpointing; see recomputing)
         self.recompute = "none"
         self.recompute_rows = LOCAL_RECOMPUTE_ROWS  # centres per recomputed slice of a local stage
         if self.use_encoding:
@@ -398,36 +398,34 @@ class AllScAIP(nn.Module):
         # MPI). A change here goes to all three.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
-                if self.recompute != "none" and not self.training and torch.is_grad_enabled():
-                    nodes, edges = self.recomputed_layer(
-                        i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system
+                if self.recomputing():
+                    nodes, edges = torch.utils.checkpoint.checkpoint(
+                        self.layer,
+                        i,
+                        nodes,
+                        edges,
+                        geometry,
+                        pairs,
+                        bounds,
+                        positions,
+                        cell,
+                        pbc,
+                        system,
+                        use_reentrant=False,
                     )
                     continue
             nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
         return self.readout_energy(nodes, species) + e_core
 
-    def recomputed_layer(
-        self,
-        i: int,
-        nodes: torch.Tensor,
-        edges: torch.Tensor,
-        geometry: NeighborGeometry,
-        pairs: Optional[EncodingPairs],
-        bounds: List[int],
-        positions: torch.Tensor,
-        cell: torch.Tensor,
-        pbc: torch.Tensor,
-        system: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`AllScAIP.layer` under activation checkpointing: the forward keeps only the block's
-        inputs, and the force backward runs the block again to get what it needs, one block at a
-        time, its local stage once more in slices of ``recompute_rows`` centres
-        (:func:`allscaip.model.block.recomputed_local`). Peak memory falls from all blocks'
-        activations to one slice's, for about two more forward passes of the local stage. Eager inference only (``model.recompute = "layers"``; the training double backward
-        and the scripted export keep the stored activations, and TorchScript never compiles this)."""
-        return torch.utils.checkpoint.checkpoint(
-            self.layer, i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system, use_reentrant=False
-        )
+    def recomputing(self) -> bool:
+        """Is this call under activation checkpointing (``model.recompute = "layers"``, eager
+        inference with gradients)? Then :meth:`forward` keeps only each block's inputs and the force
+        backward runs the block again, its local stage once more in slices of ``recompute_rows``
+        centres (:func:`allscaip.model.block.recomputed_local`): peak memory falls from all blocks'
+        activations to one slice's, for about two more forward passes of the local stage. The
+        training double backward and the scripted export keep the stored activations (TorchScript
+        never compiles the places that ask)."""
+        return self.recompute != "none" and not self.training and torch.is_grad_enabled()
 
     def layer(
         self,
@@ -449,7 +447,7 @@ class AllScAIP(nn.Module):
             if j == i:
                 sliced = False
                 if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
-                    if self.recompute != "none" and not self.training and torch.is_grad_enabled():
+                    if self.recomputing():
                         nodes, edges = recomputed_local(
                             block, nodes, edges, geometry.index, geometry.legendre_p, geometry.bias, self.recompute_rows
                         )
