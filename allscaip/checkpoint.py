@@ -13,6 +13,11 @@ A checkpoint is a ``torch.save`` of a plain dictionary (loadable with ``weights_
   trainer extras (``loss_scales``, ``epoch_sums``).
 
 Everything needed to rebuild the model is in the file: no config file is required.
+
+``model_family`` says which network the file holds: ``"allscaip"`` (ours; the default when the key
+is absent, as in files written before it existed) or ``"fairchem_allscaip"`` (a fairchem AllScAIP
+converted by ``allscaip convert-fairchem``: ``model_config`` is then
+:func:`allscaip.model.fairchem_load.fairchem_model_config`'s dictionary, docs/fairchem.md).
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ import torch
 import allscaip
 from allscaip.config import ModelConfig, from_dict
 from allscaip.model import AllScAIP
+from allscaip.model.fairchem_load import fairchem_model_from_config, load_converted_weights
 
 CHECKPOINT_FORMAT = "allscaip-checkpoint"
 CHECKPOINT_VERSION = 1  # bump on incompatible payload changes
+OUR_FAMILY = "allscaip"  # our AllScAIP (allscaip.model.allscaip)
+FAIRCHEM_FAMILY = "fairchem_allscaip"  # fairchem's AllScAIP, converted (allscaip.model.fairchem_allscaip)
+MODEL_FAMILIES = (OUR_FAMILY, FAIRCHEM_FAMILY)
 
 PathLike = str | os.PathLike
 
@@ -106,11 +115,26 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     missing = [k for k in ("model_config", "model_state") if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; the file is damaged")
+    if data.get("model_family", OUR_FAMILY) not in MODEL_FAMILIES:
+        raise CheckpointError(
+            f"{path} holds model family {data['model_family']!r}; this allscaip ({allscaip.__version__}) reads "
+            f"{list(MODEL_FAMILIES)}. Use the allscaip version that wrote it."
+        )
     return data
 
 
+def model_family_of(payload: Dict[str, Any]) -> str:
+    """The network a checkpoint payload holds: :data:`OUR_FAMILY` or :data:`FAIRCHEM_FAMILY`."""
+    return str(payload.get("model_family", OUR_FAMILY))
+
+
 def model_config_of(payload: Dict[str, Any]) -> ModelConfig:
-    """The :class:`ModelConfig` stored in a checkpoint payload."""
+    """The :class:`ModelConfig` stored in a checkpoint payload of our own model."""
+    if model_family_of(payload) != OUR_FAMILY:
+        raise CheckpointError(
+            f"the checkpoint holds a {model_family_of(payload)} model, which has no allscaip model config; "
+            "this command takes checkpoints of our own AllScAIP"
+        )
     return from_dict(ModelConfig, payload["model_config"], "model_config")
 
 
@@ -120,10 +144,16 @@ def model_from_payload(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
 ):
-    """Rebuild the :class:`AllScAIP` model of a loaded payload (EMA weights by default), in eval mode."""
-    model = AllScAIP(model_config_of(payload)).to(device=device, dtype=dtype)
+    """Rebuild the model of a loaded payload (EMA weights by default), in eval mode: an :class:`AllScAIP`,
+    or a :class:`~allscaip.model.fairchem_allscaip.FairchemAllScAIP` for a converted fairchem checkpoint."""
     state = payload.get("ema_state") if use_ema else None
-    model.load_state_dict(state if state is not None else payload["model_state"])
+    state = state if state is not None else payload["model_state"]
+    if model_family_of(payload) == FAIRCHEM_FAMILY:
+        model = fairchem_model_from_config(payload["model_config"])
+        load_converted_weights(model, state, "converted fairchem checkpoint")
+        return model.to(device=device, dtype=dtype).eval()
+    model = AllScAIP(model_config_of(payload)).to(device=device, dtype=dtype)
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Dict, Optional, Sequence
 
 from allscaip import __version__
-from allscaip.train import constrain_density, core_radius
+from allscaip.train import constrain_density, convert_fairchem, core_radius
 from allscaip.workflows.liquid import cli as liquid_cli
 from allscaip.workflows.liquid import compare as liquid_compare
 
@@ -23,6 +23,7 @@ SUBCOMMANDS: Dict[str, ModuleType] = {
     "liquid-compare": liquid_compare,
     "constrain-density": constrain_density,
     "core-repulsion": core_radius,
+    "convert-fairchem": convert_fairchem,
 }
 
 

@@ -7,7 +7,9 @@
 
 A fairchem AllScAIP inference checkpoint (recognised by content, whatever its suffix) is converted
 (allscaip.model.fairchem_allscaip) and exported to TorchScript (``--fairchem-task``, default omol;
-output default ``<name>.allscaip.pt``); see docs/fairchem.md.
+output default ``<name>.allscaip.pt``); so is a checkpoint converted from one (``allscaip
+convert-fairchem``) or fine-tuned from one (its task is the one it was converted for); see
+docs/fairchem.md.
 
 After writing, the artefact is reloaded and evaluated on a triclinic periodic box and a
 molecule made of the model's elements; energy, forces and virial are compared with the
@@ -27,7 +29,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from allscaip.checkpoint import CheckpointError, load_checkpoint, model_from_payload
+from allscaip.checkpoint import (
+    FAIRCHEM_FAMILY,
+    CheckpointError,
+    load_checkpoint,
+    model_family_of,
+    model_from_payload,
+)
 from allscaip.checkpoint_fairchem import FairchemCheckpointError, is_fairchem_checkpoint, read_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.dtypes import default_dtype_name
@@ -42,6 +50,7 @@ from allscaip_export.metadata import build_metadata, checkpoint_hash
 from allscaip_export.torchscript import export_torchscript, load_torchscript
 
 SUFFIX = {"torchscript": ".pt", "aoti": ".pt2"}
+DEFAULT_FAIRCHEM_TASK = "omol"  # the published AllScAIP checkpoints' task
 FAIRCHEM_EXPORT_SUFFIX = ".allscaip.pt"  # fairchem checkpoints are .pt files themselves
 # float64: absolute eV (energy, per-atom energies, virial) and eV/Å (forces);
 # float32: relative to the largest reference value of each quantity.
@@ -213,27 +222,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the checkpoint")
     p.add_argument(
         "--fairchem-task",
-        default="omol",
-        help="fairchem checkpoints: task whose normalisers and element references apply",
+        default=None,
+        help=f"fairchem checkpoints: task whose normalisers and element references apply (default "
+        f"{DEFAULT_FAIRCHEM_TASK}; a converted checkpoint keeps the task it was converted for)",
     )
     return p
 
 
 def run_fairchem(args: argparse.Namespace, ckpt: Path) -> int:
     """Convert and export a fairchem AllScAIP checkpoint (TorchScript only), then verify the reload."""
-    if args.format != "torchscript":
-        raise UsageError(f"{ckpt} is a fairchem checkpoint: it exports to TorchScript only (--format torchscript)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but torch sees no GPU (use --device cpu)")
     out = Path(args.output) if args.output else ckpt.with_name(ckpt.stem + FAIRCHEM_EXPORT_SUFFIX)
-    if out.suffix != SUFFIX["torchscript"] or out.resolve() == ckpt.resolve():
-        raise UsageError(f"-o {out}: give a new .pt file (the fairchem checkpoint {ckpt.name} stays as it is)")
-    dtype = getattr(torch, args.dtype)
+    check_fairchem_export_args(args, ckpt, out)
     try:
         source = read_fairchem_checkpoint(ckpt)
-        model = fairchem_model_from_checkpoint(source, args.fairchem_task, dtype, use_ema=not args.raw_weights)
+        model = fairchem_model_from_checkpoint(
+            source, args.fairchem_task, getattr(torch, args.dtype), not args.raw_weights
+        )
     except FairchemCheckpointError as err:
         raise UsageError(str(err)) from None
+    return export_fairchem_model(args, ckpt, out, model, source.backbone, args.fairchem_task)
+
+
+def run_converted_fairchem(args: argparse.Namespace, ckpt: Path, payload: Dict[str, Any]) -> int:
+    """Export a checkpoint converted from fairchem (``allscaip convert-fairchem``, or fine-tuned from one)."""
+    out = Path(args.output) if args.output else ckpt.with_suffix(SUFFIX["torchscript"])
+    check_fairchem_export_args(args, ckpt, out)
+    task = str(payload["model_config"]["task"])
+    if args.fairchem_task is not None and args.fairchem_task != task:
+        raise UsageError(
+            f"{ckpt} was converted for fairchem task {task!r}; convert the fairchem file again with "
+            f"--task {args.fairchem_task}, or leave --fairchem-task out"
+        )
+    try:
+        model = model_from_payload(payload, use_ema=not args.raw_weights, dtype=getattr(torch, args.dtype))
+    except FairchemCheckpointError as err:
+        raise UsageError(str(err)) from None
+    return export_fairchem_model(args, ckpt, out, model, payload["model_config"]["backbone"], task)
+
+
+def check_fairchem_export_args(args: argparse.Namespace, ckpt: Path, out: Path) -> None:
+    if args.format != "torchscript":
+        raise UsageError(f"{ckpt} is a fairchem model: it exports to TorchScript only (--format torchscript)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no GPU (use --device cpu)")
+    if out.suffix != SUFFIX["torchscript"] or out.resolve() == ckpt.resolve():
+        raise UsageError(f"-o {out}: give a new .pt file (the checkpoint {ckpt.name} stays as it is)")
+
+
+def export_fairchem_model(
+    args: argparse.Namespace, ckpt: Path, out: Path, model, backbone: Dict[str, Any], task: str
+) -> int:
+    """Write the TorchScript export of a converted fairchem ``model`` to ``out`` and verify its reload."""
     if model.direct_forces:
         raise UsageError(
             f"{ckpt} is a direct-force fairchem model: it has no virial for the whole-system call; use it "
@@ -241,9 +280,9 @@ def run_fairchem(args: argparse.Namespace, ckpt: Path) -> int:
         )
     model = model.to(args.device)
     sha = checkpoint_hash(ckpt)
-    meta = fairchem_metadata(model, args.dtype, args.device, sha, source.backbone, args.fairchem_task)
+    meta = fairchem_metadata(model, args.dtype, args.device, sha, backbone, task)
     meta.update(checkpoint_hash=sha, source_checkpoint=ckpt.name, weights="raw" if args.raw_weights else "ema")
-    log(f"converted fairchem {ckpt} (sha256 {sha[:12]}...): task {args.fairchem_task}, {meta['weights']} weights")
+    log(f"converted fairchem {ckpt} (sha256 {sha[:12]}...): task {task}, {meta['weights']} weights")
     out.parent.mkdir(parents=True, exist_ok=True)
     export_fairchem_torchscript(model, out, meta)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -258,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise UsageError(f"checkpoint {ckpt} does not exist" if not ckpt.exists() else f"{ckpt} is not a file")
     if is_fairchem_checkpoint(ckpt):
+        if args.fairchem_task is None:
+            args.fairchem_task = DEFAULT_FAIRCHEM_TASK
         return run_fairchem(args, ckpt)
     if ckpt.suffix.lower() in (".pt", ".pt2"):
         raise UsageError(
@@ -278,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
         payload = load_checkpoint(ckpt)
     except CheckpointError as err:
         raise UsageError(str(err)) from None
+    if model_family_of(payload) == FAIRCHEM_FAMILY:
+        return run_converted_fairchem(args, ckpt, payload)
     try:
         model = model_from_payload(payload, use_ema=not args.raw_weights, dtype=dtype, device=args.device)
     except (ValueError, RuntimeError, KeyError) as err:  # ConfigError, state-dict mismatch

@@ -13,18 +13,21 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from allscaip.checkpoint import load_model
+from allscaip.checkpoint import FAIRCHEM_FAMILY, load_checkpoint, model_family_of, model_from_payload
 from allscaip.checkpoint_fairchem import is_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES, default_dtype_name, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
+from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.model.fairchem_load import fairchem_model
 from allscaip.neighbors import whole_system_inputs
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE, check_finite, check_min_distance, min_distance_of_model
 from allscaip_export.aoti import load_aoti
 from allscaip_export.staged_whole_system import StagedWholeSystem, runs_staged
 from allscaip_export.torchscript import load_torchscript
+
+DEFAULT_FAIRCHEM_TASK = "omol"  # the published AllScAIP checkpoints' task
 
 
 def check_device(device: str) -> torch.device:
@@ -40,8 +43,10 @@ class AllScAIPCalculator(Calculator):
 
     ``model``: path to a checkpoint (``.ckpt``), an exported TorchScript file (``.pt``), an
     AOTInductor package (``.pt2``) or a fairchem AllScAIP inference checkpoint (recognised by its
-    content whatever its suffix; ``fairchem_task`` picks its normalisers and element references,
-    ``dtype`` applies; it has no per-element list, so every element of its tables is accepted). Total charge and spin multiplicity are read from
+    content whatever its suffix; ``fairchem_task`` (default omol) picks its normalisers and element
+    references, ``dtype`` applies; it has no per-element list, so every element of its tables is
+    accepted). A checkpoint converted from fairchem (``allscaip convert-fairchem``) computes the same
+    numbers as its fairchem file, with the task it was converted for. Total charge and spin multiplicity are read from
     ``atoms.info['charge']`` (default 0) and ``atoms.info['spin']`` (default 1).
     Exported artefacts compute in the dtype they were exported with; ``dtype`` applies to
     checkpoints (default float64 on the CPU, float32 on a GPU). A TorchScript export with a node encoding runs through its staged methods with
@@ -64,7 +69,7 @@ class AllScAIPCalculator(Calculator):
         dtype: Optional[str] = None,
         min_distance: Optional[float] = None,
         recompute: bool = False,
-        fairchem_task: str = "omol",
+        fairchem_task: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -88,13 +93,13 @@ class AllScAIPCalculator(Calculator):
         #: the converted fairchem model when ``model`` is a fairchem checkpoint, else None
         self._fairchem = None
         #: the fairchem task whose normalisers and element references a fairchem checkpoint uses
-        self.fairchem_task = fairchem_task
+        self.fairchem_task = fairchem_task or DEFAULT_FAIRCHEM_TASK
         if is_fairchem_checkpoint(path):
             if recompute:
                 raise ValueError(
                     f"recompute=True applies to allscaip checkpoints, not to the fairchem file {path.name}"
                 )
-            self._fairchem = fairchem_model(path, task=fairchem_task, dtype=self.dtype).to(self.device)
+            self._fairchem = fairchem_model(path, task=self.fairchem_task, dtype=self.dtype).to(self.device)
             self._eager = self._fairchem
         elif suffix == ".pt":
             self._module, self.metadata = load_torchscript(path, device=str(self.device))
@@ -105,9 +110,14 @@ class AllScAIPCalculator(Calculator):
             self._module, self.metadata = load_aoti(path, device=str(self.device))
             self.dtype = DTYPES[self.metadata.get("dtype", "float64")]
         else:
-            self._eager = load_model(path, dtype=self.dtype, device=str(self.device))
-            self._eager.eval()
-            self._eager.recompute = "layers" if recompute else "none"
+            payload = load_checkpoint(path)
+            if model_family_of(payload) == FAIRCHEM_FAMILY:
+                self.fairchem_task = self._converted_task(payload, fairchem_task, recompute)
+            self._eager = model_from_payload(payload, dtype=self.dtype, device=str(self.device))
+            if isinstance(self._eager, FairchemAllScAIP):
+                self._fairchem = self._eager
+            else:
+                self._eager.recompute = "layers" if recompute else "none"
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
         if self._fairchem is not None:
             self.elements: List[int] = self._fairchem.known_elements()
@@ -120,6 +130,20 @@ class AllScAIPCalculator(Calculator):
             )
         #: two atoms closer than this (Å) raise AtomsTooCloseError; 0 = no check
         self.min_distance = float(min_distance) if min_distance is not None else self.model_min_distance()
+
+    def _converted_task(self, payload: Dict[str, Any], asked: Optional[str], recompute: bool) -> str:
+        """The task a converted fairchem checkpoint was converted for (``asked`` must agree)."""
+        task = str(payload["model_config"]["task"])
+        if asked is not None and asked != task:
+            raise ValueError(
+                f"{self.path.name} was converted for fairchem task {task!r}; convert the fairchem file again "
+                f"with --task {asked} for task {asked!r}, or leave fairchem_task out"
+            )
+        if recompute:
+            raise ValueError(
+                f"recompute=True applies to our own models, not to the converted fairchem {self.path.name}"
+            )
+        return task
 
     def model_min_distance(self) -> float:
         """The model's own min_distance (Å): from the export metadata, or the checkpoint's model."""
