@@ -149,9 +149,10 @@ def model_from_payload(
     state = payload.get("ema_state") if use_ema else None
     state = state if state is not None else payload["model_state"]
     if model_family_of(payload) == FAIRCHEM_FAMILY:
-        model = fairchem_model_from_config(payload["model_config"])
+        # in ``dtype`` before loading: fine-tuned float64 weights must not pass through float32
+        model = fairchem_model_from_config(payload["model_config"]).to(device=device, dtype=dtype)
         load_converted_weights(model, state, "converted fairchem checkpoint")
-        return model.to(device=device, dtype=dtype).eval()
+        return model.eval()
     model = AllScAIP(model_config_of(payload)).to(device=device, dtype=dtype)
     model.load_state_dict(state)
     return model.eval()

@@ -9,6 +9,8 @@ from ase.data import chemical_symbols
 
 from allscaip.data.batch import AtomsBatch
 from allscaip.model.allscaip import AllScAIP
+from allscaip.model.fairchem_allscaip import FairchemAllScAIP
+from allscaip.model.fairchem_batch import fairchem_batch_properties
 from allscaip.neighbors import batch_neighbor_pairs, encoding_pairs, pad_neighbors
 
 MIN_VOLUME_A3 = 1e-12
@@ -49,7 +51,11 @@ def compute_properties(
     Returns ``energy`` [B] (eV), ``energies`` [N] per-atom (eV), and when asked ``forces``
     [N,3] (eV/Å, = -dE/dx) and ``stress`` [B,3,3] (eV/Å^3, ASE convention (1/V) dE/d strain;
     NaN for non-periodic systems). With ``training`` the graph is kept for a loss on forces.
+    A converted fairchem model (:mod:`allscaip.model.fairchem_batch`) always returns forces, and no
+    stress when it is a direct-force model.
     """
+    if isinstance(model, FairchemAllScAIP):
+        return fairchem_batch_properties(model, batch, stress=stress, training=training)
     species = species_or_raise(model, batch.numbers)
     _check_charge_spin(model, batch)
     n = batch.positions.shape[0]

@@ -22,11 +22,11 @@ STRESS_SCALE_FLOOR = 1e-5  # eV/Å^3
 SCALE_SAMPLE_FRAMES = 2000
 
 
-def fit_references(
-    model: torch.nn.Module, train_set: Any, elements: list[int], seed: int, log: Callable[[str], None]
-) -> Tuple[Dict[int, float], Dict[str, float]]:
-    """Element references (eV) and loss scales (``energy``, ``force``, ``stress``) of the training
-    set, written into the model's ``element_energy`` and ``energy_scale``."""
+def data_references_and_scales(
+    train_set: Any, elements: list[int], seed: int
+) -> Tuple[Dict[int, float], Dict[str, float], float]:
+    """Element references (eV, least squares on the training energies), loss scales (``energy``,
+    ``force``, ``stress``) and the per-atom energy RMS after those references, of the training set."""
     refs, e_rms = fit_references_and_rms(train_set, elements)
     n = len(train_set)
     idx = (
@@ -49,8 +49,17 @@ def fit_references(
         "force": max(math.sqrt(f2 / fc) if fc else 1.0, FORCE_SCALE_FLOOR),
         "stress": max(math.sqrt(s2 / sc) if sc else 1.0, STRESS_SCALE_FLOOR),
     }
+    return element_references, loss_scales, e_rms
+
+
+def fit_references(
+    model: torch.nn.Module, train_set: Any, elements: list[int], seed: int, log: Callable[[str], None]
+) -> Tuple[Dict[int, float], Dict[str, float]]:
+    """Element references (eV) and loss scales (``energy``, ``force``, ``stress``) of the training
+    set, written into the model's ``element_energy`` and ``energy_scale``."""
+    element_references, loss_scales, e_rms = data_references_and_scales(train_set, elements, seed)
     with torch.no_grad():
-        model.element_energy.copy_(torch.tensor([refs[z] for z in elements], dtype=torch.float64))
+        model.element_energy.copy_(torch.tensor([element_references[z] for z in elements], dtype=torch.float64))
         model.energy_scale.fill_(loss_scales["energy"])
     refs_txt = ", ".join(f"{chemical_symbols[z]} {e:.4f}" for z, e in element_references.items())
     log(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import allscaip
-from allscaip.checkpoint import load_checkpoint, model_config_of
+from allscaip.checkpoint import OUR_FAMILY, load_checkpoint, model_config_of, model_family_of
 from allscaip.config import ModelConfig
 from allscaip.config_schema import ConfigError
 from allscaip.train.config import TrainConfig
@@ -46,6 +46,8 @@ def resume_payload(cfg: TrainConfig, out_dir: Path) -> Tuple[TrainConfig, Option
         if not ckpt_path.is_file():
             raise ConfigError(f"cannot resume: {ckpt_path} does not exist (run without --resume to start)")
         payload = load_checkpoint(ckpt_path)
+        if model_family_of(payload) != OUR_FAMILY:  # its network comes from the file (train/fairchem_finetune.py)
+            return cfg, payload
         stored = model_config_of(payload)
         diff = model_config_diff(stored, cfg.model, ignore_elements=cfg.elements_from_data)
         if diff:
@@ -129,7 +131,8 @@ def training_payload(trainer: Any) -> Dict[str, Any]:
     """Everything a checkpoint of ``trainer`` (an :class:`~allscaip.train.trainer.Trainer`) holds."""
     return {
         "allscaip_version": allscaip.__version__,
-        "model_config": dataclasses.asdict(trainer.cfg.model),
+        "model_family": trainer.model_family,
+        "model_config": trainer.model_config_payload(),
         "model_state": trainer.model.state_dict(),
         "ema_state": trainer.ema.state_dict(),
         "element_references": dict(trainer.element_references),

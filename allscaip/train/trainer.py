@@ -17,6 +17,7 @@ bit-for-bit with the weights of an uninterrupted run (same device, dtype and thr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -28,13 +29,20 @@ import torch
 from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
-from allscaip.checkpoint import save_checkpoint
+from allscaip.checkpoint import FAIRCHEM_FAMILY, OUR_FAMILY, save_checkpoint
 from allscaip.data.batch import AtomsBatch
 from allscaip.model import AllScAIP
 from allscaip.train import setup
 from allscaip.train.config import TrainConfig, dump_config
 from allscaip.train.ema import ema_copy, update_ema
 from allscaip.train.ensemble import DensityTerm
+from allscaip.train.fairchem_finetune import (
+    check_fairchem_config,
+    converted_start,
+    describe,
+    fairchem_loss_scales,
+    fairchem_training_model,
+)
 from allscaip.train.finite_step import NonFiniteLossError, non_finite_message, step_is_finite
 from allscaip.train.fitting import fit_core_radius_of_model, fit_references
 from allscaip.train.loss import micro_batch_loss, step_counts, stress_flags
@@ -102,12 +110,26 @@ class Trainer:
     def _setup(self) -> None:
         self.cfg, payload = resume_payload(self.cfg, self.out_dir)
         self.cfg, self.train_set, self.val_set = setup.load_datasets(self.cfg, self._show_progress(), self.log)
+        torch.manual_seed(self.cfg.optim.seed)
+        converted = converted_start(self.cfg, payload)
+        #: the network trained: our AllScAIP, or a converted fairchem AllScAIP (its stored config)
+        self.model_family = OUR_FAMILY if converted is None else FAIRCHEM_FAMILY
+        self.fairchem_config: Optional[Dict[str, Any]] = None
+        if converted is not None:
+            check_fairchem_config(self.cfg, self.cfg.run.init_from or str(self.out_dir / "last.ckpt"))
+            self.model, self.cfg = fairchem_training_model(converted, self.cfg, self.device, self.dtype, self.log)
+            self.fairchem_config = converted["model_config"]
+        else:
+            self.model = AllScAIP(self.cfg.model).to(device=self.device, dtype=self.dtype)
         cfg, o = self.cfg, self.cfg.optim
-        torch.manual_seed(o.seed)
-        self.model = AllScAIP(cfg.model).to(device=self.device, dtype=self.dtype)
         if self.world > 1:
             setup.broadcast_module(self.model)
-        if payload is None:
+        if payload is None and converted is not None:
+            self.element_references, self.loss_scales = fairchem_loss_scales(
+                self.model, self.train_set, cfg.model.elements, o.seed, self.log
+            )
+            self.log(f"initialised from {cfg.run.init_from} (EMA weights)")
+        elif payload is None:
             self.element_references, self.loss_scales = fit_references(
                 self.model, self.train_set, cfg.model.elements, o.seed, self.log
             )
@@ -125,10 +147,10 @@ class Trainer:
         if payload is not None:
             restore_training_state(self, payload, per_step)
         nparams = sum(p.numel() for p in self.model.parameters())
+        what = f"cutoff {cfg.model.cutoff} Å" if converted is None else describe(self.model, self.fairchem_config)
         self.log(
             f"model: {nparams:,} parameters, elements {[chemical_symbols[z] for z in cfg.model.elements]}, "
-            f"cutoff {cfg.model.cutoff} Å, {cfg.run.dtype} on {self.device}"
-            + (f", {self.world} processes" if self.world > 1 else "")
+            f"{what}, {cfg.run.dtype} on {self.device}" + (f", {self.world} processes" if self.world > 1 else "")
         )
         self.log(
             f"schedule: {self.steps_per_epoch} optimizer steps/epoch x {o.epochs} epochs = {self.total_steps} steps "
@@ -141,6 +163,10 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ checkpoints
+    def model_config_payload(self) -> Dict[str, Any]:
+        """The checkpoint's ``model_config``: our ModelConfig, or the converted fairchem model's config."""
+        return dict(self.fairchem_config) if self.fairchem_config is not None else dataclasses.asdict(self.cfg.model)
+
     def payload(self) -> Dict[str, Any]:
         """Everything a checkpoint holds (see :mod:`allscaip.checkpoint`)."""
         return training_payload(self)

@@ -43,7 +43,7 @@ def validate(
             sums[3] += df.abs().sum()
             sums[4] += df.pow(2).sum()
             sums[5] += df.numel()
-        if rows.any():
+        if rows.any() and "stress" in out:  # a direct-force fairchem model has no stress
             ds = (out["stress"][rows] - b.stress[rows]).double()
             sums[6] += ds.abs().sum()
             sums[7] += ds.numel()
