@@ -6,9 +6,14 @@ and ``run.init_from`` must start a fine-tune exactly there and lower the loss.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from ase.io import write
 from test_fairchem_ase import FIXTURE, atoms_of, reference
 from test_fairchem_fixture import _fixture_fields, _save_as_fairchem
@@ -27,6 +32,7 @@ from allscaip.train.loss import micro_batch_loss, step_counts, stress_flags
 from allscaip.train.trainer import Trainer
 from allscaip_export.cli import main as export_main
 
+REPO = FIXTURE.parents[2]
 KINDS = ("conserving", "direct")
 EXACT = 1e-10  # eV, eV/Å, eV/Å³: float64, the same operations on the same weights
 FINE_TUNE_LR = 1e-5  # small enough that each of the few full-batch steps lowers the loss (1e-4 overshoots)
@@ -223,3 +229,56 @@ def test_finetune_direct_model_and_config_errors(converted, water_data, tmp_path
     }
     with pytest.raises(ConfigError, match="density_constraint is not available"):
         Trainer(config_from_dict(dens))
+
+
+def test_ddp_fine_tune_equals_one_process_with_accumulation(converted, water_data, tmp_path):
+    """The trainer's DDP (tests/test_train.py): 2 processes x 1 batch = 1 process x 2 accumulated batches."""
+    raw = finetune_cfg(water_data, converted["conserving"], tmp_path / "unused", steps=2)
+    raw["data"]["max_atoms"] = 24  # the periodic box alone, the three clusters together: two batches
+    del raw["run"]["out_dir"]
+    cfg_file = tmp_path / "ddp.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "allscaip.train.cli",
+    ]
+    proc = subprocess.run(
+        cmd + [str(cfg_file), f"run.out_dir={tmp_path / 'ddp'}"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout and "converted fairchem AllScAIP" in proc.stdout
+    single = {
+        **raw,
+        "optim": {**raw["optim"], "accumulate": 2},
+        "run": {**raw["run"], "out_dir": str(tmp_path / "one")},
+    }
+    Trainer(config_from_dict(single), log=lambda s: None).fit()
+    a, b = load_checkpoint(tmp_path / "one" / "last.ckpt"), load_checkpoint(tmp_path / "ddp" / "last.ckpt")
+    assert a["step"] == b["step"] == 2 and b["world_size"] == 2
+    for key in ("model_state", "ema_state"):
+        assert max(float((a[key][k] - v).abs().max()) for k, v in b[key].items()) < EXACT
+    initial = load_checkpoint(converted["conserving"])["ema_state"]
+    assert max(float((b["model_state"][k] - v).abs().max()) for k, v in initial.items()) > 1e-7
+
+
+def test_resumed_fine_tune_ends_where_an_uninterrupted_one_does(converted, water_data, tmp_path):
+    full = finetune_cfg(water_data, converted["conserving"], tmp_path / "full", steps=2)
+    Trainer(config_from_dict(full), log=lambda s: None).fit()
+    cut = finetune_cfg(water_data, converted["conserving"], tmp_path / "cut", steps=2)
+    Trainer(config_from_dict({**cut, "run": {**cut["run"], "max_steps": 1}}), log=lambda s: None).fit()
+    resumed = Trainer(config_from_dict({**cut, "run": {**cut["run"], "resume": True}}), log=lambda s: None)
+    assert resumed.step == 1 and resumed.model_family == FAIRCHEM_FAMILY
+    resumed.fit()
+    a, b = load_checkpoint(tmp_path / "full" / "last.ckpt"), load_checkpoint(tmp_path / "cut" / "last.ckpt")
+    assert a["step"] == b["step"] == 2
+    assert all(torch.equal(a["model_state"][k], v) for k, v in b["model_state"].items())
