@@ -282,3 +282,26 @@ def test_resumed_fine_tune_ends_where_an_uninterrupted_one_does(converted, water
     a, b = load_checkpoint(tmp_path / "full" / "last.ckpt"), load_checkpoint(tmp_path / "cut" / "last.ckpt")
     assert a["step"] == b["step"] == 2
     assert all(torch.equal(a["model_state"][k], v) for k, v in b["model_state"].items())
+
+
+def test_openmm_runs_the_converted_checkpoint_like_the_fairchem_file(converted):
+    openmm = pytest.importorskip("openmm")
+    from openmm import unit
+    from test_fairchem_export import topology_of
+
+    from allscaip_openmm import MLPotential
+
+    atoms = atoms_of("benzene_cation_doublet")
+
+    def energy_forces(path):
+        system = MLPotential("allscaip", modelPath=str(path)).createSystem(topology_of(atoms), charge=1, spin=2)
+        integrator = openmm.VerletIntegrator(0.0005)
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(atoms.positions * 0.1)
+        state = context.getState(getEnergy=True, getForces=True)
+        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        return energy, np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+
+    (e_ckpt, f_ckpt), (e_pt, f_pt) = energy_forces(converted["conserving"]), energy_forces(source("conserving"))
+    assert abs(e_ckpt - e_pt) < EXACT * 100  # kJ/mol (1e-10 eV is 1e-8 kJ/mol)
+    np.testing.assert_allclose(f_ckpt, f_pt, atol=EXACT * 1000, rtol=0)  # kJ/mol/nm
