@@ -84,6 +84,15 @@ def test_converted_checkpoint_computes_what_the_fairchem_file_computes(converted
         AllScAIPCalculator(converted[kind], fairchem_task="oc20")
 
 
+def test_sm_checkpoint_converts_too(tmp_path):
+    """sm switches (frequency mask, sinc bias): the converted .ckpt equals the fairchem file."""
+    sm = FIXTURE.parent / "fairchem_sm" / "allscaip_sm_conserving.pt"
+    assert allscaip_main(["convert-fairchem", str(sm), "-o", str(tmp_path / "sm.ckpt")]) == 0
+    atoms = atoms_of("water8_periodic")
+    from_ckpt = results(AllScAIPCalculator(tmp_path / "sm.ckpt", dtype="float64"), atoms)
+    assert_same(from_ckpt, results(AllScAIPCalculator(sm, dtype="float64"), atoms))
+
+
 def test_export_of_the_converted_checkpoint_equals_the_fairchem_file(converted, tmp_path, capsys):
     out = tmp_path / "conserving.pt"
     assert export_main([str(converted["conserving"]), "-o", str(out)]) == 0

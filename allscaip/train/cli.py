@@ -26,6 +26,7 @@ overrides: section.key=value with value parsed as YAML, e.g.
 sections: model (ModelConfig keys + preset), data, optim, run.
 outputs in run.out_dir: last.ckpt, best.ckpt (best validation force MAE), metrics.csv, config.yaml.
 data-parallel: torchrun --nproc_per_node=N -m allscaip.train.cli CONFIG.yaml ...
+fine-tune: run.init_from=CKPT (ours, or a fairchem checkpoint converted by allscaip convert-fairchem).
 """
 
 

@@ -10,6 +10,10 @@ The ``model`` section takes the :class:`~allscaip.config.ModelConfig` keys plus 
 (``tiny``, ``small``, ``sm``, ``md``: a base that the other keys override). When
 ``model.elements`` is omitted, the elements present in the training data are used (sorted by
 atomic number).
+
+``run.init_from`` starts a fine-tune from a checkpoint: one of ours (the ``model`` section must
+match it) or one converted from fairchem by ``allscaip convert-fairchem``, whose network comes
+from the file (:mod:`allscaip.train.fairchem_finetune`, docs/fairchem.md "Fine-tuning").
 """
 
 from __future__ import annotations
@@ -139,7 +143,9 @@ class RunConfig:
     dtype: str = "float32"  # float32 | float64
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     resume: bool = False  # continue from out_dir/last.ckpt (same as --resume)
-    init_from: str | None = None  # fine-tune: start from this checkpoint's (EMA) weights, fresh optimizer and schedule
+    # fine-tune: start from this checkpoint's (EMA) weights, fresh optimizer and schedule; a checkpoint
+    # converted from fairchem (allscaip convert-fairchem) brings its own network (model section: elements only)
+    init_from: str | None = None
     overwrite: bool = False  # allow a fresh run in an out_dir that already holds a checkpoint
     max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
     progress: bool | None = None  # progress bar; None: only when stderr is a terminal
