@@ -121,6 +121,10 @@ def test_bad_input_gets_the_readers_errors(tmp_path, monkeypatch, capsys, conver
     )
     assert "does not exist" in convert(tmp_path / "missing.pt")
     assert not (tmp_path / "x.ckpt").exists()
+    # commands for our own models refuse a converted one, saying why
+    for command in (["core-repulsion", "--data", "x.extxyz"], ["constrain-density", "--frames", "x.extxyz"]):
+        with pytest.raises(SystemExit, match="fairchem_allscaip model"):
+            allscaip_main([command[0], str(converted["direct"]), *command[1:], "-o", str(tmp_path / "x.ckpt")])
 
 
 # ----------------------------------------------------------------------------- fine-tuning

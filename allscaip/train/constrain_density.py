@@ -18,7 +18,7 @@ import ase.io
 import numpy as np
 import torch
 
-from allscaip.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
+from allscaip.checkpoint import OUR_FAMILY, load_checkpoint, model_family_of, model_from_payload, save_checkpoint
 from allscaip.config_schema import ConfigError
 from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES
@@ -124,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("allscaip constrain-density: -o must differ from the input checkpoint (keep the original)")
     dtype = DTYPES[args.dtype]
     payload = load_checkpoint(args.checkpoint)
+    if model_family_of(payload) != OUR_FAMILY:
+        raise SystemExit(
+            f"allscaip constrain-density: {args.checkpoint} holds a {model_family_of(payload)} model; "
+            "this command constrains checkpoints of our own AllScAIP"
+        )
     model = model_from_payload(payload, use_ema=True, dtype=dtype)
     frames = [a for path in args.frames for a in ase.io.read(path, ":")]
     try:

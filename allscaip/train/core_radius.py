@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols, covalent_radii
 
-from allscaip.checkpoint import load_checkpoint, model_config_of, save_checkpoint
+from allscaip.checkpoint import CheckpointError, load_checkpoint, model_config_of, save_checkpoint
 from allscaip.config_schema import ConfigError
 from allscaip.data import DataError, read_structures
 from allscaip.model.core_repulsion import core_switch, zbl_energy
@@ -99,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.checkpoint).resolve():
         raise SystemExit("allscaip core-repulsion: -o must differ from the input checkpoint (keep the original)")
     payload = load_checkpoint(args.checkpoint)
-    cfg = model_config_of(payload)
+    try:
+        cfg = model_config_of(payload)
+    except CheckpointError as err:  # a converted fairchem model has no core wall
+        raise SystemExit(f"allscaip core-repulsion: {args.checkpoint}: {err}") from err
     margin = cfg.core_margin if args.margin is None else args.margin
     try:
         cfg = dataclasses.replace(cfg, core_repulsion=True, core_margin=margin)
