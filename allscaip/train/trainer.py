@@ -7,7 +7,9 @@ AdamW steps; the learning rate warms up linearly and decays as a cosine per opti
 EMA of the weights (:mod:`allscaip.train.ema`) is validated (:mod:`allscaip.train.validation`)
 and exported. Loss terms beyond the labels (the density constraint) plug in through
 :mod:`allscaip.train.terms`. The pieces a fresh run fits from its data are in
-:mod:`allscaip.train.fitting`, the metrics in :mod:`allscaip.train.metrics`.
+:mod:`allscaip.train.fitting`, the metrics in :mod:`allscaip.train.metrics`. ``run.init_from`` a
+checkpoint converted from fairchem trains fairchem's network instead
+(:mod:`allscaip.train.fairchem_finetune`).
 
 Resume: ``last.ckpt`` (:mod:`allscaip.train.state`) holds weights, EMA, optimizer, scheduler,
 RNG states and the position in the epoch (sampler batches consumed); the sampler's batch list
