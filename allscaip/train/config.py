@@ -75,6 +75,10 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
+# How optim.energy_scale may be derived from the training set (allscaip.train.fitting).
+ENERGY_SCALE_CHOICES = ("force_rms", "energy_rms")
+
+
 @dataclass
 class OptimConfig:
     """Optimiser, schedule and loss.
@@ -82,7 +86,8 @@ class OptimConfig:
     Loss per optimizer step (sums over every system / atom of the step on all processes,
     divided by the global counts): ``energy_coef * mean_sys |ΔE/N| / σ_E +
     force_coef * mean_atoms |ΔF|_2 / σ_F + stress_coef * mean_labelled mean_9 (ΔS/σ_S)^2``
-    with σ the training-set RMS of the referenced per-atom energy, force components and stress.
+    with σ_E the model's output scale (``energy_scale`` below) and σ_F, σ_S the training-set RMS of
+    the force and stress components.
     With ``density_constraint``, the weights are held at ``m = 0``, where ``-m`` is the
     first-order density shift (%) of the model against the NPT frames marked
     ``density_config_type`` (:mod:`allscaip.train.ensemble`): a projection step every
@@ -99,6 +104,12 @@ class OptimConfig:
     energy_coef: float = 1.0
     force_coef: float = 10.0
     stress_coef: float = 1.0
+    # the model's output scale (eV per unit readout) and the energy loss's σ_E, fixed before the
+    # first step: force_rms (the training forces' RMS times 1 Å), energy_rms (per-atom energy RMS
+    # after the element references), or a number in eV. force_rms is the robust choice: bulk data
+    # spreads little per atom (NaCl(aq): 6.8 meV against 0.86 eV/Å force RMS); scaled by that, the
+    # energy term outweighed the forces 127x and the forces stayed at zero (docs/model.md).
+    energy_scale: float | str = "force_rms"
     density_constraint: bool = False  # hold the labeller's NPT density; needs its NPT frames in data.train
     density_config_type: str = "teacher_md"  # config_type of those frames
     density_every_steps: int = 100  # optimizer steps between projections onto the constraint
@@ -130,6 +141,14 @@ class OptimConfig:
             raise ConfigError(f"optim.density_every_steps must be >= 1, got {self.density_every_steps}")
         if self.energy_coef == 0 and self.force_coef == 0:
             raise ConfigError("optim.energy_coef and optim.force_coef are both 0: nothing to train on")
+        if isinstance(self.energy_scale, str):
+            if self.energy_scale not in ENERGY_SCALE_CHOICES:
+                raise ConfigError(
+                    f"optim.energy_scale must be one of {list(ENERGY_SCALE_CHOICES)} or a positive number "
+                    f"(eV), got {self.energy_scale!r}"
+                )
+        elif not self.energy_scale > 0:
+            raise ConfigError(f"optim.energy_scale must be > 0 eV, got {self.energy_scale}")
 
 
 @dataclass

@@ -8,8 +8,9 @@ first, ``R`` processes × ``A`` accumulated batches equal one process with ``R·
       + force_coef  * Σ_atoms ‖F - F_ref‖_2 / σ_F / n_atoms
       + stress_coef * Σ_labelled mean_9((S - S_ref) / σ_S)^2 / n_stress
 
-σ_E: RMS of the per-atom energy after subtracting the fitted element references (also the
-model's ``energy_scale``), σ_F: RMS force component, σ_S: RMS stress component (training set).
+σ_E: the model's ``energy_scale`` (``optim.energy_scale``: by default the RMS force component
+times 1 Å; ``energy_rms``: the per-atom energy RMS after the fitted element references),
+σ_F: RMS force component, σ_S: RMS stress component (training set).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class Trainer:
             self.log(f"initialised from {cfg.run.init_from} (EMA weights)")
         elif payload is None:
             self.element_references, self.loss_scales = fit_references(
-                self.model, self.train_set, cfg.model.elements, o.seed, self.log
+                self.model, self.train_set, cfg.model.elements, o.seed, self.log, o.energy_scale
             )
             if cfg.run.init_from:
                 load_initial_weights(self.model, cfg.run.init_from, cfg.model, self.device, self.log)
