@@ -133,6 +133,25 @@ def test_config_schema_overrides_and_paths(tmp_path):
         load_config(bad)
 
 
+def test_energy_scale_sets_output_scale_and_energy_loss_scale(tmp_path, emt_data):
+    """optim.energy_scale: the model's output scale and the loss's σ_E are one number, the force
+    RMS (x 1 Å) by default, the referenced per-atom energy RMS with energy_rms, or as given."""
+    from allscaip.data import fit_references_and_rms
+
+    frames = ase.io.read(emt_data["train"], ":")
+    force_rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in frames]) ** 2)))
+    _, energy_rms = fit_references_and_rms(frames, [29, 79])
+    assert energy_rms < force_rms / 2  # the two choices differ on this data
+    for choice, expected in (("force_rms", force_rms), ("energy_rms", energy_rms), (0.37, 0.37)):
+        raw = make_cfg(emt_data, tmp_path / str(choice), optim={"energy_scale": choice})
+        tr = quiet(raw)
+        assert float(tr.model.energy_scale) == pytest.approx(expected, rel=1e-12), choice
+        assert tr.loss_scales["energy"] == pytest.approx(expected, rel=1e-12), choice
+    for bad in ("forces", -1.0):
+        with pytest.raises(ConfigError, match="optim.energy_scale"):
+            config_from_dict(make_cfg(emt_data, tmp_path / "bad", optim={"energy_scale": bad}))
+
+
 def test_cli_errors_exit_2_without_traceback(tmp_path, capsys, emt_data):
     from allscaip.train.cli import main
 
