@@ -78,9 +78,13 @@ def parse(argv):
     p.add_argument("--frame", type=int, default=None, help="start frame index (default: most ions)")
     p.add_argument("--ranks", type=int, default=4, help="MPI ranks of LAMMPS")
     p.add_argument("--temperature", type=float, default=298.0, help="K")
-    p.add_argument("--equilibration-ps", type=float, default=2.0)
-    p.add_argument("--nvt-ps", type=float, default=20.0, help="NVT production (trajectory)")
-    p.add_argument("--nve-ps", type=float, default=2.0, help="NVE segment after production (drift)")
+    p.add_argument("--equilibration-ps", type=float, default=md_lammps.DEFAULT_LENGTHS_PS["equilibration"])
+    p.add_argument(
+        "--nvt-ps", type=float, default=md_lammps.DEFAULT_LENGTHS_PS["nvt"], help="NVT production (trajectory)"
+    )
+    p.add_argument(
+        "--nve-ps", type=float, default=md_lammps.DEFAULT_LENGTHS_PS["nve"], help="NVE segment after production (drift)"
+    )
     p.add_argument("--dump-fs", type=float, default=100.0, help="trajectory interval")
     p.add_argument("--thermo-fs", type=float, default=10.0, help="thermo interval (NVE drift)")
     p.add_argument("--blocks", type=int, default=structure.DEFAULT_BLOCKS, help="blocks of the error bars")

@@ -13,6 +13,7 @@ and the 1-against-N-ranks single point.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,9 @@ IN_NACL = Path(__file__).resolve().parents[3] / "examples" / "electrolyte" / "in
 #: LAMMPS atom types 1..4 (in.nacl's ``pair_coeff * * model O H Na Cl``)
 TYPE_ORDER = list(ELEMENTS)
 TIMESTEP_FS = 0.5  # in.nacl's timestep
+#: a real run (ps): equilibration, NVT production (20 ps: 200 frames at 100 fs, 4 ps per block of 5), NVE
+DEFAULT_LENGTHS_PS = {"equilibration": 2.0, "nvt": 20.0, "nve": 2.0}
+LOOP_TIME = re.compile(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps")
 
 
 def write_start(atoms: Atoms, workdir: Path) -> Dict[str, Path]:
@@ -93,13 +97,15 @@ def run_md(
     log = _run_lmp(args, workdir, ranks, "log.lammps")
     wall = time.perf_counter() - t0
     eq, nvt, nve = thermo_blocks(log)
+    loops = [(float(t), int(n)) for t, n in LOOP_TIME.findall(log)]  # the runs' own time, start-up excluded
     n_atoms = len(ase.io.read(start["data"], format="lammps-data", atom_style="atomic"))
     total_steps = steps["eq_steps"] + steps["nvt_steps"] + steps["nve_steps"]
     return {
         "engine": "lammps",
         "ranks": ranks,
         "wall_s": wall,
-        "steps_per_s": total_steps / wall,
+        "steps_per_s": sum(n for _, n in loops) / sum(t for t, _ in loops),
+        "wall_steps_per_s": total_steps / wall,
         "trajectory": str(workdir / "nvt.dcd"),
         "n_atoms": n_atoms,
         "nvt_temperature_K": float(np.mean(nvt["Temp"])),
