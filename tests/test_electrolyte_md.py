@@ -135,3 +135,31 @@ def test_md_command_end_to_end_two_ranks(small_solution, tmp_path, monkeypatch):
     assert "## MD: structure of the solution" in page and "](img/electrolyte_md_rdf.png)" in page
     assert "| 1 against 2 ranks, float64, one frame | ≤ 1e-10 relative |" in page
     assert "Not measured yet" not in page and "## Forces on the test boxes" in page
+
+
+def test_lengths_become_in_nacl_steps_and_short_runs_are_refused():
+    from allscaip.workflows.electrolyte import md_cli
+
+    args = md_cli.parse([])  # the defaults: a real run
+    assert md_cli.steps_of(args) == {
+        "eq_steps": 4000,
+        "nvt_steps": 40000,
+        "nve_steps": 4000,
+        "dump_every": 200,
+        "thermo_every": 20,
+    }
+    with pytest.raises(SystemExit, match="fewer than --blocks 5 frames"):
+        md_cli.steps_of(md_cli.parse(["--nvt-ps", "0.4"]))  # 4 frames of 100 fs
+    with pytest.raises(SystemExit, match="at least two thermo samples"):
+        md_cli.steps_of(md_cli.parse(["--nve-ps", "0.01"]))
+
+
+def test_the_default_start_is_the_test_solution_with_most_ions():
+    from allscaip.workflows.electrolyte import md_cli
+
+    frames = read(VAL.parent / "test.extxyz", ":")
+    start = md_cli.pick_start(frames, None)
+    assert len(start) >= 1500 and start.info["config_type"] == "solution"
+    assert start.get_chemical_symbols().count("Na") == max(a.get_chemical_symbols().count("Na") for a in frames)
+    with pytest.raises(SystemExit, match="has 12 frames"):
+        md_cli.pick_start(frames, 12)

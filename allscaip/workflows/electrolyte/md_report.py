@@ -35,12 +35,14 @@ def plot(md: Dict[str, Any], img_dir: Path) -> Path:
             r, g, e = (np.asarray(d[k]) for k in ("r_A", "g", "g_err"))
             line = ax.plot(r, g, color=COLORS.get(label), label=label)[0]
             ax.fill_between(r, g - e, g + e, color=line.get_color(), alpha=0.3, lw=0)
+        if (a, b) == ("Na", "Cl"):
+            cut = next(iter(md["structure"].values()))["cip_cutoff_A"]
+            ax.axvline(cut, color="gray", ls=":", label=f"CIP cut-off {cut:g} Å")
         ax.axhline(1.0, color="gray", lw=0.5)
         ax.set_xlabel(f"r {a}–{b} (Å)")
         ax.set_ylabel("g(r)")
         ax.set_xlim(left=1.5)
         ax.legend(fontsize=8)
-    axes[0].axvline(next(iter(md["structure"].values()))["cip_cutoff_A"], color="gray", ls=":", label="CIP cut-off")
     L = md["lengths_ps"]
     fig.suptitle(
         f"NaCl(aq), {md['start']['n_atoms']} atoms, NVT {md['temperature_K']:g} K, {L['nvt']:g} ps after "
