@@ -97,6 +97,9 @@ def parse(argv):
     p.add_argument("--json", type=Path, default=EXAMPLE / "evaluation.json", help="evaluation JSON to add 'md' to")
     p.add_argument("--doc", type=Path, default=Path("docs/electrolyte.md"))
     p.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    p.add_argument(
+        "--notes", type=Path, default=EXAMPLE / "evaluation_notes.md", help="reading of the numbers, appended"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMM threads of this process")
     return p.parse_args(argv)
 
@@ -154,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     md["wall_s"] = time.perf_counter() - t0
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     results["md"] = md
+    if args.notes.is_file():  # the reading of the numbers, refreshed with them
+        results["notes"] = args.notes.read_text().strip().splitlines()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
     image = md_report.plot(md, args.img_dir)
