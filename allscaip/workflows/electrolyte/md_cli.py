@@ -148,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         print(f"teacher (OpenMM): {md['runs']['teacher']['wall_s']:.0f} s", flush=True)
     for label, run in md["runs"].items():
-        traj = structure.load(Path(run["trajectory"]), start["pdb"])
+        traj = structure.load(Path(run["trajectory"]), start["pdb"])[run.get("skip_frames", 0) :]
         md["structure"][label] = structure.analyse(traj, args.blocks, args.cip_cutoff)
     if not args.no_rank_check:
         model64 = md_lammps.export_model(args.model, out / f"{args.model.stem}_float64.pt", "float64")

@@ -107,6 +107,9 @@ def run_md(
         "steps_per_s": sum(n for _, n in loops) / sum(t for t, _ in loops),
         "wall_steps_per_s": total_steps / wall,
         "trajectory": str(workdir / "nvt.dcd"),
+        # dump dcd also writes the production run's first step (the equilibrated start): the analysis skips it,
+        # so that both engines' frames sit at the same times (dump_every, 2 dump_every, ... into production)
+        "skip_frames": 1,
         "n_atoms": n_atoms,
         "nvt_temperature_K": float(np.mean(nvt["Temp"])),
         "nve": {
