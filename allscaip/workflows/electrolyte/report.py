@@ -2,7 +2,8 @@
 
 ``results`` is the JSON the command writes: ``models`` (name -> checkpoint, training summary,
 force summary and bins), ``pair`` (separations, curves, checks) and ``checks`` (the issue's
-acceptance numbers).
+acceptance numbers), and ``md`` once ``python -m allscaip.workflows.electrolyte md`` has run
+(its section: :mod:`.md_report`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any, Dict, List
+
+from allscaip.workflows.electrolyte import md_report
 
 #: the issue's acceptance thresholds
 MIN_ION_MAE_RATIO = 2.0  # local ion force MAE / long-range ion force MAE, at least
@@ -115,10 +118,16 @@ def markdown(results: Dict[str, Any], images: Dict[str, Path], doc: Path) -> str
         f"({1000 * pair['checks']['longrange']['max_error_beyond_edge_eV']:.0f} of "
         f"{1000 * abs(pair['checks']['longrange']['teacher_at_edge_eV']):.0f} meV) | "
         f"{'pass' if ok['pair_curve'] else '**fail**'} |",
+    ]
+    md = results.get("md")
+    out += md_report.acceptance_rows(md) if md else []
+    out += [
         "",
         "Not measured yet (next steps): LAMMPS MD on 4 ranks (≥ 1500 atoms, NVT 298 K) with Na–Cl, Na–O and "
         "Cl–O RDFs from mdtraj and the contact-ion-pair fraction against the teacher's, block error bars; "
-        "an NVE drift; 1 against 4 ranks in float64 on one frame.",
+        "an NVE drift; 1 against 4 ranks in float64 on one frame."
+        if not md
+        else "MD, RDFs, contact ion pairs, NVE drift and the rank check: the MD section below.",
         "",
         "## Models",
         "",
@@ -185,6 +194,8 @@ def markdown(results: Dict[str, Any], images: Dict[str, Path], doc: Path) -> str
             f"{1000 * k['max_error_beyond_edge_eV']:.0f} | {k['error_over_edge_value']:.2f} | "
             f"{1000 * k['model_span_beyond_edge_eV']:.0f} |"
         )
+    if md:
+        out += [""] + md_report.section(md, rel["md"])
     if results.get("notes"):
         out += ["", "## What the numbers show", ""] + list(results["notes"])
     return "\n".join(out) + "\n"

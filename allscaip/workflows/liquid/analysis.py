@@ -171,3 +171,12 @@ def ar1_series(n: int, phi: float, mean: float = 0.0, sigma: float = 1.0, seed: 
     for t in range(1, n):
         x[t] = phi * x[t - 1] + e[t]
     return x + mean
+
+
+def energy_drift_mev_atom_ps(time_ps, total_energy_ev, n_atoms: int) -> float:
+    """Energy drift of an NVE segment: slope of a least-squares line through the total energy
+    against time, in meV per atom per ps."""
+    t, e = np.asarray(time_ps, dtype=float), np.asarray(total_energy_ev, dtype=float)
+    if len(t) < 2 or np.ptp(t) == 0.0:
+        raise ValueError(f"the drift needs at least two samples at different times, got {len(t)}")
+    return float(np.polyfit(t - t[0], e, 1)[0] * 1000.0 / n_atoms)

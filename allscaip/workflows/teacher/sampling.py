@@ -63,11 +63,15 @@ def run_nvt(
     stride_fs: float = 200.0,
     timestep_fs: float = 0.5,
     friction_per_ps: float = 1.0,
+    minimise: bool = True,
+    hot_start: bool = True,
 ) -> Iterator[tuple[np.ndarray, float]]:
     """NVT Langevin MD of a periodic box (module docstring): yields ``n_frames`` pairs
     ``(positions_nm [N, 3], kinetic temperature K)``, one every ``stride_fs`` after the
     minimisation and ``equilibration_ps``. Positions are wrapped by molecule (OpenMM's
-    ``enforcePeriodicBox``)."""
+    ``enforcePeriodicBox``). ``minimise=False`` starts MD from ``positions_nm`` as they are and
+    ``hot_start=False`` keeps ``friction_per_ps`` throughout (the electrolyte MD comparison runs the
+    LAMMPS protocol so)."""
     step_ps = timestep_fs * 1e-3
     integ = openmm.LangevinMiddleIntegrator(
         temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, step_ps * unit.picoseconds
@@ -77,13 +81,14 @@ def run_nvt(
     ctx = openmm.Context(system_md, integ, platform, props)
     ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
     ctx.setPositions(positions_nm * unit.nanometer)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 0)
+    if minimise:
+        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 0)
     ctx.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed_for("velocities", seed))
     n_eq = int(round(equilibration_ps / step_ps))
     n_stride = max(1, int(round(stride_fs * 1e-3 / step_ps)))
     # Thermalise quickly first: the first quarter of the equilibration (at most 0.5 ps) uses a
     # 10x larger friction, then the production friction for the rest of the run.
-    n_hot = min(n_eq // 4, int(round(0.5 / step_ps)))
+    n_hot = min(n_eq // 4, int(round(0.5 / step_ps))) if hot_start else 0
     if n_hot:
         integ.setFriction(10 * friction_per_ps / unit.picosecond)
         integ.step(n_hot)
