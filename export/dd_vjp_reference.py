@@ -27,6 +27,10 @@ Reverse, with the communications reversed, layer L-1 down to 0:
   g_vec += VJP prepare(g_bias, g_P, g_h, g_edges)    (g_P, g_bias summed over layers)
 Node-encoding models are not covered (their pair bias and blocked attention would be two more
 stages per layer).
+
+The layer loop below is one of four copies (allscaip.model.AllScAIP.forward,
+allscaip_export.dd_reference.staged_energies, lammps_plugin/allscaip_staged.cpp evaluate_staged, and
+this one); a change to one goes to all four.
 """
 
 from __future__ import annotations
