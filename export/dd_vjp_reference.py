@@ -9,10 +9,10 @@ functions of :func:`stage_functions` touch the model; each is what one compiled 
 package would hold.
 
 Stages of one rank (L layers; a model without a node encoding):
-  prepare(vec)                      -> bias, legendre_p, h, edges   (aux: pruned index)
+  prepare(vec; mask, index, Z)      -> bias, legendre_p, h, edges   (aux: pruned index)
   local_project[l](h_all, edges, legendre_p, bias) -> h, edges, q, k, v
   finish[l](h, q, K, V)             -> h
-  readout(h, vec)                   -> per-atom energies (readout + core repulsion)
+  readout(h, vec; mask, index, Z)   -> per-atom energies (readout + core repulsion)
 and for each its VJP: (primal inputs, output cotangents) -> input cotangents, which recomputes the
 stage's forward from its inputs (so no activation crosses a stage boundary).
 
@@ -59,14 +59,14 @@ def vjp_function(stage: Stage, has_aux: bool = False) -> Callable[..., tuple]:
     return backward
 
 
-def stage_functions(module, rank: dict, charge: int, spin: int) -> Dict[str, Stage]:
-    """The forward stages of one rank as pure functions of their float inputs (the rank's mask,
-    index and atomic numbers are constants of the rank, as the engine passes them every step;
-    ``prepare`` returns the pruned neighbour index as aux, the layers take it as a constant)."""
-    mask, index, z_all = rank["mask"], rank["index"], rank["z_all"]
-    nc = len(rank["owned"])
+def stage_functions(module, charge: int, spin: int) -> Dict[str, Stage]:
+    """The forward stages as functions of tensors, the same for every rank (what a package would
+    compile): float inputs first, then the integer/bool constants of the rank's layout (mask,
+    neighbour index, atomic numbers; the pruned index that ``prepare`` returns as aux), which
+    get no cotangent. ``charge`` and ``spin`` are fixed here (a compiled stage would take them as
+    two more constants)."""
 
-    def prepare(vec):
+    def prepare(vec, mask, index, z_all):
         idx, bias, legendre_p, h, edges = module.dd_prepare(vec, mask, index, z_all, charge, spin)
         return (bias, legendre_p, h, edges), idx
 
@@ -84,8 +84,8 @@ def stage_functions(module, rank: dict, charge: int, spin: int) -> Dict[str, Sta
 
         return run
 
-    def readout(h, vec):
-        e = module.dd_readout(h, z_all[:nc])
+    def readout(h, vec, mask, index, z_all):
+        e = module.dd_readout(h, z_all[: h.shape[0]])
         if hasattr(module, "dd_core"):
             e = e + module.dd_core(vec, mask, index, z_all)
         return (e,)
@@ -132,39 +132,41 @@ def dd_vjp_evaluate(
         raise ValueError("the staged VJP specification covers models without a node encoding")
     ranks = rank_layouts(module, positions, numbers, cell, owner_rank, nranks, pbc)
     n, num_layers = len(numbers), int(module.num_layers)
-    stages = [stage_functions(module, rk, charge, spin) for rk in ranks]
+    stage = stage_functions(module, charge, spin)  # one set of functions; each rank passes its layout
     vecs = [rk["vec"].detach() for rk in ranks]
+    layout = [(rk["mask"], rk["index"], rk["z_all"]) for rk in ranks]
     rows = np.cumsum([0] + [len(rk["owned"]) for rk in ranks])  # each rank's rows of K, V
 
     # ---- forward, keeping each stage's inputs for its VJP
     with torch.no_grad():
-        prep = [st["prepare"](vec) for st, vec in zip(stages, vecs)]
+        prep = [stage["prepare"](vecs[r], *layout[r]) for r in range(nranks)]
         bias, legendre_p, h, edges = (list(x) for x in zip(*[p[0] for p in prep]))
         pruned = [(p[1],) for p in prep]
         saved: List[dict] = []
         for layer in range(num_layers):
             ghost = _ghost_rows(h, ranks, n)
             local_in = [(torch.cat([h[r], ghost[r]]), edges[r], legendre_p[r], bias[r]) for r in range(nranks)]
-            out = [stages[r][f"local_project_{layer}"](*local_in[r], *pruned[r]) for r in range(nranks)]
+            out = [stage[f"local_project_{layer}"](*local_in[r], *pruned[r]) for r in range(nranks)]
             k_all = torch.cat([o[3] for o in out], 1)  # all-gather
             v_all = torch.cat([o[4] for o in out], 1)
             finish_in = [(o[0], o[2], k_all, v_all) for o in out]
             saved.append({"local": local_in, "finish": finish_in})
             edges = [o[1] for o in out]
-            h = [stages[r][f"finish_{layer}"](*finish_in[r])[0] for r in range(nranks)]
-        e = [stages[r]["readout"](h[r], vecs[r])[0] for r in range(nranks)]
+            h = [stage[f"finish_{layer}"](*finish_in[r])[0] for r in range(nranks)]
+        e = [stage["readout"](h[r], vecs[r], *layout[r])[0] for r in range(nranks)]
 
     # ---- reverse pass: the VJPs in reverse order, communications reversed
     g_h, g_vec = [], []
     for r in range(nranks):
-        g_h_r, g_vec_r = vjp_function(stages[r]["readout"])((h[r], vecs[r]), (torch.ones_like(e[r]),))
+        ones = (torch.ones_like(e[r]),)
+        g_h_r, g_vec_r = vjp_function(stage["readout"])((h[r], vecs[r]), ones, layout[r])
         g_h.append(g_h_r)
         g_vec.append(g_vec_r)
     g_edges = [torch.zeros_like(x) for x in edges]
     g_p = [torch.zeros_like(x) for x in legendre_p]
     g_bias = [torch.zeros_like(x) for x in bias]
     for layer in reversed(range(num_layers)):
-        fin = [vjp_function(stages[r][f"finish_{layer}"])(saved[layer]["finish"][r], (g_h[r],)) for r in range(nranks)]
+        fin = [vjp_function(stage[f"finish_{layer}"])(saved[layer]["finish"][r], (g_h[r],)) for r in range(nranks)]
         # reduce-scatter: the sum of every rank's key/value gradient, each rank keeps its rows
         g_k_all = sum(f[2] for f in fin)
         g_v_all = sum(f[3] for f in fin)
@@ -172,7 +174,7 @@ def dd_vjp_evaluate(
         for r in range(nranks):
             mine = slice(rows[r], rows[r + 1])
             cot = (fin[r][0], g_edges[r], fin[r][1], g_k_all[:, mine], g_v_all[:, mine])
-            g_in = vjp_function(stages[r][f"local_project_{layer}"])(saved[layer]["local"][r], cot, pruned[r])
+            g_in = vjp_function(stage[f"local_project_{layer}"])(saved[layer]["local"][r], cot, pruned[r])
             g_h_all.append(g_in[0])
             g_edges[r] = g_in[1]
             g_p[r] = g_p[r] + g_in[2]
@@ -180,7 +182,7 @@ def dd_vjp_evaluate(
         g_h = _reverse_ghost_rows(g_h_all, ranks, n)
     for r in range(nranks):
         cot = (g_bias[r], g_p[r], g_h[r], g_edges[r])
-        (g_prep,) = vjp_function(stages[r]["prepare"], has_aux=True)((vecs[r],), cot)
+        (g_prep,) = vjp_function(stage["prepare"], has_aux=True)((vecs[r],), cot, layout[r])
         g_vec[r] = g_vec[r] + g_prep
 
     forces, virial = tally_gradients(ranks, g_vec, [], n)
