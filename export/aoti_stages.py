@@ -8,16 +8,24 @@ centre, row, kept-width and edge-token counts become dynamic; the sizes fixed by
 weights stay static) and compiled. Several compiled stages go into one archive under their names
 and are loaded one by one (``load_stage``), in C++ with ``AOTIModelPackageLoader(path, name)``.
 
-Not yet here: the whole package of 2(2L + 2) stages, the evaluation that runs it, and the plugin's
-C++ reverse pass.
+``compile_staged`` compiles every stage of a model and its VJP (2(2L + 2) functions) into one
+package, from the sizes met on rank 0 of an example split; ``load_staged`` returns them with the
+signatures of :func:`~allscaip_export.dd_vjp_reference.stage_functions` and
+:func:`~allscaip_export.dd_vjp_reference.stage_vjps`, so that
+:func:`~allscaip_export.dd_vjp_reference.dd_vjp_evaluate` runs the package. Not yet here: the
+plugin's C++ reverse pass; ``charge`` and ``spin`` are fixed at compile time; every rank must own
+at least 2 atoms (compiled sizes start at 2).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch._inductor import aot_compile
@@ -27,6 +35,7 @@ from torch.export.pt2_archive._package import package_pt2
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
 
+from allscaip_export.dd_vjp_reference import dd_vjp_evaluate, stage_functions, stage_vjps
 from allscaip_export.metadata import dumps
 
 
@@ -41,9 +50,12 @@ class _Traced(nn.Module):
         return self.gm(*args)
 
 
-def compile_stage(fn: Callable[..., Any], example_args: Sequence[torch.Tensor]) -> List[str]:
-    """Compile ``fn`` (tensors in, a tuple of tensors out) for the device of its inputs; returns the
-    AOTInductor files for :func:`package_stages`. The example sizes must be generic: make_fx gives
+def compile_stage(fn: Callable[..., Any], example_args: Sequence[torch.Tensor], into: str | Path) -> List[str]:
+    """Compile ``fn`` (tensors in, a tuple of tensors out) for the device of its inputs into the new
+    folder ``into``; returns the AOTInductor files for :func:`package_stages`. Inductor names its
+    output by the generated code, which is the same for two layers of the model (their weights are
+    constants inside the library): caches are off and the files are copied out at once, or layer 1
+    would get layer 0's library. The example sizes must be generic: make_fx gives
     equal sizes one symbol, so every size that varies between ranks or steps must differ from every
     other size (and from the model's fixed sizes) and exceed 1. ``compile_stage.seconds`` holds
     (trace + export, compile) of the last call."""
@@ -55,9 +67,12 @@ def compile_stage(fn: Callable[..., Any], example_args: Sequence[torch.Tensor]) 
     dynamic = (tuple({d: Dim.AUTO for d in range(a.dim())} for a in args),)
     ep = torch.export.export(_Traced(gm), args, dynamic_shapes=dynamic, strict=False)
     t1 = time.perf_counter()
-    files = aot_compile(ep.module(check_guards=False), args, {}, options={"aot_inductor.package": True})
+    options = {"aot_inductor.package": True, "force_disable_caches": True}
+    files = aot_compile(ep.module(check_guards=False), args, {}, options=options)
     compile_stage.seconds = (t1 - t0, time.perf_counter() - t1)  # type: ignore[attr-defined]
-    return files
+    into = Path(into)
+    into.mkdir(parents=True)
+    return [shutil.copy2(f, into / Path(f).name) for f in files]
 
 
 compile_stage.seconds = (0.0, 0.0)  # type: ignore[attr-defined]
@@ -77,3 +92,58 @@ def load_stage(path: str | Path, name: str, device_index: int = -1):
     """One compiled stage of a package: a callable taking the stage's inputs positionally and
     returning its outputs as a list of tensors (no autograd)."""
     return load_package(str(path), model_name=name, device_index=device_index)
+
+
+def compile_staged(
+    module,
+    path: str | Path,
+    metadata: Dict[str, Any],
+    example: Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
+    charge: int = 0,
+    spin: int = 1,
+    verbose: bool = False,
+) -> Path:
+    """Compile every stage of ``module`` (an unscripted export module with the ``dd_*`` methods) and
+    its VJP into the package ``path``. ``example``: (positions, numbers, cell, owner_rank, nranks)
+    of a periodic system; the stages are compiled on the inputs they meet on rank 0, whose sizes
+    must be generic (see :func:`compile_stage`)."""
+    stages = stage_functions(module, charge, spin)
+    eager = stage_vjps(stages)
+    met: Dict[str, tuple] = {}
+
+    def recording(name: str):
+        def call(inputs, cotangents, constants=()):
+            met.setdefault(name, (tuple(inputs), tuple(constants), tuple(cotangents)))
+            return eager[name](inputs, cotangents, constants)
+
+        return call
+
+    dd_vjp_evaluate(module, *example, charge=charge, spin=spin, backward={k: recording(k) for k in eager})
+    files: Dict[str, List[str]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for name, (inputs, constants, cotangents) in met.items():
+            k, c = len(inputs), len(constants)
+            fn, vjp_fn = stages[name], eager[name]
+            files[name] = compile_stage(lambda *a, fn=fn: fn(*a), inputs + constants, Path(work) / name)
+            files[name + "_vjp"] = compile_stage(
+                lambda *a, f=vjp_fn, k=k, c=c: f(a[:k], a[k + c :], a[k : k + c]),
+                inputs + constants + cotangents,
+                Path(work) / (name + "_vjp"),
+            )
+            if verbose:
+                print(f"[allscaip-export] compiled stage {name} and its VJP", flush=True)
+        return package_stages(path, files, metadata)
+
+
+def load_staged(path: str | Path, num_layers: int, device_index: int = -1) -> Tuple[Dict, Dict]:
+    """(stages, VJPs) of a package of :func:`compile_staged`, with the signatures of the eager ones."""
+    names = ["prepare", "readout"] + [f"{s}_{i}" for i in range(num_layers) for s in ("local_project", "finish")]
+    stages, vjps = {}, {}
+    for name in names:
+        run, run_vjp = load_stage(path, name, device_index), load_stage(path, name + "_vjp", device_index)
+        if name == "prepare":
+            stages[name] = lambda *a, run=run: (lambda o: (tuple(o[0]), o[1]))(run(*a))  # nested as traced
+        else:
+            stages[name] = lambda *a, run=run: tuple(run(*a))
+        vjps[name] = lambda inputs, cotangents, constants=(), run=run_vjp: tuple(run(*inputs, *constants, *cotangents))
+    return stages, vjps

@@ -35,7 +35,7 @@ this one); a change to one goes to all four.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -97,6 +97,11 @@ def stage_functions(module, charge: int, spin: int) -> Dict[str, Stage]:
     return stages
 
 
+def stage_vjps(stages: Dict[str, Stage]) -> Dict[str, Callable[..., tuple]]:
+    """The VJP of every stage, by the stage's name (``prepare`` returns its pruned index as aux)."""
+    return {name: vjp_function(fn, has_aux=name == "prepare") for name, fn in stages.items()}
+
+
 def _ghost_rows(h_owned: List[torch.Tensor], ranks: List[dict], n: int) -> List[torch.Tensor]:
     """Forward communication: each rank's ghost rows are their owners' node states."""
     h_global = torch.zeros((n, h_owned[0].shape[1]), dtype=h_owned[0].dtype)
@@ -125,14 +130,19 @@ def dd_vjp_evaluate(
     charge: int = 0,
     spin: int = 1,
     pbc: Sequence[bool] = (True, True, True),
+    stage: Optional[Dict[str, Stage]] = None,
+    backward: Optional[Dict[str, Callable[..., tuple]]] = None,
 ) -> Dict[str, torch.Tensor]:
     """Energy, forces, virial, per-atom energies as :func:`allscaip_export.dd_reference.dd_evaluate`,
-    computed with the stage functions and their VJPs only (no autograd across stages)."""
+    computed with the stage functions and their VJPs only (no autograd across stages): by default
+    the module's (:func:`stage_functions`, :func:`stage_vjps`), or the given ``stage`` / ``backward``
+    dicts of the same names and signatures (compiled ones: :mod:`allscaip_export.aoti_stages`)."""
     if float(getattr(module, "encoding_range", 0.0)) > 0:
         raise ValueError("the staged VJP specification covers models without a node encoding")
     ranks = rank_layouts(module, positions, numbers, cell, owner_rank, nranks, pbc)
     n, num_layers = len(numbers), int(module.num_layers)
-    stage = stage_functions(module, charge, spin)  # one set of functions; each rank passes its layout
+    stage = stage if stage is not None else stage_functions(module, charge, spin)  # each rank passes its layout
+    backward = backward if backward is not None else stage_vjps(stage_functions(module, charge, spin))
     vecs = [rk["vec"].detach() for rk in ranks]
     layout = [(rk["mask"], rk["index"], rk["z_all"]) for rk in ranks]
     rows = np.cumsum([0] + [len(rk["owned"]) for rk in ranks])  # each rank's rows of K, V
@@ -159,14 +169,14 @@ def dd_vjp_evaluate(
     g_h, g_vec = [], []
     for r in range(nranks):
         ones = (torch.ones_like(e[r]),)
-        g_h_r, g_vec_r = vjp_function(stage["readout"])((h[r], vecs[r]), ones, layout[r])
+        g_h_r, g_vec_r = backward["readout"]((h[r], vecs[r]), ones, layout[r])
         g_h.append(g_h_r)
         g_vec.append(g_vec_r)
     g_edges = [torch.zeros_like(x) for x in edges]
     g_p = [torch.zeros_like(x) for x in legendre_p]
     g_bias = [torch.zeros_like(x) for x in bias]
     for layer in reversed(range(num_layers)):
-        fin = [vjp_function(stage[f"finish_{layer}"])(saved[layer]["finish"][r], (g_h[r],)) for r in range(nranks)]
+        fin = [backward[f"finish_{layer}"](saved[layer]["finish"][r], (g_h[r],)) for r in range(nranks)]
         # reduce-scatter: the sum of every rank's key/value gradient, each rank keeps its rows
         g_k_all = sum(f[2] for f in fin)
         g_v_all = sum(f[3] for f in fin)
@@ -174,7 +184,7 @@ def dd_vjp_evaluate(
         for r in range(nranks):
             mine = slice(rows[r], rows[r + 1])
             cot = (fin[r][0], g_edges[r], fin[r][1], g_k_all[:, mine], g_v_all[:, mine])
-            g_in = vjp_function(stage[f"local_project_{layer}"])(saved[layer]["local"][r], cot, pruned[r])
+            g_in = backward[f"local_project_{layer}"](saved[layer]["local"][r], cot, pruned[r])
             g_h_all.append(g_in[0])
             g_edges[r] = g_in[1]
             g_p[r] = g_p[r] + g_in[2]
@@ -182,7 +192,7 @@ def dd_vjp_evaluate(
         g_h = _reverse_ghost_rows(g_h_all, ranks, n)
     for r in range(nranks):
         cot = (g_bias[r], g_p[r], g_h[r], g_edges[r])
-        (g_prep,) = vjp_function(stage["prepare"], has_aux=True)((vecs[r],), cot, layout[r])
+        (g_prep,) = backward["prepare"]((vecs[r],), cot, layout[r])
         g_vec[r] = g_vec[r] + g_prep
 
     forces, virial = tally_gradients(ranks, g_vec, [], n)

@@ -1,8 +1,11 @@
-"""A stage of the staged evaluation and its VJP compiled with AOTInductor into one .pt2 under two
-names (allscaip_export.aoti_stages): compiled once on one rank's sizes, they equal the eager stage
-and VJP on every rank's sizes of a 3-slab split (dynamic centre, row, kept-width and edge counts).
+"""A staged .pt2 in Python (allscaip_export.aoti_stages): every stage of a two-layer model and its VJP
+compiled with AOTInductor into one package (12 named models), compiled once on the sizes of rank 0
+of a 3-slab split, then run by the manual reverse pass of allscaip_export.dd_vjp_reference on 1, 2
+and 3 ranks: equal to the eager model to 1e-10 in float64 (dynamic centre, row, kept-width and
+edge-token counts).
 
-Two Inductor compiles (about 2.5 min of CPU time on one thread)."""
+Twelve Inductor compiles: the slowest test module of the export tests (about 10 minutes of CPU
+time on one thread)."""
 
 from __future__ import annotations
 
@@ -12,36 +15,25 @@ import pytest
 import torch
 from conftest import small_model, water_box
 
+from allscaip.data import atoms_to_batch
+from allscaip.model import compute_properties
 from allscaip_export.aoti import read_metadata
-from allscaip_export.aoti_stages import compile_stage, load_stage, package_stages
+from allscaip_export.aoti_stages import compile_staged, load_staged
 from allscaip_export.dd_reference import rank_layouts, split_slabs
-from allscaip_export.dd_vjp_reference import stage_functions, vjp_function
+from allscaip_export.dd_vjp_reference import dd_vjp_evaluate
 from allscaip_export.metadata import build_metadata
 from allscaip_export.torchscript import ExportedAllScAIP
 
-STAGE_TOLERANCE = 1e-10
-"""Relative agreement of a compiled stage with the eager one in float64 (fusion reorders sums)."""
+RANK_TOLERANCE = 1e-10
+"""Relative agreement with the eager model in float64 (compiled kernels reorder sums)."""
 KNN = 9
-"""max_neighbors of the test model: its kept widths (10-13) differ from every other size here."""
-STAGE = "local_project_0"
-
-
-def _stage_inputs(stages, rank, generator):
-    """(inputs, constants, cotangents, eager outputs) of layer 0's local stage on one rank's layout;
-    the ghost rows of h_all are random (only the stage is compared)."""
-    with torch.no_grad():
-        (bias, legendre_p, h, edges), pruned = stages["prepare"](
-            rank["vec"].detach(), rank["mask"], rank["index"], rank["z_all"]
-        )
-        ghosts = torch.randn(len(rank["ghost_atom"]), h.shape[1], dtype=h.dtype, generator=generator)
-        inputs = (torch.cat([h, ghosts]), edges, legendre_p, bias)
-        out = stages[STAGE](*inputs, pruned)
-    cotangents = tuple(torch.randn(o.shape, dtype=o.dtype, generator=generator) for o in out)
-    return inputs, (pruned,), cotangents, out
+"""max_neighbors of the test model: on rank 0 of the 3-slab split its sizes (7 centres, 84 rows,
+kept width 10, 55 edge tokens, 24 atoms) differ from each other and from the model's fixed sizes,
+as make_fx needs to keep them apart."""
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+def package(tmp_path_factory):
     model = small_model(max_neighbors=KNN).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -49,43 +41,44 @@ def compiled(tmp_path_factory):
     module = ExportedAllScAIP(model, json.dumps(meta))
     atoms = water_box(2, cell_skew=True, seed=4)
     owner = split_slabs(atoms.get_scaled_positions()[:, 0], 3)
-    ranks = rank_layouts(module, atoms.positions, atoms.numbers, atoms.cell.array, owner, 3)
-    stages = stage_functions(module, 0, 1)
-    generator = torch.Generator().manual_seed(0)
-    cases = [_stage_inputs(stages, rk, generator) for rk in ranks]
-    inputs, constants, cotangents, _ = cases[0]
-    sizes = [s for t in inputs + constants for s in t.shape]
-    varying = {inputs[0].shape[0], inputs[1].shape[0], inputs[3].shape[0], inputs[3].shape[1], constants[0].shape[1]}
-    assert len(varying) == 5 and not varying & {int(model.cfg.hidden), 1, 4, 5, 8}, f"sizes not generic: {sizes}"
-    backward = vjp_function(stages[STAGE])
-    files = {
-        STAGE: compile_stage(lambda *a: stages[STAGE](*a), inputs + constants),
-        STAGE + "_vjp": compile_stage(
-            lambda *a: backward(a[:4], a[5:], a[4:5]),
-            inputs + constants + cotangents,
-        ),
-    }
-    path = package_stages(tmp_path_factory.mktemp("stages") / "stages.pt2", files, meta)
-    return path, stages, cases
+    rank0 = rank_layouts(module, atoms.positions, atoms.numbers, atoms.cell.array, owner, 3)[0]
+    sizes = {len(rank0["owned"]), rank0["z_all"].shape[0], rank0["index"].shape[1], len(atoms)}
+    assert len(sizes) == 4 and not sizes & {1, 4, 5, 8, 32}, f"example sizes not generic: {sizes}"
+    path = tmp_path_factory.mktemp("staged") / "staged.pt2"
+    compile_staged(module, path, meta, (atoms.positions, atoms.numbers, atoms.cell.array, owner, 3))
+    return model, module, path, atoms
 
 
-def _rel(actual, expected) -> float:
-    return max(float((a - e).abs().max()) / max(float(e.abs().max()), 1e-30) for a, e in zip(actual, expected))
+def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max()) / max(float(expected.abs().max()), 1e-30)
 
 
-def test_compiled_stage_and_vjp_on_every_rank(compiled):
-    path, stages, cases = compiled
-    forward, backward = load_stage(path, STAGE), load_stage(path, STAGE + "_vjp")
-    for inputs, constants, cotangents, out in cases:
-        assert _rel(forward(*inputs, *constants), out) <= STAGE_TOLERANCE
-        expected = vjp_function(stages[STAGE])(inputs, cotangents, constants)
-        got = backward(*inputs, *constants, *cotangents)
-        assert len(got) == 4 and _rel(got, expected) <= STAGE_TOLERANCE
-    # the three ranks really differ in every dynamic size
-    assert len({tuple(c[0][0].shape) for c in cases}) == 3 and len({tuple(c[0][1].shape) for c in cases}) == 3
+@pytest.mark.parametrize("nranks", [1, 2, 3])
+def test_compiled_stages_equal_eager(package, nranks):
+    model, module, path, atoms = package
+    stages, vjps = load_staged(path, int(module.num_layers))
+    owner = split_slabs(atoms.get_scaled_positions()[:, 0], nranks)
+    args = (atoms.positions, atoms.numbers, atoms.cell.array, owner, nranks)
+    out = dd_vjp_evaluate(module, *args, stage=stages, backward=vjps)
+    ref = compute_properties(model, atoms_to_batch([atoms]), stress=True)
+    virial = -ref["stress"][0] * atoms.get_volume()
+    assert abs(out["energy"].item() - ref["energy"].item()) <= RANK_TOLERANCE * abs(ref["energy"].item())
+    assert _rel(out["forces"], ref["forces"]) <= RANK_TOLERANCE
+    assert _rel(out["virial"], virial) <= RANK_TOLERANCE
+    assert _rel(out["energies"], ref["energies"]) <= RANK_TOLERANCE
 
 
-def test_package_carries_metadata(compiled):
-    path = compiled[0]
+def test_package_holds_every_stage_and_metadata(package):
+    path = package[2]
     meta = read_metadata(path)
     assert meta["format"] == "aoti" and meta["num_layers"] == 2
+    stages, vjps = load_staged(path, 2)
+    assert (
+        sorted(stages)
+        == sorted(vjps)
+        == ["finish_0", "finish_1", "local_project_0", "local_project_1"]
+        + [
+            "prepare",
+            "readout",
+        ]
+    )
