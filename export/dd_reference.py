@@ -31,7 +31,7 @@ and dE/dpair_vec is tallied exactly like dE/dvec (forces on i and j, virial -pai
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +58,26 @@ def dd_evaluate(
 ) -> Dict[str, torch.Tensor]:
     """Energy, forces, virial, per-atom energies of a system (periodic along ``pbc``; a molecule:
     all False) split over ``nranks``."""
+    ranks = rank_layouts(module, positions, numbers, cell, owner_rank, nranks, pbc)
+    n = len(numbers)
+    total, energies = staged_energies(module, ranks, n, charge, spin)
+    leaves = [rk["vec"] for rk in ranks] + [rk["pair_vec"] for rk in ranks if "pair_vec" in rk]
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    forces, virial = tally_gradients(ranks, list(grads[: len(ranks)]), list(grads[len(ranks) :]), n)
+    return {"energy": total.detach(), "forces": forces, "virial": virial, "energies": energies}
+
+
+def rank_layouts(
+    module,
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    cell: np.ndarray,
+    owner_rank: np.ndarray,
+    nranks: int,
+    pbc: Sequence[bool] = (True, True, True),
+) -> List[dict]:
+    """Each rank's layout as an engine builds it (see the module docstring): owned atoms, ghosts,
+    padded neighbour slots and the leaf ``vec`` (requires grad); with a node encoding its pairs."""
     cutoff = float(module.cutoff)
     encoding_range = float(getattr(module, "encoding_range", 0.0))
     dtype = torch.float64
@@ -127,20 +147,26 @@ def dd_evaluate(
                 pair_vec=(x_j - pos[i_atom]).detach().requires_grad_(True),
             )
         ranks.append(rank)
+    return ranks
 
-    total, energies = staged_energies(module, ranks, n, charge, spin)
-    leaves = [rk["vec"] for rk in ranks] + [rk["pair_vec"] for rk in ranks if "pair_vec" in rk]
-    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+
+def tally_gradients(
+    ranks: List[dict], vec_grads: List[Optional[torch.Tensor]], pair_grads: List[Optional[torch.Tensor]], n: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forces [n, 3] and virial [3, 3] from each rank's dE/dvec (``vec_grads``, rank order; None: no
+    dependence) and, for the ranks with encoding pairs, dE/dpair_vec (``pair_grads``):
+    f_i += g, f_j -= g, W = -sum vec (x) g, as the plugin tallies them."""
+    dtype = ranks[0]["vec"].dtype
     forces = torch.zeros((n, 3), dtype=dtype)
     virial = torch.zeros((3, 3), dtype=dtype)
     # encoding pairs: an edge gradient like any other, on i and on j's atom
-    for rk, g in zip([rk for rk in ranks if "pair_vec" in rk], grads[len(ranks) :]):
+    for rk, g in zip([rk for rk in ranks if "pair_vec" in rk], pair_grads):
         if g is None:
             continue
         forces = forces.index_add(0, rk["pair_i"], g)
         forces = forces.index_add(0, rk["pair_j"], -g)
         virial = virial - torch.einsum("pa,pb->ab", rk["pair_vec"].detach(), g)
-    for rk, g in zip(ranks, grads[: len(ranks)]):
+    for rk, g in zip(ranks, vec_grads):
         if g is None:
             continue
         g = g * rk["mask"].unsqueeze(-1)
@@ -150,7 +176,7 @@ def dd_evaluate(
         forces = forces.index_add(0, rk["owned"], g.sum(1))
         forces = forces.index_add(0, nbr_atom.reshape(-1), -g.reshape(-1, 3))
         virial = virial - torch.einsum("ika,ikb->ab", rk["vec"].detach(), g)
-    return {"energy": total.detach(), "forces": forces, "virial": virial, "energies": energies}
+    return forces, virial
 
 
 def staged_energies(
@@ -169,9 +195,10 @@ def staged_energies(
         state.append([idx, bias, P, h, E])
         if encoding and not hasattr(module, "dd_global_finish_heads"):
             rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
-    # The layer loop is written three times: here (the staged calls, one process),
-    # allscaip.model.AllScAIP.forward and .layer (whole systems) and lammps_plugin/allscaip_staged.cpp (evaluate_staged)
-    # (these calls under MPI). A change here goes to all three.
+    # The layer loop is written four times: here (the staged calls, one process),
+    # allscaip.model.AllScAIP.forward and .layer (whole systems), lammps_plugin/allscaip_staged.cpp (evaluate_staged)
+    # (these calls under MPI) and allscaip_export.dd_vjp_reference (the same stages with a manual reverse
+    # pass). A change here goes to all four.
     for layer in range(int(module.num_layers)):
         h_global = torch.zeros((n, int(module.hidden)), dtype=state[0][3].dtype, device=state[0][3].device)
         for rk, st in zip(ranks, state):

@@ -91,10 +91,8 @@ void gather_rows_by_tag(MPI_Comm world, const std::vector<int64_t> &centre_tags,
    GhostExchange
 ------------------------------------------------------------------------- */
 
-torch::Tensor GhostExchange::forward(AutogradContext *ctx, torch::Tensor h_owned,
-                                     GhostExchangeContext *gx)
+torch::Tensor ghost_exchange_forward(const torch::Tensor &h_owned, GhostExchangeContext *gx)
 {
-  ctx->saved_data[kCtxKey] = static_cast<int64_t>(reinterpret_cast<intptr_t>(gx));
   HaloExchanger *halo = gx->halo;
   const int64_t width = halo->halo_width();
   const int64_t nc = static_cast<int64_t>(gx->owned_atoms.size());
@@ -118,15 +116,13 @@ torch::Tensor GhostExchange::forward(AutogradContext *ctx, torch::Tensor h_owned
   return out.to(h_owned.device(), h_owned.scalar_type());
 }
 
-variable_list GhostExchange::backward(AutogradContext *ctx, variable_list grad_out)
+torch::Tensor ghost_exchange_reverse(const torch::Tensor &grad, GhostExchangeContext *gx)
 {
-  auto *gx = context_of<GhostExchangeContext>(ctx);
   HaloExchanger *halo = gx->halo;
   const int64_t width = halo->halo_width();
   const int64_t nc = static_cast<int64_t>(gx->owned_atoms.size());
   const int64_t ng = static_cast<int64_t>(gx->ghost_atoms.size());
 
-  auto grad = grad_out[0];
   const auto device = grad.device();
   const auto dtype = grad.scalar_type();
   auto g64 = grad.to(torch::kCPU, torch::kFloat64).contiguous();
@@ -144,17 +140,29 @@ variable_list GhostExchange::backward(AutogradContext *ctx, variable_list grad_o
   double *o = out.data_ptr<double>();
   for (int64_t c = 0; c < nc; ++c)
     std::memcpy(o + c * width, buf + gx->owned_atoms[c] * width, width * sizeof(double));
-  return {out.to(device, dtype), torch::Tensor()};
+  return out.to(device, dtype);
+}
+
+torch::Tensor GhostExchange::forward(AutogradContext *ctx, torch::Tensor h_owned,
+                                     GhostExchangeContext *gx)
+{
+  ctx->saved_data[kCtxKey] = static_cast<int64_t>(reinterpret_cast<intptr_t>(gx));
+  return ghost_exchange_forward(h_owned, gx);
+}
+
+variable_list GhostExchange::backward(AutogradContext *ctx, variable_list grad_out)
+{
+  return {ghost_exchange_reverse(grad_out[0], context_of<GhostExchangeContext>(ctx)),
+          torch::Tensor()};
 }
 
 /* ----------------------------------------------------------------------
    AllGather
 ------------------------------------------------------------------------- */
 
-variable_list AllGather::forward(AutogradContext *ctx, torch::Tensor k, torch::Tensor v,
-                                 GatherContext *gc)
+std::pair<torch::Tensor, torch::Tensor> all_gather_forward(const torch::Tensor &k,
+                                                           const torch::Tensor &v, GatherContext *gc)
 {
-  ctx->saved_data[kCtxKey] = static_cast<int64_t>(reinterpret_cast<intptr_t>(gc));
   const int64_t heads = k.size(0), nc = k.size(1), d = k.size(2);
   if (nc != gc->counts[gc->rank] || v.sizes() != k.sizes())
     throw std::runtime_error("allscaip: all-gather got keys/values of unexpected shape");
@@ -179,11 +187,9 @@ variable_list AllGather::forward(AutogradContext *ctx, torch::Tensor k, torch::T
   return {full.select(0, 0).contiguous(), full.select(0, 1).contiguous()};
 }
 
-variable_list AllGather::backward(AutogradContext *ctx, variable_list grad_out)
+std::pair<torch::Tensor, torch::Tensor> all_gather_reverse(const torch::Tensor &gk,
+                                                           const torch::Tensor &gv, GatherContext *gc)
 {
-  auto *gc = context_of<GatherContext>(ctx);
-  auto gk = grad_out[0];
-  auto gv = grad_out[1];
   const int64_t heads = gk.size(0), d = gk.size(2);
   const int64_t nc = gc->counts[gc->rank];
   const int64_t row = 2 * heads * d;
@@ -198,7 +204,21 @@ variable_list AllGather::backward(AutogradContext *ctx, variable_list grad_out)
   gc->backward_calls++;
 
   auto g = mine.to(device).permute({1, 2, 0, 3});    // [2, heads, Nc, d]
-  return {g.select(0, 0).contiguous(), g.select(0, 1).contiguous(), torch::Tensor()};
+  return {g.select(0, 0).contiguous(), g.select(0, 1).contiguous()};
+}
+
+variable_list AllGather::forward(AutogradContext *ctx, torch::Tensor k, torch::Tensor v,
+                                 GatherContext *gc)
+{
+  ctx->saved_data[kCtxKey] = static_cast<int64_t>(reinterpret_cast<intptr_t>(gc));
+  auto [kk, vv] = all_gather_forward(k, v, gc);
+  return {kk, vv};
+}
+
+variable_list AllGather::backward(AutogradContext *ctx, variable_list grad_out)
+{
+  auto [gk, gv] = all_gather_reverse(grad_out[0], grad_out[1], context_of<GatherContext>(ctx));
+  return {gk, gv, torch::Tensor()};
 }
 
 }    // namespace allscaip

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace allscaip {
@@ -74,6 +75,20 @@ struct GatherContext {
 // to find the key of a pair's atom j, owned by any rank.
 void gather_rows_by_tag(MPI_Comm world, const std::vector<int64_t> &centre_tags,
                         std::unordered_map<int64_t, int64_t> &row_of_tag);
+
+// The communications as plain functions (no autograd), for a manual reverse pass (a staged
+// .pt2, docs/export.md) and as the bodies of the autograd Functions below:
+//   ghost_exchange_forward  h_owned [Nc, H] -> ghost node states [Ng, H]
+//   ghost_exchange_reverse  gradients of the ghost rows [Ng, H] -> summed into owners [Nc, H]
+//   all_gather_forward      k, v [heads, Nc, d] -> K, V [heads, N, d] (ranks in order)
+//   all_gather_reverse      dK, dV [heads, N, d] -> dk, dv [heads, Nc, d] (sum over ranks)
+// Each counts its call in the context (forward_calls / reverse_calls / backward_calls).
+torch::Tensor ghost_exchange_forward(const torch::Tensor &h_owned, GhostExchangeContext *gx);
+torch::Tensor ghost_exchange_reverse(const torch::Tensor &grad_ghost, GhostExchangeContext *gx);
+std::pair<torch::Tensor, torch::Tensor> all_gather_forward(const torch::Tensor &k,
+                                                           const torch::Tensor &v, GatherContext *gc);
+std::pair<torch::Tensor, torch::Tensor> all_gather_reverse(const torch::Tensor &gk,
+                                                           const torch::Tensor &gv, GatherContext *gc);
 
 class GhostExchange : public torch::autograd::Function<GhostExchange> {
  public:

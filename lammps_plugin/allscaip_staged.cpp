@@ -81,9 +81,10 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   const int64_t halo_fwd0 = ghost.forward_calls, halo_rev0 = ghost.reverse_calls;
   const int64_t gather_fwd0 = gather.forward_calls, gather_bwd0 = gather.backward_calls;
 
-  // The layer loop is the plugin's contract with the model and exists three times: here
-  // (under MPI), in allscaip/model/allscaip.py AllScAIP.forward (whole systems) and in
-  // export/dd_reference.py (the staged methods in Python). A change here goes to all three.
+  // The layer loop is the plugin's contract with the model and exists four times: here
+  // (under MPI), in allscaip/model/allscaip.py AllScAIP.forward (whole systems), in
+  // export/dd_reference.py (the staged methods in Python) and in export/dd_vjp_reference.py
+  // (the same stages with a manual reverse pass). A change here goes to all four.
   auto geometry = model.prepare(vec, mask, index, numbers, charge, spin);
   torch::Tensor h = geometry.h;
   torch::Tensor edges = geometry.edges;

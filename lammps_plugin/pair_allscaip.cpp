@@ -7,14 +7,16 @@
      staged (allscaip_staged.h), the one path for 1..P ranks: per-centre
        energies and g = dE/dvec per edge; f_i += g, f_j -= g and the virial
        W = -sum vec (x) g over the rank's edges (no fdotr);
-     whole system (allscaip_whole_system.h), one rank only, for models whose
-       node attention depends on distances (distance_bias) and AOTInductor
-       packages: energies, forces and the model's virial W = -dE/dstrain.
+     whole system (allscaip_whole_system.h) for models whose node attention
+       depends on distances (distance_bias; one rank) and AOTInductor packages
+       (any number of ranks: every rank gathers all atoms and evaluates the
+       whole system, keeping its own atoms' rows; no parallel speed-up):
+       energies, forces and the model's virial W = -dE/dstrain.
    A model with a node encoding (sinc_pairs) runs staged on any number of
    ranks: ghosts and the neighbour list reach max(cutoff, encoding range); its
    pairs (centre i, any atom j within the range) give g = dE/dpair_vec, tallied
-   like an edge's. As an AOTInductor package it runs whole-system on one rank,
-   with the same pairs as inputs of the package.
+   like an edge's. As an AOTInductor package it runs whole-system (gathered on
+   several ranks), with the same pairs as inputs of the package.
    Both virials reach LAMMPS through symmetric_voigt and tally_global_virial
    (pair_allscaip_tally.cpp, with the other tallies).
 ------------------------------------------------------------------------- */
@@ -233,6 +235,12 @@ void PairAllscaip::coeff(int narg, char **arg)
                    device_name, model->element_list(), cutoff, info.num_layers, info.hidden,
                    info.node_attention ? "yes" : "no",
                    info.supports_domain_decomposition ? "supported" : "not supported");
+  if (comm->me == 0 && comm->nprocs > 1 && model->is_aoti())
+    utils::logmesg(lmp, "allscaip: AOTInductor package on {} MPI ranks: gathered whole-system "
+                   "evaluation (every rank gathers all atoms and evaluates the whole system: "
+                   "results independent of the rank count, no parallel speed-up); for parallel "
+                   "speed-up use the TorchScript export (.pt), whose staged evaluation splits the "
+                   "work\n", comm->nprocs);
   if (comm->me == 0 && model->has_encoding())
     utils::logmesg(lmp, "allscaip: node encoding {} with range {} A: the neighbour list and the "
                    "ghost atoms reach {} A\n", info.node_encoding, info.encoding_range,
@@ -262,12 +270,8 @@ void PairAllscaip::init_style()
   min_distance = min_distance_setting < 0.0 ? model->info().min_distance : min_distance_setting;
 
   const allscaip::ModelInfo &info = model->info();
-  if (comm->nprocs > 1 && !info.supports_domain_decomposition) {
-    if (model->is_aoti())
-      error->all(FLERR, "pair_style allscaip: model {} is an AOTInductor package, which holds the "
-                 "whole-system call only and cannot run on {} MPI ranks; run it on 1 rank, or "
-                 "export the model with allscaip-export --format torchscript for domain "
-                 "decomposition", model_path, comm->nprocs);
+  // an AOTInductor package runs gathered on any number of ranks (compute_whole_system)
+  if (comm->nprocs > 1 && !info.supports_domain_decomposition && !model->is_aoti()) {
     if (info.staged_interface == "fairchem")
       error->all(FLERR, "pair_style allscaip: model {} is a fairchem AllScAIP with the frequency or "
                  "sinc mask (sm), whose staged evaluation does not exist, and cannot run on {} MPI "
@@ -386,54 +390,71 @@ void PairAllscaip::prepare_halo()
 }
 
 /* ----------------------------------------------------------------------
-   node encoding: the rows of every rank's centres in the all-gathered
-   keys/values (by tag), then the pairs (centre i, atom j within range)
+   the row of every rank's centres in the all-gathered keys/values (and in
+   the gathered whole system), by tag: collective
 ------------------------------------------------------------------------- */
 
-void PairAllscaip::build_encoding_pairs()
+void PairAllscaip::gather_centre_rows()
 {
   centre_tags.resize(layout.centres.size());
   for (size_t c = 0; c < layout.centres.size(); c++) centre_tags[c] = atom->tag[layout.centres[c]];
   allscaip::gather_rows_by_tag(world, centre_tags, gathered_row_of_tag);
+}
+
+/* ----------------------------------------------------------------------
+   node encoding: the gathered rows (collective), then the pairs (centre i,
+   atom j within range)
+------------------------------------------------------------------------- */
+
+void PairAllscaip::build_encoding_pairs()
+{
+  gather_centre_rows();
   encoding_pairs.build(list, atom->x, atom->type, atom->tag, layout, type_species,
                        gathered_row_of_tag, encoding_range_sq);
 }
 
 /* ----------------------------------------------------------------------
-   whole-system evaluation on one rank (models without domain decomposition
-   support: distance_bias models and AOTInductor packages)
+   whole-system evaluation (models without the staged interface:
+   distance_bias models and AOTInductor packages): every rank gathers the
+   whole system and keeps its centres' forces and energies; the energy and
+   the virial enter LAMMPS (which sums them over ranks) as this rank's
+   share: its centres' energies and nc/N of the virial
 ------------------------------------------------------------------------- */
 
 void PairAllscaip::compute_whole_system()
 {
-  if (comm->nprocs > 1)
-    error->all(FLERR, "pair_style allscaip: this model supports one MPI rank only");
   if (vflag_atom)
     error->all(FLERR, "pair_style allscaip: per-atom virial (compute stress/atom) is not "
-               "available for models without domain decomposition support (distance_bias models "
-               "and AOTInductor packages); use the TorchScript export of a model without "
-               "distance_bias");
+               "available for models without the staged interface (distance_bias models and "
+               "AOTInductor packages), whose whole-system call gives the total virial only; use "
+               "the TorchScript export (.pt) of a model without distance_bias");
   build_layout();
   check_min_distance();
   const bool encoded = model->has_encoding();
-  if (encoded) build_encoding_pairs();    // one rank: the gathered row of a tag is its centre
+  if (encoded)
+    build_encoding_pairs();    // collective, gathers the rows too
+  else
+    gather_centre_rows();    // collective
   const allscaip::BoxAtoms atoms{atom->x, atom->tag, atom->nlocal, domain->h, domain->periodicity};
-  auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin,
+  auto result = allscaip::evaluate_whole_system(*model, layout, atoms, charge, spin, world,
+                                                gathered_row_of_tag,
                                                 encoded ? &encoding_pairs : nullptr);
   check_finite_whole(result.energy, result.forces, result.virial, result.energies);
 
   const double conv = units->energy();
+  const int64_t nc = layout.num_centres();
   auto f_host = result.forces.to(torch::kCPU, torch::kFloat64).contiguous();
   const double *fp = f_host.data_ptr<double>();
   double **f = atom->f;
-  for (int64_t c = 0; c < layout.num_centres(); c++)
+  for (int64_t c = 0; c < nc; c++)
     for (int a = 0; a < 3; a++) f[layout.centres[c]][a] += conv * fp[3 * c + a];
-  tally_energies(result.energies, result.energy);
-  if (vflag_global) {
+  // one rank: the model's total energy; several: the sum of this rank's centres' energies
+  tally_energies(result.energies, comm->nprocs == 1 ? result.energy : torch::Tensor());
+  if (vflag_global && result.system_atoms > 0) {
     auto w_host = result.virial.to(torch::kCPU, torch::kFloat64).contiguous();
     double v[6];
     symmetric_voigt(w_host.data_ptr<double>(), v);
-    tally_global_virial(v, conv);
+    tally_global_virial(v, conv * static_cast<double>(nc) / static_cast<double>(result.system_atoms));
   }
 }
 

@@ -7,7 +7,9 @@
    file. Multi-rank runs use LAMMPS domain decomposition: per layer the node
    states of ghost atoms are refreshed by a forward communication and the
    keys/values of the all-to-all node attention are gathered over all ranks;
-   the backward pass performs the matching reverse communications.
+   the backward pass performs the matching reverse communications. An
+   AOTInductor .pt2 (whole-system call only) runs on several ranks by
+   gathering the whole system on every rank: same numbers, no speed-up.
 ------------------------------------------------------------------------- */
 
 #ifdef PAIR_CLASS
@@ -97,6 +99,7 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
   void prepare_halo();
   void compute_whole_system();
   void tally_energies(const torch::Tensor &energies, const torch::Tensor &total);
+  void gather_centre_rows();
   void build_encoding_pairs();
   void tally_edge_gradients(const torch::Tensor &dE_dvec);
   void tally_pair_gradients(const torch::Tensor &dE_dpair);

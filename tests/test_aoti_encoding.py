@@ -2,7 +2,7 @@
 pairs as two more inputs and equals the eager model and the TorchScript export to 1e-8 eV/Å in
 float64, in Python (a triclinic cell smaller than the encoding range, a molecule without a cell, no
 pair within range) and in pair_style allscaip on one rank (1e-10 relative, the triclinic cell and the
-molecule); two ranks are refused.
+molecule), and on two ranks (gathered whole-system evaluation) equal to one rank to 1e-10.
 
 One AOTInductor compile for the module (the expensive part, a few minutes of CPU time), made by the
 allscaip-export CLI, which also verifies it against the checkpoint.
@@ -40,6 +40,8 @@ ENGINE_AGREEMENT_EV_A = 1e-8
 """Issue 22: engines agree to 1e-8 eV/Å in float64 (energy in eV, virial in eV alike)."""
 LAMMPS_TOLERANCE = 1e-10
 """Relative agreement of pair_style allscaip with the Python model (as tests/test_lammps_encoding.py)."""
+RANK_TOLERANCE = 1e-10
+"""Relative agreement of a run on several ranks with one rank (only summation order differs)."""
 
 
 def _small_cell() -> Atoms:
@@ -189,11 +191,22 @@ def test_lammps_one_rank_equals_python(packages, tmp_path, system):
 
 
 @pytest.mark.lammps
-def test_lammps_two_ranks_refused(packages, tmp_path):
-    ckpt = packages[1]
+def test_lammps_ranks_equal_one_rank(packages, tmp_path):
+    """On 2 ranks the package runs gathered (every rank evaluates the whole system with all pairs)
+    and gives the one-rank numbers to 1e-10."""
+    model, ckpt = packages[0], packages[1]
     data = tmp_path / "small.data"
-    write_lammps_data(_small_cell(), data)
-    script = lammps_input(data, ckpt.with_suffix(".pt2"), per_atom_virial=False, processors="2 1 1")
-    out = run_lammps(activated_env(), tmp_path / "run", script, nprocs=2, expect_fail=True)
-    assert "is an AOTInductor package, which holds the whole-system call only and cannot run on 2 MPI" in out
-    assert "--format torchscript" in out
+    atoms = write_lammps_data(_small_cell(), data)
+    runs = {}
+    for nprocs, grid in ((1, None), (2, "2 1 1")):
+        wd = tmp_path / f"np{nprocs}"
+        script = lammps_input(data, ckpt.with_suffix(".pt2"), per_atom_virial=False, processors=grid)
+        log = run_lammps(activated_env(), wd, script, nprocs=nprocs)
+        runs[nprocs] = single_point(log, wd)
+    assert "AOTInductor package on 2 MPI ranks: gathered whole-system evaluation" in log
+    one, two = runs[1], runs[2]
+    assert abs(two["energy"] - one["energy"]) <= RANK_TOLERANCE * abs(one["energy"])
+    for key in ("forces", "virial", "energies"):
+        assert_rel(two[key], one[key], RANK_TOLERANCE, f"{key} on 2 ranks")
+    ref = python_reference(model, atoms)
+    assert_rel(two["forces"], ref["forces"], LAMMPS_TOLERANCE, "forces on 2 ranks against Python")

@@ -313,17 +313,16 @@ def test_error_messages_two_ranks(lmp_env, models, systems, tmp_path, case):
 
 def test_aoti_package(lmp_env, aoti_package, export_checkpoint, systems, tmp_path):
     """An AOTInductor package (.pt2) runs on one rank with the checkpoint's numbers (triclinic
-    box and a molecule); on two ranks it stops with a message that names the way out."""
+    box and a molecule), and on 2 and 4 ranks (gathered whole-system evaluation, ranks owning no
+    atom included) with the one-rank numbers to 1e-10."""
     model = load_model(export_checkpoint, dtype=torch.float64)
-    for system in ("water_tric", "molecule"):
+    serial = {}
+    for system in ("water_tric", "molecule", "cluster"):
         data, atoms = systems[system]
         periodic = bool(atoms.pbc.all())
         wd = tmp_path / system
-        log = run_lammps(
-            lmp_env,
-            wd,
-            lammps_input(data, aoti_package, boundary="p p p" if periodic else "f f f", per_atom_virial=False),
-        )
+        boundary = "p p p" if periodic else "f f f"
+        log = run_lammps(lmp_env, wd, lammps_input(data, aoti_package, boundary=boundary, per_atom_virial=False))
         assert "domain decomposition not supported" in log
         lmp, ref = single_point(log, wd), python_reference(model, atoms)
         assert abs(lmp["energy"] - ref["energy"]) <= 1e-8 * abs(ref["energy"])
@@ -331,16 +330,25 @@ def test_aoti_package(lmp_env, aoti_package, export_checkpoint, systems, tmp_pat
         assert_rel(lmp["energies"], ref["energies"], 1e-8, f".pt2 per-atom energies ({system})")
         if periodic:
             assert_rel(lmp["virial"], ref["virial"], 1e-8, ".pt2 virial")
+        serial[system] = lmp
+    for system, nprocs, grid in (("water_tric", 2, "2 1 1"), ("water_tric", 4, "2 2 1"), ("cluster", 4, "4 1 1")):
+        data, atoms = systems[system]
+        wd = tmp_path / f"{system}_np{nprocs}"
+        script = lammps_input(data, aoti_package, processors=grid, per_atom_virial=False)
+        log = run_lammps(lmp_env, wd, script, nprocs=nprocs)
+        assert f"AOTInductor package on {nprocs} MPI ranks: gathered whole-system evaluation" in log, log[-3000:]
+        sp, one = single_point(log, wd), serial[system]
+        assert sp["natoms"] == len(atoms)
+        assert abs(sp["energy"] - one["energy"]) <= 1e-10 * abs(one["energy"]), f"energy on {nprocs} ranks"
+        assert_rel(sp["forces"], one["forces"], 1e-10, f".pt2 forces on {nprocs} ranks ({system})")
+        assert_rel(sp["energies"], one["energies"], 1e-10, f".pt2 per-atom energies on {nprocs} ranks ({system})")
+        assert_rel(sp["virial"], one["virial"], 1e-10, f".pt2 virial on {nprocs} ranks ({system})")
+    # per-atom virial needs the staged interface: the error names the way out
     data, _ = systems["water_tric"]
     out = run_lammps(
-        lmp_env,
-        tmp_path / "np2",
-        lammps_input(data, aoti_package, per_atom_virial=False),
-        nprocs=2,
-        expect_fail=True,
-        timeout=120,
+        lmp_env, tmp_path / "sa", lammps_input(data, aoti_package, processors="2 1 1"), nprocs=2, expect_fail=True
     )
-    assert "is an AOTInductor package" in out and "--format torchscript for domain decomposition" in out, out[-3000:]
+    assert "per-atom virial (compute stress/atom) is not available" in out and "TorchScript export (.pt)" in out
 
 
 def test_null_type_with_hybrid_overlay(lmp_env, models, systems, tmp_path):

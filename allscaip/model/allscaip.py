@@ -392,10 +392,11 @@ class AllScAIP(nn.Module):
             pairs = encoding_pair_inputs(
                 positions, cell, system, pair_index, pair_shift, bounds, self.encoding_range, self.encoding_freqs
             )
-        # The layer loop is written three times: here (whole systems, with the block in
+        # The layer loop is written four times: here (whole systems, with the block in
         # AllScAIP.layer), in allscaip_export.dd_reference.staged_energies (the staged dd_* calls, one
-        # process) and in lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under
-        # MPI). A change here goes to all three.
+        # process), in lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under
+        # MPI) and in allscaip_export.dd_vjp_reference (the stages with a manual reverse pass, the
+        # specification of a staged .pt2). A change here goes to all four.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
                 if self.recomputing():
