@@ -65,7 +65,8 @@ class AllScAIPLayer(nn.Module):
         tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
         # messages from the neighbours' node states (zero for the self tokens)
         msg = self.msg_proj(self.norm_msg(nodes_all))
-        msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg[index[valid]]], 0)
+        # index_select, not msg[...]: its backward is an index_add, not a much slower accumulating index_put
+        msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg.index_select(0, index[valid])], 0)
         out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
         tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
         nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)

@@ -90,19 +90,25 @@ class NeighborAttention(nn.Module):
         bias [Nc, T] additive key bias (envelope, -inf on padding). Returns [M, H]."""
         nc, t = tok_index.shape
         hid = x.shape[1]
-        qkv = self.qkv(x)
-        qkv = torch.cat([qkv, torch.zeros_like(qkv[:1])], 0)[tok_index]  # [Nc, T, 3H]
-        qkv = qkv.view(nc, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [Nc, h, T, d]; unbind (not indexing) keeps the backward cheap
-        q, k = self.q_norm(q), self.k_norm(k)
+        # Gather the tokens into the padded layout before projecting them: a gather of H columns
+        # (index_select, whose backward is an index_add) instead of 3H, and q, k, v come out in
+        # [Nc, T, h, d] without a permuted copy. Padding slots read token 0: their keys are masked
+        # (bias -inf, softmax weight exactly 0) and their outputs are never read back (pad_pos), so
+        # they add exactly zero to every result and gradient.
+        rows = torch.where(tok_index < x.shape[0], tok_index, torch.zeros_like(tok_index)).view(-1)
+        qkv = self.qkv(x.index_select(0, rows)).view(nc, t, 3, self.heads, self.head_dim)
+        q, k, v = qkv.unbind(2)  # [Nc, T, h, d]; unbind (not indexing) keeps the backward one copy
+        q, k = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2)  # [Nc, h, T, d]
+        v = v.transpose(1, 2)
         if self.legendre:
-            logits = torch.zeros((nc, self.heads, t, t), dtype=x.dtype, device=x.device)
-            off = 0
-            for l, c in enumerate(self.groups):
-                ql = q.narrow(-1, off, c)
-                kl = k.narrow(-1, off, c)
-                logits = logits + legendre_p[l] * torch.matmul(ql, kl.transpose(-1, -2))
-                off += c
+            # split (backward: one concatenation), not narrow (backward: a zero-filled copy per group)
+            # (and unbind, not legendre_p[l]: one stacked gradient instead of a zero-filled one per l)
+            q_groups = torch.split(q, self.groups, -1)
+            k_groups = torch.split(k, self.groups, -1)
+            p_l = legendre_p.unbind(0)
+            logits = p_l[0] * torch.matmul(q_groups[0], k_groups[0].transpose(-1, -2))
+            for l in range(1, len(self.groups)):
+                logits = logits + p_l[l] * torch.matmul(q_groups[l], k_groups[l].transpose(-1, -2))
             logits = logits * self.scale + bias.unsqueeze(1).unsqueeze(1)
             o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [Nc, h, T, d]
         else:
