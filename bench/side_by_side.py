@@ -7,6 +7,8 @@ water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine 
   step, neighbour list included, positions displaced by 0.01 Å between steps;
 - ``allscaip_recompute``: the same with ``recompute = "layers"`` (each block's activations are
   recomputed in the force backward, activation checkpointing);
+- ``allscaip_bf16`` and ``allscaip_bf16_recompute``: the same two with ``block_precision = "bfloat16"``
+  (the blocks' matrix products in bfloat16; its force error is measured by bench/precision.py);
 - ``fairchem``: fairchem-core's ``FAIRChemCalculator`` on a random-weight AllScAIP checkpoint
   (``bench/fairchem_allscaip.py``, run in the fairchem environment), energy + forces per step,
   sincx mask off (the published "md" switches; our model has no encoding either).
@@ -39,7 +41,18 @@ KNN = 30
 DISPLACEMENT_A = 0.01  # per-step random displacement, as bench/fairchem_allscaip.py
 
 
-def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, recompute: bool) -> dict:
+VARIANTS = {
+    "allscaip": (False, "float32"),
+    "allscaip_recompute": (True, "float32"),
+    "allscaip_bf16": (False, "bfloat16"),
+    "allscaip_bf16_recompute": (True, "bfloat16"),
+}
+"""This project's columns: (recompute, block_precision)."""
+
+
+def ours_worker(
+    hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, recompute: bool, precision: str
+) -> dict:
     """One configuration of this project's eager model in this process (see the module docstring)."""
     import torch
     from water_boxes import water_box
@@ -52,6 +65,7 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
     model = AllScAIP(cfg).float().eval()
     model.recompute = "layers" if recompute else "none"
+    model.block_precision = precision
     atoms = water_box(max(1, n_atoms // 3), seed=0)
     base = atoms.positions.copy()
     rng = np.random.default_rng(1)
@@ -77,9 +91,10 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
     }
 
 
-def run_ours(args, hidden: int, layers: int, heads: int, n_atoms: int, recompute: bool) -> dict:
+def run_ours(args, hidden: int, layers: int, heads: int, n_atoms: int, variant: str) -> dict:
+    recompute, precision = VARIANTS[variant]
     cmd = [sys.executable, __file__, "--ours-worker", f"{hidden}/{layers}/{heads}", str(n_atoms)]
-    cmd += ["--repeats", str(args.repeats)] + (["--recompute"] if recompute else [])
+    cmd += ["--repeats", str(args.repeats), "--precision", precision] + (["--recompute"] if recompute else [])
     return _run(cmd, args.threads, args.timeout)
 
 
@@ -124,13 +139,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "side_by_side.json")
     ap.add_argument("--ours-worker", nargs=2, metavar=("SIZE", "ATOMS"), help=argparse.SUPPRESS)
     ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ours_worker:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         h, n_layers, n_heads = (int(x) for x in args.ours_worker[0].split("/"))
-        row = ours_worker(h, n_layers, n_heads, int(args.ours_worker[1]), args.repeats, args.recompute)
+        row = ours_worker(h, n_layers, n_heads, int(args.ours_worker[1]), args.repeats, args.recompute, args.precision)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
     if not args.fairchem_python.exists():
@@ -139,27 +155,17 @@ def main(argv=None) -> int:
             "or pass --fairchem-python"
         )
     rows = []
-    print("| size | atoms | allscaip | allscaip, recompute | fairchem | speed-up | memory ratio | same, recompute |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size | atoms | " + " | ".join(VARIANTS) + " | fairchem | speed-up | memory ratio |")
+    print("|---|---|" + "---|" * len(VARIANTS) + "---|---|---|")
     for size in args.sizes.split(","):
         hidden, layers, heads = (int(x) for x in size.split("/"))
         for n in (int(a) for a in args.atoms.split(",")):
-            load = os.getloadavg()[0]
-            ours = run_ours(args, hidden, layers, heads, n, recompute=False)
-            ours_rc = run_ours(args, hidden, layers, heads, n, recompute=True)
-            fc = run_fairchem(args, hidden, layers, heads, n)
-            row = {
-                "size": size,
-                "atoms": n,
-                "load_1m_before": load,
-                "allscaip": ours,
-                "allscaip_recompute": ours_rc,
-                "fairchem": fc,
-                "speedup": ratio(fc, ours, "seconds_per_call"),
-                "speedup_recompute": ratio(fc, ours_rc, "seconds_per_call"),
-                "memory_ratio": ratio(ours, fc, "peak_rss_gb"),
-                "memory_ratio_recompute": ratio(ours_rc, fc, "peak_rss_gb"),
-            }
+            row = {"size": size, "atoms": n, "load_1m_before": os.getloadavg()[0]}
+            for variant in VARIANTS:
+                row[variant] = run_ours(args, hidden, layers, heads, n, variant)
+            fc = row["fairchem"] = run_fairchem(args, hidden, layers, heads, n)
+            row["speedup"] = {v: ratio(fc, row[v], "seconds_per_call") for v in VARIANTS}
+            row["memory_ratio"] = {v: ratio(row[v], fc, "peak_rss_gb") for v in VARIANTS}
             rows.append(row)
 
             def cell(r):
@@ -167,12 +173,10 @@ def main(argv=None) -> int:
                     return r.get("status", "?")
                 return f"{r['seconds_per_call']:.2f} s, {r['peak_rss_gb']:.2f} GiB"
 
-            print(
-                f"| {size} | {n} | {cell(ours)} | {cell(ours_rc)} | {cell(fc)} | {fmt(row['speedup'], '.2f')}× "
-                f"({fmt(row['speedup_recompute'], '.2f')}× recompute) | {fmt(row['memory_ratio'], '.2f')} | "
-                f"{fmt(row['memory_ratio_recompute'], '.2f')} |",
-                flush=True,
-            )
+            speed = " / ".join(fmt(row["speedup"][v], ".2f") + "×" for v in VARIANTS)
+            memory = " / ".join(fmt(row["memory_ratio"][v], ".2f") for v in VARIANTS)
+            cells = " | ".join(cell(row[v]) for v in VARIANTS)
+            print(f"| {size} | {n} | {cells} | {cell(fc)} | {speed} | {memory} |", flush=True)
     result = {
         "command": "python bench/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -19,6 +19,7 @@ from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES, default_dtype_name, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
+from allscaip.model.allscaip import BLOCK_PRECISION_CHOICES
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.model.fairchem_load import fairchem_model
 from allscaip.neighbors import whole_system_inputs
@@ -36,6 +37,24 @@ def check_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu'")
     return dev
+
+
+def check_block_precision(block_precision: str, dtype: torch.dtype, path: Path) -> None:
+    """Refuse a ``block_precision`` the model file and ``dtype`` cannot run, saying what to change."""
+    if block_precision not in BLOCK_PRECISION_CHOICES:
+        raise ValueError(f"block_precision must be one of {BLOCK_PRECISION_CHOICES}, got {block_precision!r}")
+    if block_precision == "float32":
+        return
+    if path.suffix.lower() in (".pt", ".pt2") or is_fairchem_checkpoint(path):
+        raise ValueError(
+            f"block_precision={block_precision!r} applies to allscaip checkpoints (.ckpt), not to {path.name}; "
+            "load the checkpoint, or leave block_precision at 'float32'"
+        )
+    if dtype != torch.float32:
+        raise ValueError(
+            f"block_precision={block_precision!r} needs dtype='float32' (the geometry and residual stream stay "
+            f"float32), got {str(dtype).replace('torch.', '')}: pass dtype='float32'"
+        )
 
 
 class AllScAIPCalculator(Calculator):
@@ -57,7 +76,9 @@ class AllScAIPCalculator(Calculator):
     :class:`allscaip.result_checks.NonFiniteResultError` (docs/errors.md). ``recompute`` (checkpoints
     only): keep only each layer's inputs in the forward and run the layer again in the force
     backward (activation checkpointing): about a third to a half of the peak memory of a large
-    system, for one more forward pass (docs/benchmarks.md).
+    system, for one more forward pass (docs/benchmarks.md). ``block_precision="bfloat16"`` (float32
+    checkpoints only) runs the blocks' matrix products in bfloat16 with float32 geometry and residual
+    stream: faster for large hidden sizes, at a force error of about 0.5 % (docs/model.md, "Precision").
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -70,6 +91,7 @@ class AllScAIPCalculator(Calculator):
         min_distance: Optional[float] = None,
         recompute: bool = False,
         fairchem_task: Optional[str] = None,
+        block_precision: str = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +107,7 @@ class AllScAIPCalculator(Calculator):
         self._module = None
         self.metadata: Dict[str, Any] = {}
         suffix = path.suffix.lower()
+        check_block_precision(block_precision, self.dtype, path)
         if recompute and suffix in (".pt", ".pt2"):
             raise ValueError(
                 f"recompute=True applies to checkpoints (.ckpt), not to the export {path.name}; "
@@ -116,8 +139,14 @@ class AllScAIPCalculator(Calculator):
             self._eager = model_from_payload(payload, dtype=self.dtype, device=str(self.device))
             if isinstance(self._eager, FairchemAllScAIP):
                 self._fairchem = self._eager
+                if block_precision != "float32":
+                    raise ValueError(
+                        f"block_precision={block_precision!r} applies to our own models, not to the converted "
+                        f"fairchem {path.name}; leave it at 'float32'"
+                    )
             else:
                 self._eager.recompute = "layers" if recompute else "none"
+                self._eager.block_precision = block_precision
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
         if self._fairchem is not None:
             self.elements: List[int] = self._fairchem.known_elements()

@@ -81,6 +81,11 @@ class WholeSystemOutput(NamedTuple):
 
 RECOMPUTE_CHOICES = ("none", "layers")
 
+BLOCK_PRECISION_CHOICES = ("float32", "bfloat16")
+"""``AllScAIP.block_precision``: "bfloat16" runs the blocks' matrix products (eager, on a float32
+model) in bfloat16 under autocast, with float32 accumulation; the geometry (edge vectors, angles,
+envelope, radial basis, strain) and the readout stay in float32. See docs/model.md, "Precision"."""
+
 
 def per_system_sum(values: torch.Tensor, system: Optional[torch.Tensor], num_systems: int) -> torch.Tensor:
     """Sum of per-atom ``values`` [N] over each system [B]; ``system`` None: one system, a plain
@@ -169,6 +174,7 @@ class AllScAIP(nn.Module):
         # "layers": outside training, each block's activations are recomputed in the backward
         # instead of kept (activation checkpointing; see recomputing)
         self.recompute = "none"
+        self.block_precision = "float32"  # or "bfloat16" (BLOCK_PRECISION_CHOICES; eager float32 models only)
         self.recompute_rows = LOCAL_RECOMPUTE_ROWS  # centres per recomputed slice of a local stage
         if self.use_encoding:
             std = ENCODING_INIT_STD / math.sqrt(cfg.encoding_freqs)
@@ -399,6 +405,11 @@ class AllScAIP(nn.Module):
         # specification of a staged .pt2). A change here goes to all four.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+                if self.block_precision == "bfloat16":
+                    nodes, edges = self.reduced_precision_layer(
+                        i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system
+                    )
+                    continue
                 if self.recomputing():
                     nodes, edges = torch.utils.checkpoint.checkpoint(
                         self.layer,
@@ -417,6 +428,31 @@ class AllScAIP(nn.Module):
                     continue
             nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
         return self.readout_energy(nodes, species) + e_core
+
+    @torch.jit.unused
+    def reduced_precision_layer(
+        self,
+        i: int,
+        nodes: torch.Tensor,
+        edges: torch.Tensor,
+        geometry: NeighborGeometry,
+        pairs: Optional[EncodingPairs],
+        bounds: List[int],
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        system: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Block ``i`` with its matrix products in bfloat16 (``block_precision``); the node and edge
+        states it returns are float32 again, so the residual stream between blocks stays float32."""
+        if nodes.dtype != torch.float32:
+            raise ValueError(
+                f"block_precision 'bfloat16' needs a float32 model, got {nodes.dtype}: call model.float(), "
+                "or set block_precision back to 'float32'"
+            )
+        with torch.autocast(nodes.device.type, dtype=torch.bfloat16):
+            nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
+        return nodes.float(), edges.float()
 
     def recomputing(self) -> bool:
         """Is this call under activation checkpointing (``model.recompute = "layers"``, eager

@@ -20,7 +20,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, [x.shape[-1]], self.weight, self.eps)
+        # in the weight's dtype: under bfloat16 autocast (AllScAIP.block_precision) the statistics stay
+        # float32; otherwise a no-op
+        return F.rms_norm(x.to(self.weight.dtype), [x.shape[-1]], self.weight, self.eps)
 
 
 class FeedForward(nn.Module):
