@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_result import run_header, write_result
 
 HERE = Path(__file__).resolve().parent
 DISPLACEMENT_A = 0.01
@@ -111,13 +112,10 @@ def main(argv=None) -> int:
             else:
                 print(f"| {row['atoms']} | {engine} | {row['seconds_per_step']:.2f} | {row['peak_rss_gib']:.2f} GiB |")
     result = {
-        "command": "python bench/fairchem_md_size.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **run_header("bench/fairchem_md_size.py", argv),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

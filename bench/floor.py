@@ -18,14 +18,12 @@ and soft kNN 30 for sizes (as bench/side_by_side.py). Prints a table and writes 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_result import run_header, write_result
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from water_boxes import water_box
@@ -147,10 +145,7 @@ def main(argv=None) -> int:
             flush=True,
         )
     result = {
-        "command": "python bench/floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "load_1m_before": os.getloadavg()[0],
+        **run_header("bench/floor.py", argv),
         "model": str(args.model) if args.model else f"random {args.size}",
         "atoms": len(atoms),
         "edges": edges,
@@ -158,9 +153,7 @@ def main(argv=None) -> int:
         "gflop_by_op": {k: v / 1e9 for k, v in flops.items()},
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -10,12 +10,12 @@ the ASE calculator builds it). Prints a table and writes bench/results/gpu_speed
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_result import write_result
 from water_boxes import water_box
 
 from allscaip.config import model_config
@@ -71,9 +71,7 @@ def main(argv=None) -> int:
         "model": args.size,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

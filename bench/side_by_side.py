@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_result import run_header, write_result
 
 HERE = Path(__file__).resolve().parent
 CUTOFF_A = 6.0
@@ -178,9 +178,7 @@ def main(argv=None) -> int:
             cells = " | ".join(cell(row[v]) for v in VARIANTS)
             print(f"| {size} | {n} | {cells} | {cell(fc)} | {speed} | {memory} |", flush=True)
     result = {
-        "command": "python bench/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        **run_header("bench/side_by_side.py", argv),
         "cutoff_A": CUTOFF_A,
         "knn": KNN,
         "dtype": "float32",
@@ -188,9 +186,7 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

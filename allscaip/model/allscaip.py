@@ -87,6 +87,17 @@ model) in bfloat16 under autocast, with float32 accumulation; the geometry (edge
 envelope, radial basis, strain) and the readout stay in float32. See docs/model.md, "Precision"."""
 
 
+def bfloat16_products(nodes: torch.Tensor) -> torch.autocast:
+    """The autocast context of ``block_precision = "bfloat16"``: matrix products in bfloat16 with
+    float32 accumulation, for a float32 model (whose node states ``nodes`` it checks)."""
+    if nodes.dtype != torch.float32:
+        raise ValueError(
+            f"block_precision 'bfloat16' needs a float32 model, got {nodes.dtype}: call model.float(), "
+            "or set block_precision back to 'float32'"
+        )
+    return torch.autocast(nodes.device.type, dtype=torch.bfloat16)
+
+
 def per_system_sum(values: torch.Tensor, system: Optional[torch.Tensor], num_systems: int) -> torch.Tensor:
     """Sum of per-atom ``values`` [N] over each system [B]; ``system`` None: one system, a plain
     sum (see :meth:`AllScAIP.energy_forces_virial`)."""
@@ -405,10 +416,12 @@ class AllScAIP(nn.Module):
         # specification of a staged .pt2). A change here goes to all four.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
-                if self.block_precision == "bfloat16":
-                    nodes, edges = self.reduced_precision_layer(
-                        i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system
-                    )
+                if self.block_precision == "bfloat16":  # float32 in and out, bfloat16 products inside
+                    with bfloat16_products(nodes):
+                        nodes, edges = self.layer(
+                            i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system
+                        )
+                    nodes, edges = nodes.float(), edges.float()
                     continue
                 if self.recomputing():
                     nodes, edges = torch.utils.checkpoint.checkpoint(
@@ -428,31 +441,6 @@ class AllScAIP(nn.Module):
                     continue
             nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
         return self.readout_energy(nodes, species) + e_core
-
-    @torch.jit.unused
-    def reduced_precision_layer(
-        self,
-        i: int,
-        nodes: torch.Tensor,
-        edges: torch.Tensor,
-        geometry: NeighborGeometry,
-        pairs: Optional[EncodingPairs],
-        bounds: List[int],
-        positions: torch.Tensor,
-        cell: torch.Tensor,
-        pbc: torch.Tensor,
-        system: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Block ``i`` with its matrix products in bfloat16 (``block_precision``); the node and edge
-        states it returns are float32 again, so the residual stream between blocks stays float32."""
-        if nodes.dtype != torch.float32:
-            raise ValueError(
-                f"block_precision 'bfloat16' needs a float32 model, got {nodes.dtype}: call model.float(), "
-                "or set block_precision back to 'float32'"
-            )
-        with torch.autocast(nodes.device.type, dtype=torch.bfloat16):
-            nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
-        return nodes.float(), edges.float()
 
     def recomputing(self) -> bool:
         """Is this call under activation checkpointing (``model.recompute = "layers"``, eager
