@@ -13,6 +13,25 @@ from allscaip.geometry import random_rotation as _random_rotation  # noqa: F401 
 from allscaip.model import compute_properties
 
 
+def torchrun_training(cfg_file, out_dir, processes: int = 2):
+    """``allscaip-train cfg_file run.out_dir=out_dir`` under ``torch.distributed.run`` with
+    ``processes`` processes on this machine (one torch thread each); the finished process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
+    cmd += ["-m", "allscaip.train.cli", str(cfg_file), f"run.out_dir={out_dir}"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0, cell_skew: bool = False) -> Atoms:
     """``n_side**3`` waters on a jittered grid in a (optionally triclinic) periodic cell."""
     return structures.water_box(n_side**3, spacing=spacing, seed=seed, cell_skew=cell_skew)

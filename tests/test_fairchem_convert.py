@@ -6,15 +6,12 @@ and ``run.init_from`` must start a fine-tune exactly there and lower the loss.""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 import yaml
 from ase.io import write
+from conftest import torchrun_training
 from test_fairchem_ase import FIXTURE, atoms_of, reference
 from test_fairchem_fixture import _fixture_fields, _save_as_fairchem
 
@@ -251,23 +248,7 @@ def test_ddp_fine_tune_equals_one_process_with_accumulation(converted, water_dat
     del raw["run"]["out_dir"]
     cfg_file = tmp_path / "ddp.yaml"
     cfg_file.write_text(yaml.safe_dump(raw))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "allscaip.train.cli",
-    ]
-    proc = subprocess.run(
-        cmd + [str(cfg_file), f"run.out_dir={tmp_path / 'ddp'}"], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = torchrun_training(cfg_file, tmp_path / "ddp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout and "converted fairchem AllScAIP" in proc.stdout
     single = {

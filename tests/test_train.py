@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -17,6 +14,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import torchrun_training
 
 from allscaip.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from allscaip.config import ConfigError
@@ -361,23 +359,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path, emt_dat
     raw = make_cfg(emt_data, tmp_path / "unused")
     del raw["run"]["out_dir"]
     cfg_file.write_text(yaml.safe_dump(raw))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "allscaip.train.cli",
-        str(cfg_file),
-        f"run.out_dir={tmp_path / 'ddp'}",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_training(cfg_file, tmp_path / "ddp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
 
