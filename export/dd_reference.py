@@ -67,32 +67,23 @@ def dd_evaluate(
     return {"energy": total.detach(), "forces": forces, "virial": virial, "energies": energies}
 
 
-def rank_layouts(
-    module,
+def ghost_layouts(
     positions: np.ndarray,
     numbers: np.ndarray,
     cell: np.ndarray,
+    pbc: Sequence[bool],
     owner_rank: np.ndarray,
     nranks: int,
-    pbc: Sequence[bool] = (True, True, True),
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
 ) -> List[dict]:
-    """Each rank's layout as an engine builds it (see the module docstring): owned atoms, ghosts,
-    padded neighbour slots and the leaf ``vec`` (requires grad); with a node encoding its pairs."""
-    cutoff = float(module.cutoff)
-    encoding_range = float(getattr(module, "encoding_range", 0.0))
-    dtype = torch.float64
-    n = len(numbers)
-    pbc_np = np.asarray(pbc, dtype=bool)
-    ci, cj, cs = system_neighbor_pairs(positions, cell, pbc_np, cutoff)
+    """Each rank's atoms and padded neighbour layout as an engine builds them: ``owned`` (global atoms),
+    ``ghost_atom`` (global atom of each ghost, one per periodic image), ``index``/``mask`` ``[Nc, K]``
+    over owned + ghosts, the leaf ``vec`` ``[Nc, K, 3]`` (requires grad), the atomic numbers of owned
+    + ghosts (``z_all``) and of the owned atoms (``numbers``)."""
+    ci, cj, cs = system_neighbor_pairs(positions, cell, np.asarray(pbc, dtype=bool), cutoff)
     pos = torch.tensor(positions, dtype=dtype)
     cell_t = torch.tensor(cell, dtype=dtype)
-    # row of each atom in the gathered keys/values: ranks in order, each rank's owned atoms in order
-    gathered_row = np.zeros(n, dtype=np.int64)
-    gathered_row[np.concatenate([np.nonzero(owner_rank == r)[0] for r in range(nranks)])] = np.arange(n)
-    if encoding_range > 0:
-        pi, pj, ps = system_neighbor_pairs(positions, cell, pbc_np, encoding_range)
-        keep = (pi != pj) | (ps != 0).any(1)
-        pi, pj, ps = pi[keep], pj[keep], ps[keep]
     ranks: List[dict] = []
     for r in range(nranks):
         owned = np.nonzero(owner_rank == r)[0]
@@ -120,33 +111,66 @@ def rank_layouts(
             mask[c, : len(row)] = True
         gatom = torch.tensor([g[0] for g in ghosts], dtype=torch.long)
         gshift = torch.tensor([g[1] for g in ghosts], dtype=dtype).reshape(-1, 3)
-        x_all = torch.cat([pos[torch.tensor(owned, dtype=torch.long)], pos[gatom] + gshift @ cell_t])
+        owned_t = torch.tensor(owned, dtype=torch.long)
+        x_all = torch.cat([pos[owned_t], pos[gatom] + gshift @ cell_t])
         vec = (x_all[index] - x_all[: len(owned)].unsqueeze(1)).detach().requires_grad_(True)
         z_all = torch.tensor(np.concatenate([numbers[owned], numbers[gatom.numpy()]]), dtype=torch.long)
-        rank = dict(
-            owned=torch.tensor(owned, dtype=torch.long),
-            ghost_atom=gatom,
-            index=index,
-            mask=mask,
-            vec=vec,
-            z_all=z_all,
-        )
-        if encoding_range > 0:
-            mine = np.nonzero(np.isin(pi, owned))[0]
-            # in ascending owned row, as the blocked attention needs (the plugin builds them so)
-            mine = mine[np.argsort([local_of[int(a)] for a in pi[mine]], kind="stable")]
-            i_atom = torch.tensor(pi[mine], dtype=torch.long)
-            j_atom = torch.tensor(pj[mine], dtype=torch.long)
-            # x_j of the ghost image (or owned atom) minus x_i: what an engine has on the rank
-            x_j = pos[j_atom] + torch.tensor(ps[mine], dtype=dtype).reshape(-1, 3) @ cell_t
-            rank.update(
-                pair_i=i_atom,
-                pair_j=j_atom,
-                pair_row=torch.tensor([local_of[int(a)] for a in pi[mine]], dtype=torch.long),
-                pair_col=torch.tensor(gathered_row[pj[mine]], dtype=torch.long),
-                pair_vec=(x_j - pos[i_atom]).detach().requires_grad_(True),
+        ranks.append(
+            dict(
+                owned=owned_t,
+                ghost_atom=gatom,
+                index=index,
+                mask=mask,
+                vec=vec,
+                z_all=z_all,
+                numbers=z_all[: len(owned)],
             )
-        ranks.append(rank)
+        )
+    return ranks
+
+
+def rank_layouts(
+    module,
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    cell: np.ndarray,
+    owner_rank: np.ndarray,
+    nranks: int,
+    pbc: Sequence[bool] = (True, True, True),
+) -> List[dict]:
+    """Each rank's layout as an engine builds it (see the module docstring): :func:`ghost_layouts` for
+    the module's cutoff; with a node encoding also its pairs."""
+    encoding_range = float(getattr(module, "encoding_range", 0.0))
+    dtype = torch.float64
+    ranks = ghost_layouts(positions, numbers, cell, pbc, owner_rank, nranks, float(module.cutoff), dtype)
+    if encoding_range <= 0:
+        return ranks
+    n = len(numbers)
+    pos = torch.tensor(positions, dtype=dtype)
+    cell_t = torch.tensor(cell, dtype=dtype)
+    # row of each atom in the gathered keys/values: ranks in order, each rank's owned atoms in order
+    gathered_row = np.zeros(n, dtype=np.int64)
+    gathered_row[np.concatenate([np.nonzero(owner_rank == r)[0] for r in range(nranks)])] = np.arange(n)
+    pi, pj, ps = system_neighbor_pairs(positions, cell, np.asarray(pbc, dtype=bool), encoding_range)
+    keep = (pi != pj) | (ps != 0).any(1)
+    pi, pj, ps = pi[keep], pj[keep], ps[keep]
+    for rank in ranks:
+        owned = rank["owned"].numpy()
+        local_of = {int(a): k for k, a in enumerate(owned)}
+        mine = np.nonzero(np.isin(pi, owned))[0]
+        # in ascending owned row, as the blocked attention needs (the plugin builds them so)
+        mine = mine[np.argsort([local_of[int(a)] for a in pi[mine]], kind="stable")]
+        i_atom = torch.tensor(pi[mine], dtype=torch.long)
+        j_atom = torch.tensor(pj[mine], dtype=torch.long)
+        # x_j of the ghost image (or owned atom) minus x_i: what an engine has on the rank
+        x_j = pos[j_atom] + torch.tensor(ps[mine], dtype=dtype).reshape(-1, 3) @ cell_t
+        rank.update(
+            pair_i=i_atom,
+            pair_j=j_atom,
+            pair_row=torch.tensor([local_of[int(a)] for a in pi[mine]], dtype=torch.long),
+            pair_col=torch.tensor(gathered_row[pj[mine]], dtype=torch.long),
+            pair_vec=(x_j - pos[i_atom]).detach().requires_grad_(True),
+        )
     return ranks
 
 

@@ -34,65 +34,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from allscaip.neighbors import system_neighbor_pairs
-
-
-def rank_layouts(
-    positions: np.ndarray,
-    numbers: np.ndarray,
-    cell: np.ndarray,
-    pbc: Sequence[bool],
-    owner_rank: np.ndarray,
-    nranks: int,
-    cutoff: float,
-    dtype: torch.dtype = torch.float64,
-) -> List[dict]:
-    """Each rank's atoms and candidate layout: ``owned`` (global atoms), ``ghost_atom`` (global atom of
-    each ghost, one per periodic image), ``index``/``mask`` ``[Nc, Kc]`` over owned + ghosts, the leaf
-    ``vec`` ``[Nc, Kc, 3]``, and the atomic numbers of the owned atoms."""
-    ci, cj, cs = system_neighbor_pairs(positions, cell, np.asarray(pbc, dtype=bool), cutoff)
-    pos = torch.tensor(positions, dtype=dtype)
-    cell_t = torch.tensor(cell, dtype=dtype)
-    ranks: List[dict] = []
-    for r in range(nranks):
-        owned = np.nonzero(owner_rank == r)[0]
-        local_of = {int(a): k for k, a in enumerate(owned)}
-        ghosts: List[tuple] = []
-        ghost_of: Dict[tuple, int] = {}
-        rows: List[List[int]] = [[] for _ in owned]
-        for e in np.nonzero(np.isin(ci, owned))[0]:
-            i, j, s = int(ci[e]), int(cj[e]), tuple(int(v) for v in cs[e])
-            if s == (0, 0, 0) and j in local_of:
-                slot = local_of[j]
-            else:
-                if (j, s) not in ghost_of:
-                    ghost_of[(j, s)] = len(owned) + len(ghosts)
-                    ghosts.append((j, s))
-                slot = ghost_of[(j, s)]
-            rows[local_of[i]].append(slot)
-        width = max([len(x) for x in rows] + [1])
-        index = torch.zeros((len(owned), width), dtype=torch.long)
-        mask = torch.zeros((len(owned), width), dtype=torch.bool)
-        for c, row in enumerate(rows):
-            index[c] = c
-            index[c, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[c, : len(row)] = True
-        ghost_atom = torch.tensor([g[0] for g in ghosts], dtype=torch.long)
-        shift = torch.tensor([g[1] for g in ghosts], dtype=dtype).reshape(-1, 3)
-        owned_t = torch.tensor(owned, dtype=torch.long)
-        x_all = torch.cat([pos[owned_t], pos[ghost_atom] + shift @ cell_t])
-        vec = (x_all[index] - x_all[: len(owned)].unsqueeze(1)).detach().requires_grad_(True)
-        ranks.append(
-            dict(
-                owned=owned_t,
-                ghost_atom=ghost_atom,
-                index=index,
-                mask=mask,
-                vec=vec,
-                numbers=torch.tensor(numbers[owned], dtype=torch.long),
-            )
-        )
-    return ranks
+from allscaip_export.dd_reference import ghost_layouts as rank_layouts  # each rank's owned atoms, ghosts, layout
 
 
 def _forward_comm(owned_rows: List[torch.Tensor], ranks: List[dict], n: int) -> List[torch.Tensor]:
