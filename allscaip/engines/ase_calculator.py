@@ -39,22 +39,11 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def check_block_precision(block_precision: str, dtype: torch.dtype, path: Path) -> None:
-    """Refuse a ``block_precision`` the model file and ``dtype`` cannot run, saying what to change."""
-    if block_precision not in BLOCK_PRECISION_CHOICES:
-        raise ValueError(f"block_precision must be one of {BLOCK_PRECISION_CHOICES}, got {block_precision!r}")
-    if block_precision == "float32":
-        return
-    if path.suffix.lower() in (".pt", ".pt2") or is_fairchem_checkpoint(path):
-        raise ValueError(
-            f"block_precision={block_precision!r} applies to allscaip checkpoints (.ckpt), not to {path.name}; "
-            "load the checkpoint, or leave block_precision at 'float32'"
-        )
-    if dtype != torch.float32:
-        raise ValueError(
-            f"block_precision={block_precision!r} needs dtype='float32' (the geometry and residual stream stay "
-            f"float32), got {str(dtype).replace('torch.', '')}: pass dtype='float32'"
-        )
+def own_model_options(recompute: bool, block_precision: str) -> str:
+    """The options asked for that only our own checkpoints (.ckpt) take, as the user wrote them
+    ("" when none): exports and fairchem models refuse them, naming them."""
+    asked = [("recompute=True", recompute), (f"block_precision={block_precision!r}", block_precision != "float32")]
+    return " and ".join(name for name, on in asked if on)
 
 
 class AllScAIPCalculator(Calculator):
@@ -107,21 +96,21 @@ class AllScAIPCalculator(Calculator):
         self._module = None
         self.metadata: Dict[str, Any] = {}
         suffix = path.suffix.lower()
-        check_block_precision(block_precision, self.dtype, path)
-        if recompute and suffix in (".pt", ".pt2"):
+        if block_precision not in BLOCK_PRECISION_CHOICES:
+            raise ValueError(f"block_precision must be one of {BLOCK_PRECISION_CHOICES}, got {block_precision!r}")
+        own_options = own_model_options(recompute, block_precision)
+        if own_options and suffix in (".pt", ".pt2"):
             raise ValueError(
-                f"recompute=True applies to checkpoints (.ckpt), not to the export {path.name}; "
-                "load the checkpoint it was exported from, or leave recompute off"
+                f"{own_options} applies to checkpoints (.ckpt), not to the export {path.name}; "
+                f"load the checkpoint it was exported from, or leave out {own_options}"
             )
         #: the converted fairchem model when ``model`` is a fairchem checkpoint, else None
         self._fairchem = None
         #: the fairchem task whose normalisers and element references a fairchem checkpoint uses
         self.fairchem_task = fairchem_task or DEFAULT_FAIRCHEM_TASK
         if is_fairchem_checkpoint(path):
-            if recompute:
-                raise ValueError(
-                    f"recompute=True applies to allscaip checkpoints, not to the fairchem file {path.name}"
-                )
+            if own_options:
+                raise ValueError(f"{own_options} applies to allscaip checkpoints, not to the fairchem file {path.name}")
             self._fairchem = fairchem_model(path, task=self.fairchem_task, dtype=self.dtype).to(self.device)
             self._eager = self._fairchem
         elif suffix == ".pt":
@@ -135,16 +124,16 @@ class AllScAIPCalculator(Calculator):
         else:
             payload = load_checkpoint(path)
             if model_family_of(payload) == FAIRCHEM_FAMILY:
-                self.fairchem_task = self._converted_task(payload, fairchem_task, recompute)
+                self.fairchem_task = self._converted_task(payload, fairchem_task, own_options)
             self._eager = model_from_payload(payload, dtype=self.dtype, device=str(self.device))
             if isinstance(self._eager, FairchemAllScAIP):
                 self._fairchem = self._eager
-                if block_precision != "float32":
-                    raise ValueError(
-                        f"block_precision={block_precision!r} applies to our own models, not to the converted "
-                        f"fairchem {path.name}; leave it at 'float32'"
-                    )
             else:
+                if block_precision != "float32" and self.dtype != torch.float32:
+                    raise ValueError(
+                        f"block_precision={block_precision!r} needs dtype='float32' (the geometry and residual "
+                        f"stream stay float32), got {str(self.dtype).replace('torch.', '')}: pass dtype='float32'"
+                    )
                 self._eager.recompute = "layers" if recompute else "none"
                 self._eager.block_precision = block_precision
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
@@ -160,18 +149,17 @@ class AllScAIPCalculator(Calculator):
         #: two atoms closer than this (Å) raise AtomsTooCloseError; 0 = no check
         self.min_distance = float(min_distance) if min_distance is not None else self.model_min_distance()
 
-    def _converted_task(self, payload: Dict[str, Any], asked: Optional[str], recompute: bool) -> str:
-        """The task a converted fairchem checkpoint was converted for (``asked`` must agree)."""
+    def _converted_task(self, payload: Dict[str, Any], asked: Optional[str], own_options: str) -> str:
+        """The task a converted fairchem checkpoint was converted for (``asked`` must agree; ``own_options``,
+        from :func:`own_model_options`, must be empty)."""
         task = str(payload["model_config"]["task"])
         if asked is not None and asked != task:
             raise ValueError(
                 f"{self.path.name} was converted for fairchem task {task!r}; convert the fairchem file again "
                 f"with --task {asked} for task {asked!r}, or leave fairchem_task out"
             )
-        if recompute:
-            raise ValueError(
-                f"recompute=True applies to our own models, not to the converted fairchem {self.path.name}"
-            )
+        if own_options:
+            raise ValueError(f"{own_options} applies to our own models, not to the converted fairchem {self.path.name}")
         return task
 
     def model_min_distance(self) -> float:
