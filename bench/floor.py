@@ -18,6 +18,7 @@ and soft kNN 30 for sizes (as bench/side_by_side.py). Prints a table and writes 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -117,8 +118,7 @@ def main(argv=None) -> int:
         "float32": matmul_rate(edges, model.hidden, torch.float32),
         "bfloat16": matmul_rate(edges, model.hidden, torch.bfloat16),
     }
-    model64 = build(args).double()
-    model64.load_state_dict(model.state_dict())
+    model64 = copy.deepcopy(model).double()
     reference = compute_properties(model64, atoms_to_batch([atoms]), stress=True)["forces"]
     del model64
     rows = []

@@ -8,7 +8,7 @@ water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine 
 - ``allscaip_recompute``: the same with ``recompute = "layers"`` (each block's activations are
   recomputed in the force backward, activation checkpointing);
 - ``allscaip_bf16`` and ``allscaip_bf16_recompute``: the same two with ``block_precision = "bfloat16"``
-  (the blocks' matrix products in bfloat16; its force error is measured by bench/precision.py);
+  (the blocks' matrix products in bfloat16; its force error is measured by bench/floor.py);
 - ``fairchem``: fairchem-core's ``FAIRChemCalculator`` on a random-weight AllScAIP checkpoint
   (``bench/fairchem_allscaip.py``, run in the fairchem environment), energy + forces per step,
   sincx mask off (the published "md" switches; our model has no encoding either).
@@ -50,9 +50,7 @@ VARIANTS = {
 """This project's columns: (recompute, block_precision)."""
 
 
-def ours_worker(
-    hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, recompute: bool, precision: str
-) -> dict:
+def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, variant: str) -> dict:
     """One configuration of this project's eager model in this process (see the module docstring)."""
     import torch
     from water_boxes import water_box
@@ -64,6 +62,7 @@ def ours_worker(
     torch.manual_seed(0)
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
     model = AllScAIP(cfg).float().eval()
+    recompute, precision = VARIANTS[variant]
     model.recompute = "layers" if recompute else "none"
     model.block_precision = precision
     atoms = water_box(max(1, n_atoms // 3), seed=0)
@@ -92,9 +91,8 @@ def ours_worker(
 
 
 def run_ours(args, hidden: int, layers: int, heads: int, n_atoms: int, variant: str) -> dict:
-    recompute, precision = VARIANTS[variant]
     cmd = [sys.executable, __file__, "--ours-worker", f"{hidden}/{layers}/{heads}", str(n_atoms)]
-    cmd += ["--repeats", str(args.repeats), "--precision", precision] + (["--recompute"] if recompute else [])
+    cmd += ["--repeats", str(args.repeats), "--variant", variant]
     return _run(cmd, args.threads, args.timeout)
 
 
@@ -138,15 +136,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fairchem-python", type=Path, default=HERE.parent / ".fcvenv" / "bin" / "python")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "side_by_side.json")
     ap.add_argument("--ours-worker", nargs=2, metavar=("SIZE", "ATOMS"), help=argparse.SUPPRESS)
-    ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=list(VARIANTS), default="allscaip", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ours_worker:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         h, n_layers, n_heads = (int(x) for x in args.ours_worker[0].split("/"))
-        row = ours_worker(h, n_layers, n_heads, int(args.ours_worker[1]), args.repeats, args.recompute, args.precision)
+        row = ours_worker(h, n_layers, n_heads, int(args.ours_worker[1]), args.repeats, args.variant)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
     if not args.fairchem_python.exists():
