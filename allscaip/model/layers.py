@@ -94,11 +94,8 @@ class NeighborAttention(nn.Module):
         hid = x.shape[1]
         # Gather the tokens into the padded layout before projecting them: a gather of H columns
         # (index_select, whose backward is an index_add) instead of 3H, and q, k, v come out in
-        # [Nc, T, h, d] without a permuted copy. Padding slots read token 0: their keys are masked
-        # (bias -inf, softmax weight exactly 0) and their outputs are never read back (pad_pos), so
-        # they add exactly zero to every result and gradient.
-        rows = torch.where(tok_index < x.shape[0], tok_index, torch.zeros_like(tok_index)).view(-1)
-        qkv = self.qkv(x.index_select(0, rows)).view(nc, t, 3, self.heads, self.head_dim)
+        # [Nc, T, h, d] without a permuted copy. Padding slots read token 0 (see token_layout).
+        qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(2)  # [Nc, T, h, d]; unbind (not indexing) keeps the backward one copy
         q, k = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2)  # [Nc, h, T, d]
         v = v.transpose(1, 2)
@@ -125,8 +122,10 @@ def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
     Flat tokens are the ``Nc`` node (self) tokens followed by the real edge tokens in
     row-major (centre, slot) order. Returns ``tok_index [Nc, 1+K]`` (flat row of each padded
-    slot; padding points at row M, one past the end) and ``pad_pos [M]`` (padded position
-    ``c*(1+K)+slot`` of each flat token).
+    slot; padding reads row 0) and ``pad_pos [M]`` (padded position ``c*(1+K)+slot`` of each flat
+    token). A padding slot's copy of token 0 adds exactly zero to every result and gradient: as a
+    key it is masked (bias -inf, softmax weight exactly 0), and as a query its output is never read
+    back (``pad_pos`` skips it).
     """
     nc, k = valid.shape
     t = k + 1
@@ -134,7 +133,7 @@ def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     node_pos = torch.arange(nc, device=valid.device) * t
     pad_pos = torch.cat([node_pos, torch.div(edge_pos, k, rounding_mode="floor") * t + 1 + edge_pos % k])
     m = pad_pos.shape[0]
-    tok_index = torch.full((nc * t,), m, dtype=torch.long, device=valid.device)
+    tok_index = torch.zeros((nc * t,), dtype=torch.long, device=valid.device)
     tok_index[pad_pos] = torch.arange(m, device=valid.device)
     return tok_index.view(nc, t), pad_pos
 
