@@ -62,7 +62,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -257,6 +257,35 @@ def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch
     return torch.export.export(_TracedEncodedWholeSystem(gm), args, dynamic_shapes=dynamic, strict=False)
 
 
+def compile_whole_system(
+    model: AllScAIP,
+    metadata: Dict[str, Any],
+    device: str = "cpu",
+    inductor_configs: Optional[Dict[str, Any]] = None,
+    verbose: bool = False,
+) -> List[str]:
+    """Trace, export and compile the whole-system call of ``model`` (in its current dtype) for
+    ``device``; returns the AOTInductor files for ``package_pt2`` (under the name ``"model"``).
+    ``metadata`` goes into the AOTInductor metadata map; the measured ``export_seconds`` /
+    ``compile_seconds`` are written to ``export_aoti.timings``."""
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    ep = export_program(model, dev)
+    t1 = time.perf_counter()
+    if verbose:
+        print(
+            f"[allscaip-export] traced and exported the graph in {t1 - t0:.1f} s; compiling with AOTInductor ...",
+            flush=True,
+        )
+    configs: Dict[str, Any] = {"aot_inductor.metadata": {METADATA_KEY: dumps(metadata)}}
+    configs.update(inductor_configs or {})
+    configs["aot_inductor.package"] = True
+    args, kwargs = ep.example_inputs
+    files = aot_compile(ep.module(check_guards=False), args, kwargs, options=configs)
+    export_aoti.timings = {"export_seconds": t1 - t0, "compile_seconds": time.perf_counter() - t1}  # type: ignore[attr-defined]
+    return files
+
+
 def export_aoti(
     model: AllScAIP,
     path: str | Path,
@@ -273,26 +302,10 @@ def export_aoti(
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {path}")
-    dev = torch.device(device)
-    meta = dumps(metadata)
-    t0 = time.perf_counter()
-    ep = export_program(model, dev)
-    t1 = time.perf_counter()
-    if verbose:
-        print(
-            f"[allscaip-export] traced and exported the graph in {t1 - t0:.1f} s; compiling with AOTInductor ...",
-            flush=True,
-        )
-    configs: Dict[str, Any] = {"aot_inductor.metadata": {METADATA_KEY: meta}}
-    configs.update(inductor_configs or {})
-    configs["aot_inductor.package"] = True
-    args, kwargs = ep.example_inputs
-    files = aot_compile(ep.module(check_guards=False), args, kwargs, options=configs)
+    files = compile_whole_system(model, metadata, device, inductor_configs, verbose)
     tmp = path.with_name(path.stem + ".tmp.pt2")
-    package_pt2(str(tmp), aoti_files=files, extra_files={"metadata.json": meta})
+    package_pt2(str(tmp), aoti_files=files, extra_files={"metadata.json": dumps(metadata)})
     os.replace(tmp, path)
-    t2 = time.perf_counter()
-    export_aoti.timings = {"export_seconds": t1 - t0, "compile_seconds": t2 - t1}  # type: ignore[attr-defined]
     return path
 
 

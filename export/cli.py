@@ -1,9 +1,13 @@
 """allscaip-export: checkpoint -> deployable TorchScript (.pt) or AOTInductor (.pt2) model.
 
-    allscaip-export CHECKPOINT [-o OUT] [--format torchscript|aoti]
+    allscaip-export CHECKPOINT [-o OUT] [--format torchscript|aoti] [--staged [--charge Q] [--spin S]]
                     [--dtype float64|float32] [--device cpu|cuda] [--no-verify]
 
 (dtype default: float64 on cpu, float32 on cuda)
+
+``--staged`` (with ``--format aoti``, cpu): the package also holds every stage of the
+domain-decomposed evaluation and its VJP, compiled for total charge Q and spin S, so that LAMMPS
+splits the work over its MPI ranks (docs/export.md, *The staged .pt2*); 2(2L + 2) more compiles.
 
 A fairchem AllScAIP inference checkpoint (recognised by content, whatever its suffix) is converted
 (allscaip.model.fairchem_allscaip) and exported to TorchScript (``--fairchem-task``, default omol;
@@ -45,9 +49,12 @@ from allscaip.model.fairchem_load import fairchem_model_from_checkpoint
 from allscaip.neighbors import whole_system_inputs  # also reachable as allscaip_export.cli.whole_system_inputs
 from allscaip.structures import water_box
 from allscaip_export.aoti import export_aoti, load_aoti
+from allscaip_export.aoti_stages import export_staged, load_staged
+from allscaip_export.dd_reference import split_slabs
+from allscaip_export.dd_vjp_reference import dd_vjp_evaluate
 from allscaip_export.fairchem_torchscript import export_fairchem_torchscript, fairchem_metadata
-from allscaip_export.metadata import build_metadata, checkpoint_hash
-from allscaip_export.torchscript import export_torchscript, load_torchscript
+from allscaip_export.metadata import build_metadata, checkpoint_hash, dumps
+from allscaip_export.torchscript import ExportedAllScAIP, export_torchscript, load_torchscript
 
 SUFFIX = {"torchscript": ".pt", "aoti": ".pt2"}
 DEFAULT_FAIRCHEM_TASK = "omol"  # the published AllScAIP checkpoints' task
@@ -197,6 +204,28 @@ def verify(call, model, metadata: Dict[str, Any], device: str, quiet: bool = Fal
     return ok
 
 
+def verify_staged(path: Path, model, metadata: Dict[str, Any]) -> bool:
+    """Run the stages of a staged package by the manual reverse pass (dd_vjp_evaluate) on the
+    triclinic test box split into 1 and 2 slabs, against the eager model."""
+    module = ExportedAllScAIP(model, dumps(metadata))
+    stages, vjps = load_staged(path, int(metadata["num_layers"]))
+    charge, spin = int(metadata["staged_charge"]), int(metadata["staged_spin"])
+    name, atoms = test_structures(list(metadata["atomic_numbers"]))[0]
+    atoms.info.update(charge=charge, spin=spin)
+    ref = eager_reference(model, atoms, getattr(torch, metadata["dtype"]), "cpu")
+    ok = True
+    for nranks in (1, 2):
+        owner = split_slabs(atoms.get_scaled_positions()[:, 0], nranks)
+        args = (atoms.positions, atoms.numbers, atoms.cell.array, owner, nranks)
+        out = dd_vjp_evaluate(module, *args, charge=charge, spin=spin, stage=stages, backward=vjps)
+        res = compare([out[k] for k in ("energy", "forces", "virial", "energies")], ref, metadata["dtype"])
+        good = all(g for _, g in res.values())
+        ok &= good
+        parts = ", ".join(f"{k} {d:.2e}" for k, (d, _) in res.items())
+        log(f"  staged, {name} on {nranks} rank(s): max |diff| {parts}{'' if good else ' (FAIL)'}")
+    return ok
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -218,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="device the artefact runs on (AOTInductor packages are device-specific); default: cpu",
     )
+    p.add_argument(
+        "--staged",
+        action="store_true",
+        help="with --format aoti: add the stages and VJPs of the domain-decomposed evaluation (LAMMPS on "
+        "several MPI ranks splits the work; minutes of compiling more)",
+    )
+    p.add_argument("--charge", type=int, default=0, help="--staged: total charge the stages are compiled for")
+    p.add_argument("--spin", type=int, default=1, help="--staged: spin multiplicity the stages are compiled for")
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the checkpoint")
     p.add_argument(
@@ -313,6 +350,11 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == ckpt.resolve():
         raise UsageError(f"output {out} would overwrite the checkpoint")
     dtype = getattr(torch, args.dtype)
+    if args.staged and (args.format != "aoti" or args.device != "cpu"):
+        raise UsageError(
+            f"--staged needs --format aoti --device cpu (got --format {args.format} --device {args.device}); "
+            "a TorchScript .pt is staged already"
+        )
 
     t0 = time.perf_counter()
     try:
@@ -341,7 +383,16 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"exporting {args.format} ({args.dtype}, {args.device}) -> {out}")
     t1 = time.perf_counter()
-    if args.format == "torchscript":
+    if args.staged:
+        if model.use_encoding:
+            raise UsageError(
+                f"{ckpt} has a node encoding ({cfg.node_encoding}), which the staged .pt2 does not cover; "
+                "export it without --staged, or as TorchScript (.pt), which runs domain-decomposed"
+            )
+        export_staged(model, out, meta, test_structures(list(cfg.elements))[0][1], args.charge, args.spin)
+        log(f"staged AOTInductor package: {export_staged.seconds:.1f} s")
+        load = lambda: load_aoti(out, device=args.device)  # noqa: E731
+    elif args.format == "torchscript":
         export_torchscript(model, out, meta)
         log(f"TorchScript export: {time.perf_counter() - t1:.1f} s")
         load = lambda: load_torchscript(out, device=args.device)  # noqa: E731
@@ -363,6 +414,8 @@ def run(args: argparse.Namespace) -> int:
         ok = verify(call, model, meta_back, args.device)
     except UnknownElementError as err:
         raise UsageError(str(err)) from None
+    if args.staged:
+        ok &= verify_staged(out, model, meta_back)
     log(f"reload + verification: {time.perf_counter() - t2:.1f} s")
     return 0 if ok else 1
 

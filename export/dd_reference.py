@@ -219,10 +219,10 @@ def staged_energies(
         state.append([idx, bias, P, h, E])
         if encoding and not hasattr(module, "dd_global_finish_heads"):
             rk["basis"] = module.dd_encoding_basis(rk["pair_vec"])
-    # The layer loop is written four times: here (the staged calls, one process),
+    # The layer loop is written five times: here (the staged calls, one process),
     # allscaip.model.AllScAIP.forward and .layer (whole systems), lammps_plugin/allscaip_staged.cpp (evaluate_staged)
-    # (these calls under MPI) and allscaip_export.dd_vjp_reference (the same stages with a manual reverse
-    # pass). A change here goes to all four.
+    # (these calls under MPI), allscaip_export.dd_vjp_reference (the same stages with a manual reverse
+    # pass) and lammps_plugin/allscaip_staged_pt2.cpp (that pass under MPI). A change here goes to all five.
     for layer in range(int(module.num_layers)):
         h_global = torch.zeros((n, int(module.hidden)), dtype=state[0][3].dtype, device=state[0][3].device)
         for rk, st in zip(ranks, state):

@@ -26,11 +26,16 @@ Reverse, with the communications reversed, layer L-1 down to 0:
              g_h = g_h_all[:Nc] + reverse comm(g_h_all[Nc:])  (ghost rows summed into owners)
   g_vec += VJP prepare(g_bias, g_P, g_h, g_edges)    (g_P, g_bias summed over layers)
 Node-encoding models are not covered (their pair bias and blocked attention would be two more
-stages per layer).
+stages per layer). A rank that owns no atom runs every stage here on zero rows, which the eager
+stages accept and compiled ones refuse (their sizes are compiled from 1 up): the plugin's copy
+(lammps_plugin/allscaip_staged_pt2.cpp) skips such a rank's stages and runs only its
+communications, with empty node states and zero gradients, which is what the zero-row stages
+compute.
 
-The layer loop below is one of four copies (allscaip.model.AllScAIP.forward,
-allscaip_export.dd_reference.staged_energies, lammps_plugin/allscaip_staged.cpp evaluate_staged, and
-this one); a change to one goes to all four.
+The layer loop below is one of five copies (allscaip.model.AllScAIP.forward,
+allscaip_export.dd_reference.staged_energies, lammps_plugin/allscaip_staged.cpp evaluate_staged,
+lammps_plugin/allscaip_staged_pt2.cpp evaluate_staged_pt2 (this algorithm under MPI) and this one); a
+change to one goes to all five.
 """
 
 from __future__ import annotations

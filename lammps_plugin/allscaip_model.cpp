@@ -68,7 +68,8 @@ const torch::jit::Module &Model::module() const
 
 std::unordered_map<std::string, std::string> Model::package_metadata() const
 {
-  if (!aoti_) throw ModelError(path_ + " is not an AOTInductor package");
+  if (!aoti_)
+    throw ModelError(path_ + " is not an AOTInductor package with a whole-system model");
   return aoti_->get_metadata();
 }
 
@@ -167,6 +168,7 @@ void Model::load_aoti()
                      " and cannot run on " + device_.str() + "; export it again with "
                      "allscaip-export --format aoti --device " + (device_.is_cuda() ? "cuda" : "cpu") +
                      ", or use the TorchScript export (.pt), which runs anywhere");
+  if (!info_.whole_system) return;    // a staged package without it (allscaip_staged_pt2.h)
   try {
     const c10::DeviceIndex index = device_.is_cuda() && device_.has_index() ? device_.index() : -1;
     aoti_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1,
@@ -276,6 +278,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> Model::wh
   if (encoded && (!encoding_index.defined() || !encoding_shifts.defined()))
     throw ModelError("model " + path_ + " has a node encoding: its whole-system call needs the "
                      "encoding pairs (internal error of the caller)");
+  if (is_aoti() && !aoti_)
+    throw ModelError("AOTInductor package " + path_ + " holds only the staged stages, no "
+                     "whole-system model; re-export it with allscaip-export --format aoti --staged "
+                     "(which writes both)");
   if (aoti_) {
     std::vector<torch::Tensor> in{positions.contiguous(), numbers.contiguous(), cell.contiguous(),
                                   pbc.contiguous(), edge_index.contiguous(),

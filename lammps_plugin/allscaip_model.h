@@ -41,7 +41,10 @@ class Model {
   const std::string &path() const { return path_; }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
-  bool is_aoti() const { return aoti_ != nullptr; }
+  bool is_aoti() const { return info_.format == "aoti"; }
+  // an AOTInductor package without the whole-system model (a staged package built for the
+  // engines' staged evaluation only) has has_whole_system() false
+  bool has_whole_system() const { return !is_aoti() || aoti_ != nullptr; }
   // the AOTInductor metadata map of a .pt2 (holds "allscaip_metadata" and "AOTI_DEVICE_KEY")
   std::unordered_map<std::string, std::string> package_metadata() const;
   // the TorchScript module (throws ModelError for an AOTInductor package)

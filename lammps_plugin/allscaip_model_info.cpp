@@ -207,10 +207,20 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path)
     info.node_encoding = v->get<std::string>();
   if (const Json *v = optional(root, "staged_interface", Kind::String))
     info.staged_interface = v->get<std::string>();
-  if (info.staged_interface != "dd" && info.staged_interface != "fairchem")
+  if (info.staged_interface != "dd" && info.staged_interface != "fairchem" &&
+      info.staged_interface != "dd_vjp")
     throw ModelError("metadata.json of " + path + ": staged_interface \"" + info.staged_interface +
-                     "\" is not known to this plugin build (dd, fairchem); rebuild the plugin from the "
-                     "allscaip version that exported the model");
+                     "\" is not known to this plugin build (dd, fairchem, dd_vjp); rebuild the plugin "
+                     "from the allscaip version that exported the model");
+  if (info.staged_interface == "dd_vjp") {
+    if (info.format != "aoti" || !info.supports_domain_decomposition)
+      throw ModelError("metadata.json of " + path + ": staged_interface \"dd_vjp\" belongs to an "
+                       "AOTInductor package with supports_domain_decomposition; re-export it with "
+                       "allscaip-export --format aoti --staged");
+    info.staged_charge = require_int(root, "staged_charge", path);
+    info.staged_spin = require_int(root, "staged_spin", path);
+  }
+  if (const Json *v = optional(root, "whole_system", Kind::Boolean)) info.whole_system = v->get<bool>();
   if (const Json *v = optional(root, "encoding_range", Kind::Number))
     info.encoding_range = v->get<double>();
   if (info.node_encoding != "none" && info.node_encoding != "sinc_pairs")

@@ -53,8 +53,14 @@ struct ModelInfo {
   bool supports_domain_decomposition = false;
   std::string node_encoding = "none";     // "none" | "sinc_pairs"
   // "dd": our models' dd_* methods; "fairchem": a converted fairchem AllScAIP's submodule
-  // "stages" (allscaip_fairchem_staged.h)
+  // "stages" (allscaip_fairchem_staged.h); "dd_vjp": a staged AOTInductor package, its stages
+  // and their VJPs (allscaip_staged_pt2.h)
   std::string staged_interface = "dd";
+  // a staged package: the charge and spin its stages were compiled for, and whether it also
+  // holds the whole-system model (every other .pt2 does)
+  int staged_charge = 0;
+  int staged_spin = 1;
+  bool whole_system = true;
   double encoding_range = 0.0;            // Angstrom; > 0 exactly when the model has a node encoding
   int max_charge = 0;                     // |charge| allowed (0: unknown)
   int max_spin = 0;                       // spin multiplicity allowed (0: unknown)

@@ -35,6 +35,32 @@
 
 namespace allscaip {
 
+namespace {
+
+// from_blob takes a non-const pointer; the tensors made from it are copied at once
+template <typename T> void *host(const std::vector<T> &v)
+{
+  return const_cast<void *>(static_cast<const void *>(v.data()));
+}
+
+}    // namespace
+
+LayoutTensors layout_tensors(const NeighborLayout &layout, const torch::Device &device,
+                             torch::ScalarType dtype)
+{
+  const int64_t nc = layout.num_centres(), na = layout.num_rows(), kmax = layout.kmax;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  // .to(..., copy = true) never aliases the layout's storage
+  return {torch::from_blob(host(layout.vec), {nc, kmax, 3}, f64).to(device, dtype, false, true),
+          torch::from_blob(host(layout.mask), {nc, kmax}, torch::kUInt8)
+              .to(device, torch::kBool, false, true),
+          torch::from_blob(host(layout.index), {nc, kmax}, i64).to(device, torch::kInt64, false, true),
+          torch::from_blob(host(layout.numbers), {na}, i64).to(device, torch::kInt64, false, true)};
+}
+
+/* ---------------------------------------------------------------------- */
+
 StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t charge,
                              int64_t spin, MPI_Comm world, GhostExchangeContext &ghost,
                              GatherContext &gather, const EncodingPairs *pairs,
@@ -44,26 +70,13 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   const torch::Device device = model.device();
   const torch::ScalarType dtype = model.dtype();
   const int64_t nc = layout.num_centres();
-  const int64_t na = layout.num_rows();
-  const int64_t kmax = layout.kmax;
 
   ghost.owned_atoms = layout.centres;
   ghost.ghost_atoms = layout.ghosts;
   if (info.node_attention) gather.setup(world, static_cast<int>(nc));    // collective
 
-  // host arrays -> model tensors; .to(..., copy = true) never aliases the layout's storage
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto host = [](const auto &v) { return const_cast<void *>(static_cast<const void *>(v.data())); };
-  torch::Tensor vec = torch::from_blob(host(layout.vec), {nc, kmax, 3}, f64)
-                          .to(device, dtype, false, true)
-                          .requires_grad_(true);
-  torch::Tensor mask = torch::from_blob(host(layout.mask), {nc, kmax}, torch::kUInt8)
-                           .to(device, torch::kBool, false, true);
-  torch::Tensor index = torch::from_blob(host(layout.index), {nc, kmax}, i64)
-                            .to(device, torch::kInt64, false, true);
-  torch::Tensor numbers = torch::from_blob(host(layout.numbers), {na}, i64)
-                              .to(device, torch::kInt64, false, true);
+  auto [vec, mask, index, numbers] = layout_tensors(layout, device, dtype);
+  vec.requires_grad_(true);
 
   const bool encoded = model.has_encoding();
   if (encoded && (pairs == nullptr || !info.node_attention))
@@ -71,6 +84,8 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   torch::Tensor pair_vec, pair_row, pair_col, basis;
   if (encoded) {
     const int64_t np = pairs->size();
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
     pair_vec = torch::from_blob(host(pairs->vec), {np, 3}, f64)
                    .to(device, dtype, false, true)
                    .requires_grad_(true);
@@ -81,10 +96,11 @@ StagedResult evaluate_staged(Model &model, const NeighborLayout &layout, int64_t
   const int64_t halo_fwd0 = ghost.forward_calls, halo_rev0 = ghost.reverse_calls;
   const int64_t gather_fwd0 = gather.forward_calls, gather_bwd0 = gather.backward_calls;
 
-  // The layer loop is the plugin's contract with the model and exists four times: here
+  // The layer loop is the plugin's contract with the model and exists five times: here
   // (under MPI), in allscaip/model/allscaip.py AllScAIP.forward (whole systems), in
-  // export/dd_reference.py (the staged methods in Python) and in export/dd_vjp_reference.py
-  // (the same stages with a manual reverse pass). A change here goes to all four.
+  // export/dd_reference.py (the staged methods in Python), in export/dd_vjp_reference.py
+  // (the same stages with a manual reverse pass) and in allscaip_staged_pt2.cpp (that pass for
+  // a staged .pt2 under MPI). A change here goes to all five.
   auto geometry = model.prepare(vec, mask, index, numbers, charge, spin);
   torch::Tensor h = geometry.h;
   torch::Tensor edges = geometry.edges;

@@ -29,6 +29,14 @@ struct StagedResult {
                              // undefined without a node encoding or without pairs
 };
 
+// the layout's host arrays as model tensors (copies: never aliasing the layout's storage):
+// vec [nc, kmax, 3] in dtype, mask [nc, kmax] bool, index [nc, kmax] int64, numbers [na] int64
+struct LayoutTensors {
+  torch::Tensor vec, mask, index, numbers;
+};
+LayoutTensors layout_tensors(const NeighborLayout &layout, const torch::Device &device,
+                             torch::ScalarType dtype);
+
 // Runs the staged evaluation of `layout` (its centres and ghosts become the rows of the
 // ghost exchange; ghost.halo must be set by the caller). `pairs`: the node encoding's pairs
 // (required exactly when model.has_encoding(); their col indexes the all-gathered rows).

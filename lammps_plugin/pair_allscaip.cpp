@@ -188,6 +188,14 @@ void PairAllscaip::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style allscaip: cannot load {}: {}", model_path, e.what());
   }
   const allscaip::ModelInfo &info = model->info();
+  staged_package.reset();
+  if (info.staged_interface == "dd_vjp") {
+    try {
+      staged_package = std::make_unique<allscaip::StagedPackage>(model_path, info, model->device());
+    } catch (const allscaip::ModelError &e) {
+      error->all(FLERR, "pair_style allscaip: {}", e.what());
+    }
+  }
 
   type_species.assign(ntypes + 1, -1);
   type_z.assign(ntypes + 1, 0);
@@ -235,7 +243,17 @@ void PairAllscaip::coeff(int narg, char **arg)
                    device_name, model->element_list(), cutoff, info.num_layers, info.hidden,
                    info.node_attention ? "yes" : "no",
                    info.supports_domain_decomposition ? "supported" : "not supported");
-  if (comm->me == 0 && comm->nprocs > 1 && model->is_aoti())
+  if (staged_package && info.charge_spin && (charge != info.staged_charge || spin != info.staged_spin))
+    error->all(FLERR, "pair_style allscaip: the staged AOTInductor package {} was compiled for "
+               "charge {} and spin {}, but pair_style asks for charge {} spin {}; set pair_style "
+               "allscaip charge {} spin {}, or export the package again with allscaip-export "
+               "--format aoti --staged --charge {} --spin {}", model_path, info.staged_charge,
+               info.staged_spin, charge, spin, info.staged_charge, info.staged_spin, charge, spin);
+  if (comm->me == 0 && staged_package)
+    utils::logmesg(lmp, "allscaip: staged AOTInductor package: {} compiled stages and their VJPs, "
+                   "domain decomposition over {} MPI rank(s)\n", 2 * info.num_layers + 2,
+                   comm->nprocs);
+  if (comm->me == 0 && comm->nprocs > 1 && model->is_aoti() && !staged_package)
     utils::logmesg(lmp, "allscaip: AOTInductor package on {} MPI ranks: gathered whole-system "
                    "evaluation (every rank gathers all atoms and evaluates the whole system: "
                    "results independent of the rank count, no parallel speed-up); for parallel "
@@ -364,9 +382,11 @@ void PairAllscaip::compute_staged()
   if (encoded) build_encoding_pairs();    // collective (tag gather)
 
   check_min_distance();
-  auto result = allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx,
-                                          gather_ctx, encoded ? &encoding_pairs : nullptr,
-                                          staged_options);
+  auto result = staged_package
+      ? allscaip::evaluate_staged_pt2(*staged_package, model->info(), layout, model->device(),
+                                      model->dtype(), world, ghost_ctx, gather_ctx)
+      : allscaip::evaluate_staged(*model, layout, charge, spin, world, ghost_ctx, gather_ctx,
+                                  encoded ? &encoding_pairs : nullptr, staged_options);
   check_finite_staged(result.energies, result.dE_dvec, result.dE_dpair);
   tally_energies(result.energies, torch::Tensor());
   if (result.dE_dvec.defined() && layout.num_centres() > 0) tally_edge_gradients(result.dE_dvec);

@@ -28,6 +28,7 @@ PairStyle(allscaip,PairAllscaip);
 #include "allscaip_model.h"
 #include "allscaip_neighbors.h"
 #include "allscaip_staged.h"
+#include "allscaip_staged_pt2.h"
 #include "allscaip_units.h"
 
 #include <memory>
@@ -64,6 +65,7 @@ class PairAllscaip : public Pair, public allscaip::HaloExchanger {
 
  protected:
   std::unique_ptr<allscaip::Model> model;
+  std::unique_ptr<allscaip::StagedPackage> staged_package;    // a staged .pt2 (dd_vjp)
   std::unique_ptr<allscaip::UnitConversion> units;
   std::string model_path;
   std::string device_name;

@@ -19,9 +19,9 @@ ruff check . || { echo "run_tests.sh: FAILED: ruff lint (fix the lines above; 'r
 ruff format --check . || { echo "run_tests.sh: FAILED: ruff format (run 'ruff format .')" >&2; exit 1; }
 lint-imports --no-cache || { echo "run_tests.sh: FAILED: an import breaks the layer contracts above (docs/architecture.md)" >&2; exit 1; }
 
-echo "[run_tests] python -m pytest -q tests $*"
+echo "[run_tests] python -m pytest -q --durations=25 tests $*"
 rc=0
-python -m pytest -q tests "$@" || rc=$?
+python -m pytest -q --durations=25 tests "$@" || rc=$?
 case "$rc" in
     0) echo "[run_tests] tests passed" ;;
     5) echo "run_tests.sh: FAILED: pytest collected no tests (exit 5)" >&2; exit 5 ;;

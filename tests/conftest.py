@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, NamedTuple
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +99,27 @@ def aoti_package(export_checkpoint):
 
     assert cli.main([str(export_checkpoint), "--format", "aoti"]) == 0
     return export_checkpoint.with_suffix(".pt2")
+
+
+class StagedPackage(NamedTuple):
+    model: Any  # the checkpoint's eager model, float64
+    path: Path  # the staged .pt2
+
+
+@pytest.fixture(scope="session")
+def staged_package(export_checkpoint):
+    """The staged AOTInductor compile of the test session: ``allscaip-export --format aoti --staged``
+    (the whole-system model and every stage with its VJP; the export verifies the stages on 1 and
+    2 ranks against the checkpoint) -> model.staged.pt2 beside it. About 5 minutes on one thread."""
+    from allscaip.checkpoint import load_model
+    from allscaip_export import cli
+
+    path = export_checkpoint.with_name("model.staged.pt2")
+    assert cli.main([str(export_checkpoint), "--format", "aoti", "--staged", "-o", str(path)]) == 0
+    model = load_model(export_checkpoint, dtype=torch.float64).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return StagedPackage(model, path)
 
 
 def model_energy(model, atoms) -> float:

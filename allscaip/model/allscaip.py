@@ -409,11 +409,12 @@ class AllScAIP(nn.Module):
             pairs = encoding_pair_inputs(
                 positions, cell, system, pair_index, pair_shift, bounds, self.encoding_range, self.encoding_freqs
             )
-        # The layer loop is written four times: here (whole systems, with the block in
+        # The layer loop is written five times: here (whole systems, with the block in
         # AllScAIP.layer), in allscaip_export.dd_reference.staged_energies (the staged dd_* calls, one
         # process), in lammps_plugin/allscaip_staged.cpp, evaluate_staged (the same calls under
         # MPI) and in allscaip_export.dd_vjp_reference (the stages with a manual reverse pass, the
-        # specification of a staged .pt2). A change here goes to all four.
+        # specification of a staged .pt2) and in lammps_plugin/allscaip_staged_pt2.cpp (that pass under
+        # MPI). A change here goes to all five.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
                 if self.block_precision == "bfloat16":  # float32 in and out, bfloat16 products inside

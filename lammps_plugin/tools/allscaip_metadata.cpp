@@ -55,6 +55,11 @@ int main(int argc, char **argv)
               << (info.supports_domain_decomposition ? "supported" : "not supported") << "\n";
     std::cout << "dtype:                " << info.dtype << "\n";
     std::cout << "format:               " << info.format << "\n";
+    if (model.is_aoti() && !model.has_whole_system()) {
+      std::cout << "package:              staged stages only (staged_interface " << info.staged_interface
+                << "), no whole-system model\n";
+      return 0;
+    }
     if (model.is_aoti()) {
       // the copy in the AOTInductor metadata map must equal the archive record
       auto map = model.package_metadata();
