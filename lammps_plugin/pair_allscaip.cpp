@@ -251,8 +251,10 @@ void PairAllscaip::coeff(int narg, char **arg)
                info.staged_spin, charge, spin, info.staged_charge, info.staged_spin, charge, spin);
   if (comm->me == 0 && staged_package)
     utils::logmesg(lmp, "allscaip: staged AOTInductor package: {} compiled stages and their VJPs, "
-                   "domain decomposition over {} MPI rank(s)\n", 2 * info.num_layers + 2,
-                   comm->nprocs);
+                   "domain decomposition over {} MPI rank(s){}\n", 2 * info.num_layers + 2,
+                   comm->nprocs, comm->nprocs == 1 && model->has_whole_system()
+                   ? " (on one rank its whole-system model runs, the stages only for per-atom virials)"
+                   : "");
   if (comm->me == 0 && comm->nprocs > 1 && model->is_aoti() && !staged_package)
     utils::logmesg(lmp, "allscaip: AOTInductor package on {} MPI ranks: gathered whole-system "
                    "evaluation (every rank gathers all atoms and evaluates the whole system: "
@@ -344,9 +346,13 @@ void PairAllscaip::compute(int eflag, int vflag)
   torch::AutoGradMode grad_mode(true);
   try {
     const allscaip::ModelInfo &info = model->info();
+    // a staged .pt2 on one rank: its whole-system model is 1.5x faster than the stages (whose
+    // VJPs recompute the forward; docs/benchmarks.md), unless per-atom virials are asked for
+    const bool staged_on_one_rank = staged_package && comm->nprocs == 1 &&
+                                    model->has_whole_system() && !vflag_atom;
     if (info.supports_domain_decomposition && info.staged_interface == "fairchem")
       compute_fairchem_staged();
-    else if (info.supports_domain_decomposition)
+    else if (info.supports_domain_decomposition && !staged_on_one_rank)
       compute_staged();
     else
       compute_whole_system();

@@ -1,6 +1,7 @@
 """A staged AOTInductor package (``allscaip-export --format aoti --staged``) in pair_style allscaip:
 domain decomposition through the compiled stages and their VJPs, with the reverse pass run by the
-plugin (lammps_plugin/allscaip_staged_pt2.cpp). One rank equals the Python model; 2 and 4 ranks,
+plugin (lammps_plugin/allscaip_staged_pt2.cpp). One rank (the package's whole-system model, or the
+stages when per-atom virials are asked for) equals the Python model; 2 and 4 ranks,
 each owning a real sub-domain, equal one rank to 1e-10 relative in float64, and so do 4 ranks of
 which three own no atom (they run only the communications); the charge and spin the package was
 compiled for are enforced."""
@@ -51,7 +52,7 @@ def test_staged_pt2_ranks_equal_one_rank(staged_package, boxes, tmp_path):
     for name, (data, atoms) in boxes.items():
         script = lammps_input(data, path, per_atom_virial=False)
         log = run_lammps(env, tmp_path / f"{name}_np1", script)
-        assert "staged AOTInductor package: 6 compiled stages and their VJPs" in log, log[-3000:]
+        assert "on one rank its whole-system model runs" in log, log[-3000:]
         one, ref = single_point(log, tmp_path / f"{name}_np1"), python_reference(model, atoms)
         assert abs(one["energy"] - ref["energy"]) <= PYTHON_TOLERANCE * abs(ref["energy"])
         assert_rel(one["forces"], ref["forces"], PYTHON_TOLERANCE, f"staged .pt2 forces ({name}, 1 rank)")
@@ -67,6 +68,24 @@ def test_staged_pt2_ranks_equal_one_rank(staged_package, boxes, tmp_path):
             assert_rel(sp["forces"], one["forces"], RANK_TOLERANCE, f"staged .pt2 forces on {nprocs} ranks ({name})")
             assert_rel(sp["energies"], one["energies"], RANK_TOLERANCE, f"per-atom energies on {nprocs} ranks ({name})")
             assert_rel(sp["virial"], one["virial"], RANK_TOLERANCE, f"staged .pt2 virial on {nprocs} ranks ({name})")
+
+
+def test_staged_pt2_one_rank_per_atom_virial(staged_package, boxes, tmp_path):
+    """On one rank the package's whole-system model runs; asking for per-atom virials runs the
+    stages instead: same energy, forces and virial to 1e-10, and the per-atom virials sum to the
+    global one (which the whole-system call cannot split)."""
+    data, _ = boxes["w81"]
+    env = activated_env()
+    whole = single_point(
+        run_lammps(env, tmp_path / "whole", lammps_input(data, staged_package.path, per_atom_virial=False)),
+        tmp_path / "whole",
+    )
+    log = run_lammps(env, tmp_path / "staged", lammps_input(data, staged_package.path, per_atom_virial=True))
+    staged = single_point(log, tmp_path / "staged")
+    assert abs(staged["energy"] - whole["energy"]) <= RANK_TOLERANCE * abs(whole["energy"])
+    assert_rel(staged["forces"], whole["forces"], RANK_TOLERANCE, "staged forces against the whole-system model")
+    assert_rel(staged["virial"], whole["virial"], RANK_TOLERANCE, "staged virial against the whole-system model")
+    assert_rel(staged["atom_virial"].sum(0), staged["virial"], 1e-10, "per-atom virials summed")
 
 
 def test_staged_pt2_refuses_another_charge(staged_package, boxes, tmp_path):
