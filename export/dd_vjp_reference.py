@@ -148,7 +148,8 @@ def dd_vjp_evaluate(
     n, num_layers = len(numbers), int(module.num_layers)
     stage = stage if stage is not None else stage_functions(module, charge, spin)  # each rank passes its layout
     backward = backward if backward is not None else stage_vjps(stage_functions(module, charge, spin))
-    vecs = [rk["vec"].detach() for rk in ranks]
+    dtype = next(module.parameters()).dtype  # the layouts are float64; a float32 model takes float32
+    vecs = [rk["vec"].detach().to(dtype) for rk in ranks]
     layout = [(rk["mask"], rk["index"], rk["z_all"]) for rk in ranks]
     rows = np.cumsum([0] + [len(rk["owned"]) for rk in ranks])  # each rank's rows of K, V
 
@@ -200,7 +201,7 @@ def dd_vjp_evaluate(
         (g_prep,) = backward["prepare"]((vecs[r],), cot, layout[r])
         g_vec[r] = g_vec[r] + g_prep
 
-    forces, virial = tally_gradients(ranks, g_vec, [], n)
+    forces, virial = tally_gradients(ranks, [g.to(ranks[0]["vec"].dtype) for g in g_vec], [], n)
     energies = torch.zeros(n, dtype=vecs[0].dtype)
     for rk, e_r in zip(ranks, e):
         energies = energies.index_put((rk["owned"],), e_r)
