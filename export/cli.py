@@ -350,6 +350,11 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == ckpt.resolve():
         raise UsageError(f"output {out} would overwrite the checkpoint")
     dtype = getattr(torch, args.dtype)
+    if not args.staged and (args.charge, args.spin) != (0, 1):
+        raise UsageError(
+            f"--charge {args.charge} --spin {args.spin} apply to the stages of --staged only (a plain export "
+            "takes the charge and spin at every call); add --format aoti --staged, or leave them out"
+        )
     if args.staged and (args.format != "aoti" or args.device != "cpu"):
         raise UsageError(
             f"--staged needs --format aoti --device cpu (got --format {args.format} --device {args.device}); "

@@ -93,6 +93,9 @@ def test_generic_example_avoids_fixed_sizes(staged):
 
 
 def test_staged_export_refusals(export_checkpoint, tmp_path, capsys):
-    """--staged only with --format aoti on the CPU; the message names what to change."""
+    """--staged only with --format aoti on the CPU, --charge/--spin only with --staged; the message
+    names what to change."""
     assert cli.main([str(export_checkpoint), "--staged", "-o", str(tmp_path / "m.pt")]) == 2
     assert "--staged needs --format aoti --device cpu" in capsys.readouterr().err
+    assert cli.main([str(export_checkpoint), "--format", "aoti", "--charge", "1", "-o", str(tmp_path / "m.pt2")]) == 2
+    assert "apply to the stages of --staged only" in capsys.readouterr().err
