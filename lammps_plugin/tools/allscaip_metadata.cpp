@@ -55,6 +55,10 @@ int main(int argc, char **argv)
               << (info.supports_domain_decomposition ? "supported" : "not supported") << "\n";
     std::cout << "dtype:                " << info.dtype << "\n";
     std::cout << "format:               " << info.format << "\n";
+    if (info.staged_interface == "dd_vjp")
+      std::cout << "staged package:       stages and VJPs for charge " << info.staged_charge << ", spin "
+                << info.staged_spin << (info.whole_system ? ", with" : ", without")
+                << " the whole-system model\n";
     if (model.is_aoti() && !model.has_whole_system()) {
       std::cout << "package:              staged stages only (staged_interface " << info.staged_interface
                 << "), no whole-system model\n";
