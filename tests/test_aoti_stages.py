@@ -10,6 +10,9 @@ tests/test_lammps_staged_pt2.py runs the same package in LAMMPS."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +80,16 @@ def test_package_holds_every_stage_and_metadata(staged):
     stages, vjps = load_staged(path, 2)
     names = ["finish_0", "finish_1", "local_project_0", "local_project_1", "prepare", "readout"]
     assert sorted(stages) == sorted(vjps) == names
+
+
+def test_metadata_tool_reads_the_staged_package(staged):
+    """The C++ tool allscaip_metadata (no Python) says what the package holds."""
+    tool = Path(__file__).resolve().parents[1] / "build" / "lammps_plugin" / "allscaip_metadata"
+    assert tool.exists(), f"{tool} missing: build it with scripts/setup.sh (cmake --build build)"
+    out = subprocess.run([str(tool), str(staged[2])], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "staged package:       stages and VJPs for charge 0, spin 1, with the whole-system model" in out.stdout
+    assert "allscaip_metadata equal to extra/metadata.json" in out.stdout
 
 
 def test_generic_example_avoids_fixed_sizes(staged):
