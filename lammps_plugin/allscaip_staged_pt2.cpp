@@ -30,28 +30,21 @@ namespace allscaip {
 
 namespace {
 
-// outputs of each stage (see export/dd_vjp_reference.py stage_functions)
-int stage_outputs(const std::string &name)
+// every stage of an L-layer package with its number of outputs (export/dd_vjp_reference.py
+// stage_functions: prepare -> bias, P, h, edges, pruned; local_project -> h, edges, q, k, v;
+// finish -> h; readout -> e; a VJP returns one cotangent per float input)
+std::vector<std::pair<std::string, int>> stage_signatures(int num_layers)
 {
-  const bool vjp = name.size() > 4 && name.compare(name.size() - 4, 4, "_vjp") == 0;
-  const std::string base = vjp ? name.substr(0, name.size() - 4) : name;
-  if (base == "prepare") return vjp ? 1 : 5;            // (g_vec) | bias, P, h, edges, pruned
-  if (base == "readout") return vjp ? 2 : 1;            // (g_h, g_vec) | e
-  if (base.rfind("local_project_", 0) == 0) return vjp ? 4 : 5;
-  if (base.rfind("finish_", 0) == 0) return vjp ? 4 : 1;
-  return -1;
-}
-
-std::vector<std::string> stage_names(int num_layers)
-{
-  std::vector<std::string> names{"prepare", "readout"};
+  std::vector<std::pair<std::string, int>> stages{
+      {"prepare", 5}, {"prepare_vjp", 1}, {"readout", 1}, {"readout_vjp", 2}};
   for (int l = 0; l < num_layers; ++l) {
-    names.push_back("local_project_" + std::to_string(l));
-    names.push_back("finish_" + std::to_string(l));
+    const std::string layer = std::to_string(l);
+    stages.insert(stages.end(), {{"local_project_" + layer, 5},
+                                 {"local_project_" + layer + "_vjp", 4},
+                                 {"finish_" + layer, 1},
+                                 {"finish_" + layer + "_vjp", 4}});
   }
-  const size_t forward = names.size();
-  for (size_t i = 0; i < forward; ++i) names.push_back(names[i] + "_vjp");
-  return names;
+  return stages;
 }
 
 // what a layer's reverse pass needs of its forward
@@ -69,10 +62,11 @@ StagedPackage::StagedPackage(const std::string &path, const ModelInfo &info,
     path_(path)
 {
   const c10::DeviceIndex index = device.is_cuda() && device.has_index() ? device.index() : -1;
-  for (const std::string &name : stage_names(info.num_layers)) {
+  for (const auto &[name, outputs] : stage_signatures(info.num_layers)) {
     try {
-      stages_[name] =
-          std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, name, false, 1, index);
+      stages_[name] = {
+          std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, name, false, 1, index),
+          outputs};
     } catch (const std::exception &e) {
       throw ModelError("staged AOTInductor package " + path + " has no loadable stage \"" + name +
                        "\" (" + first_line(e.what()) + "); the package is incomplete or was built "
@@ -94,12 +88,11 @@ std::vector<torch::Tensor> StagedPackage::run(const std::string &name,
   std::vector<torch::Tensor> in;
   in.reserve(inputs.size());
   for (const auto &t : inputs) in.push_back(t.contiguous());
-  auto out = it->second->run(in);
-  calls++;
-  if (static_cast<int>(out.size()) != stage_outputs(name))
+  auto out = it->second.loader->run(in);
+  if (static_cast<int>(out.size()) != it->second.outputs)
     throw std::runtime_error("stage " + name + " of " + path_ + " returned " +
                              std::to_string(out.size()) + " outputs instead of " +
-                             std::to_string(stage_outputs(name)) +
+                             std::to_string(it->second.outputs) +
                              "; re-export the package with allscaip-export --format aoti --staged");
   return out;
 }

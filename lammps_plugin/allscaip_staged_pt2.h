@@ -42,13 +42,16 @@ class StagedPackage {
   ~StagedPackage();
 
   // run one stage; throws std::runtime_error if it returns another number of outputs than
-  // its signature (kStageOutputs in the .cpp)
+  // its signature (stage_signatures in the .cpp)
   std::vector<torch::Tensor> run(const std::string &name, const std::vector<torch::Tensor> &inputs);
-  int64_t calls = 0;    // stage calls since loading (tests read none; a debugging aid)
 
  private:
+  struct Stage {
+    std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+    int outputs = 0;
+  };
   std::string path_;
-  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> stages_;
+  std::map<std::string, Stage> stages_;
 };
 
 // Runs the staged evaluation of `layout` with the package's stages (ghost.halo must be set by
