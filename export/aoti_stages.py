@@ -96,6 +96,11 @@ def load_stage(path: str | Path, name: str, device_index: int = -1):
     return load_package(str(path), model_name=name, device_index=device_index)
 
 
+class StagedExportError(ValueError):
+    """A model or example structure a staged package cannot be built from (the message says why
+    and what to do instead)."""
+
+
 def staged_metadata(metadata: Dict[str, Any], charge: int, spin: int, whole_system: bool) -> Dict[str, Any]:
     """``metadata`` of a staged package: engines run it domain-decomposed through its stages and
     VJPs (``staged_interface`` ``"dd_vjp"``, lammps_plugin/allscaip_staged_pt2.h) with the charge
@@ -122,8 +127,8 @@ def fixed_sizes(module) -> set:
 def generic_example(module, atoms, max_ranks: int = 6) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """(positions, numbers, cell, owner_rank, nranks) of a slab split of the periodic ``atoms`` whose
     rank 0 has generic sizes (centres, rows, neighbour width, atoms: all different, none a fixed
-    size of the module), trying 2 to ``max_ranks`` slabs along a, b and c; raises ValueError if
-    none has."""
+    size of the module), trying 2 to ``max_ranks`` slabs along a, b and c; raises
+    StagedExportError if none has."""
     from allscaip_export.dd_reference import rank_layouts, split_slabs
 
     avoid = fixed_sizes(module)
@@ -135,7 +140,7 @@ def generic_example(module, atoms, max_ranks: int = 6) -> Tuple[np.ndarray, np.n
             sizes = [len(rank0["owned"]), rank0["z_all"].shape[0], rank0["index"].shape[1], len(atoms)]
             if len(set(sizes)) == len(sizes) and not set(sizes) & avoid:
                 return args
-    raise ValueError(
+    raise StagedExportError(
         f"no slab split of {len(atoms)} atoms into 2..{max_ranks} ranks has generic sizes on rank 0 (all "
         f"different and none of the model's fixed sizes {sorted(avoid)})"
     )
@@ -197,7 +202,10 @@ def export_staged(
     from allscaip_export.torchscript import ExportedAllScAIP
 
     if model.use_encoding:
-        raise ValueError("a staged .pt2 covers models without a node encoding; export the TorchScript .pt")
+        raise StagedExportError(
+            f"the model has a node encoding ({model.cfg.node_encoding}), which the staged .pt2 does not cover; "
+            "export it without --staged, or as TorchScript (.pt), which runs domain-decomposed"
+        )
     t0 = time.perf_counter()
     meta = staged_metadata(metadata, charge, spin, whole_system=True)
     module = ExportedAllScAIP(model.eval(), dumps(meta))

@@ -49,7 +49,7 @@ from allscaip.model.fairchem_load import fairchem_model_from_checkpoint
 from allscaip.neighbors import whole_system_inputs  # also reachable as allscaip_export.cli.whole_system_inputs
 from allscaip.structures import water_box
 from allscaip_export.aoti import export_aoti, load_aoti
-from allscaip_export.aoti_stages import export_staged, load_staged
+from allscaip_export.aoti_stages import StagedExportError, export_staged, load_staged
 from allscaip_export.dd_reference import split_slabs
 from allscaip_export.dd_vjp_reference import dd_vjp_evaluate
 from allscaip_export.fairchem_torchscript import export_fairchem_torchscript, fairchem_metadata
@@ -389,12 +389,10 @@ def run(args: argparse.Namespace) -> int:
     log(f"exporting {args.format} ({args.dtype}, {args.device}) -> {out}")
     t1 = time.perf_counter()
     if args.staged:
-        if model.use_encoding:
-            raise UsageError(
-                f"{ckpt} has a node encoding ({cfg.node_encoding}), which the staged .pt2 does not cover; "
-                "export it without --staged, or as TorchScript (.pt), which runs domain-decomposed"
-            )
-        export_staged(model, out, meta, test_structures(list(cfg.elements))[0][1], args.charge, args.spin)
+        try:
+            export_staged(model, out, meta, test_structures(list(cfg.elements))[0][1], args.charge, args.spin)
+        except StagedExportError as err:
+            raise UsageError(f"{ckpt}: {err}") from None
         log(f"staged AOTInductor package: {export_staged.seconds:.1f} s")
         load = lambda: load_aoti(out, device=args.device)  # noqa: E731
     elif args.format == "torchscript":

@@ -10,14 +10,16 @@ tests/test_lammps_staged_pt2.py runs the same package in LAMMPS."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import water_box
+from conftest import small_model, water_box
 
+from allscaip.checkpoint import save_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.model import compute_properties
 from allscaip_export import cli
@@ -106,9 +108,14 @@ def test_generic_example_avoids_fixed_sizes(staged):
 
 
 def test_staged_export_refusals(export_checkpoint, tmp_path, capsys):
-    """--staged only with --format aoti on the CPU, --charge/--spin only with --staged; the message
-    names what to change."""
+    """--staged only with --format aoti on the CPU, --charge/--spin only with --staged, and not for a
+    node-encoding model; the message names what to change (before anything is compiled)."""
     assert cli.main([str(export_checkpoint), "--staged", "-o", str(tmp_path / "m.pt")]) == 2
     assert "--staged needs --format aoti --device cpu" in capsys.readouterr().err
     assert cli.main([str(export_checkpoint), "--format", "aoti", "--charge", "1", "-o", str(tmp_path / "m.pt2")]) == 2
     assert "apply to the stages of --staged only" in capsys.readouterr().err
+    encoded = small_model(node_encoding="sinc_pairs", encoding_range=6.0, encoding_freqs=8)
+    ckpt = tmp_path / "encoded.ckpt"
+    save_checkpoint(ckpt, {"model_config": dataclasses.asdict(encoded.cfg), "model_state": encoded.state_dict()})
+    assert cli.main([str(ckpt), "--format", "aoti", "--staged", "-o", str(tmp_path / "e.pt2")]) == 2
+    assert "has a node encoding (sinc_pairs), which the staged .pt2 does not cover" in capsys.readouterr().err
