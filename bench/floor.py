@@ -4,7 +4,8 @@ The floor is the call's dense FLOPs (every matrix product of the forward and the
 counted by ``torch.utils.flop_counter.FlopCounterMode``) divided by the matrix-product rate measured
 in the same process: an ``[E, hidden] x [hidden, 3 hidden]`` product, the shape of the edge-level
 projections that hold most of the FLOPs (E = 30 N). Both float32 and bfloat16 rates are measured, for the
-float32 model and for ``block_precision = "bfloat16"``. The measured time is split with the profiler
+float32 model and for ``block_precision = "bfloat16"``, each with the eager and the compiled
+(``attention_kernel = "compiled"``) neighbour attention. The measured time is split with the profiler
 into the matrix products themselves and everything else (element-wise work, copies, gathers), and
 each precision's forces are compared with the same weights in float64.
 
@@ -40,6 +41,8 @@ KNN = 30
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
 """Profiler names counted as matrix products (their own time only, so the rest is the overhead)."""
 RATE_REPEATS = 10
+VARIANTS = (("float32", "eager"), ("float32", "compiled"), ("bfloat16", "eager"), ("bfloat16", "compiled"))
+"""(block_precision, attention_kernel) of the measured rows."""
 
 
 def matmul_rate(rows: int, width: int, dtype: torch.dtype) -> float:
@@ -74,9 +77,10 @@ def force_error(model: AllScAIP, batch, reference: torch.Tensor) -> dict:
     }
 
 
-def measure(model: AllScAIP, batch, precision: str, repeats: int) -> dict:
-    """Median time of the call, and its profiled split into matrix products and the rest."""
-    model.block_precision = precision
+def measure(model: AllScAIP, batch, precision: str, kernel: str, repeats: int) -> dict:
+    """Median time of the call, and its profiled split into matrix products and the rest (the
+    warm-up call compiles the attention when ``kernel`` is "compiled")."""
+    model.block_precision, model.attention_kernel = precision, kernel
 
     def call():
         return compute_properties(model, batch, stress=True)
@@ -126,20 +130,26 @@ def main(argv=None) -> int:
         f"{len(atoms)} atoms, {total_gflop:.1f} GFLOP per call ({', '.join(f'{k} {v / 1e9:.1f}' for k, v in flops.items())})"
     )
     print(
-        "| blocks in | matmul rate (GFLOP/s) | floor (s) | measured (s) | measured / floor | in matrix products (s) "
+        "| blocks in | attention kernel | matmul rate (GFLOP/s) | floor (s) | measured (s) | measured / floor | in matrix products (s) "
         "| rest (s) | force error against float64 (rms, max meV/Å; relative rms) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for precision in ("float32", "bfloat16"):
-        m = measure(model, batch, precision, args.repeats)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for precision, kernel in VARIANTS:
+        m = measure(model, batch, precision, kernel, args.repeats)
         floor = total_gflop / rates[precision]
-        row = {"precision": precision, "rate_gflops": rates[precision], "floor_s": floor, **m}
+        row = {
+            "precision": precision,
+            "attention_kernel": kernel,
+            "rate_gflops": rates[precision],
+            "floor_s": floor,
+            **m,
+        }
         row.update(force_error(model, batch, reference))
         row["ratio"] = m["seconds"] / floor
         rows.append(row)
         rest = m["profiled_s"] - m["matmul_s"]
         print(
-            f"| {precision} | {rates[precision]:.0f} | {floor:.3f} | {m['seconds']:.3f} | {row['ratio']:.1f}× | "
+            f"| {precision} | {kernel} | {rates[precision]:.0f} | {floor:.3f} | {m['seconds']:.3f} | {row['ratio']:.1f}× | "
             f"{m['matmul_s']:.3f} | {rest:.3f} | {row['force_rms_err_meV_A']:.3f}, {row['force_max_err_meV_A']:.2f}; "
             f"{row['force_rel_rms_err']:.1e} |",
             flush=True,

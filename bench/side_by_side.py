@@ -9,6 +9,9 @@ water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine 
   recomputed in the force backward, activation checkpointing);
 - ``allscaip_bf16`` and ``allscaip_bf16_recompute``: the same two with ``block_precision = "bfloat16"``
   (the blocks' matrix products in bfloat16; its force error is measured by bench/floor.py);
+- ``..._compiled``: with ``attention_kernel = "compiled"`` (the neighbour attention's norms, logits,
+  softmax and values through Inductor; compiled in the warm-up step, whose time is not counted);
+- ``--variants`` picks some of these columns (default: all).
 - ``fairchem``: fairchem-core's ``FAIRChemCalculator`` on a random-weight AllScAIP checkpoint
   (``bench/fairchem_allscaip.py``, run in the fairchem environment), energy + forces per step,
   sincx mask off (the published "md" switches; our model has no encoding either).
@@ -42,12 +45,15 @@ DISPLACEMENT_A = 0.01  # per-step random displacement, as bench/fairchem_allscai
 
 
 VARIANTS = {
-    "allscaip": (False, "float32"),
-    "allscaip_recompute": (True, "float32"),
-    "allscaip_bf16": (False, "bfloat16"),
-    "allscaip_bf16_recompute": (True, "bfloat16"),
+    "allscaip": (False, "float32", "eager"),
+    "allscaip_recompute": (True, "float32", "eager"),
+    "allscaip_bf16": (False, "bfloat16", "eager"),
+    "allscaip_bf16_recompute": (True, "bfloat16", "eager"),
+    "allscaip_compiled": (False, "float32", "compiled"),
+    "allscaip_bf16_compiled": (False, "bfloat16", "compiled"),
+    "allscaip_bf16_compiled_recompute": (True, "bfloat16", "compiled"),
 }
-"""This project's columns: (recompute, block_precision)."""
+"""This project's columns: (recompute, block_precision, attention_kernel)."""
 
 
 def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int, variant: str) -> dict:
@@ -62,9 +68,10 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
     torch.manual_seed(0)
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
     model = AllScAIP(cfg).float().eval()
-    recompute, precision = VARIANTS[variant]
+    recompute, precision, kernel = VARIANTS[variant]
     model.recompute = "layers" if recompute else "none"
     model.block_precision = precision
+    model.attention_kernel = kernel
     atoms = water_box(max(1, n_atoms // 3), seed=0)
     base = atoms.positions.copy()
     rng = np.random.default_rng(1)
@@ -137,7 +144,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "side_by_side.json")
     ap.add_argument("--ours-worker", nargs=2, metavar=("SIZE", "ATOMS"), help=argparse.SUPPRESS)
     ap.add_argument("--variant", choices=list(VARIANTS), default="allscaip", help=argparse.SUPPRESS)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated columns of this project")
     args = ap.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
     if args.ours_worker:
         import torch
 
@@ -152,17 +164,17 @@ def main(argv=None) -> int:
             "or pass --fairchem-python"
         )
     rows = []
-    print("| size | atoms | " + " | ".join(VARIANTS) + " | fairchem | speed-up | memory ratio |")
-    print("|---|---|" + "---|" * len(VARIANTS) + "---|---|---|")
+    print("| size | atoms | " + " | ".join(variants) + " | fairchem | speed-up | memory ratio |")
+    print("|---|---|" + "---|" * len(variants) + "---|---|---|")
     for size in args.sizes.split(","):
         hidden, layers, heads = (int(x) for x in size.split("/"))
         for n in (int(a) for a in args.atoms.split(",")):
             row = {"size": size, "atoms": n, "load_1m_before": os.getloadavg()[0]}
-            for variant in VARIANTS:
+            for variant in variants:
                 row[variant] = run_ours(args, hidden, layers, heads, n, variant)
             fc = row["fairchem"] = run_fairchem(args, hidden, layers, heads, n)
-            row["speedup"] = {v: ratio(fc, row[v], "seconds_per_call") for v in VARIANTS}
-            row["memory_ratio"] = {v: ratio(row[v], fc, "peak_rss_gb") for v in VARIANTS}
+            row["speedup"] = {v: ratio(fc, row[v], "seconds_per_call") for v in variants}
+            row["memory_ratio"] = {v: ratio(row[v], fc, "peak_rss_gb") for v in variants}
             rows.append(row)
 
             def cell(r):
@@ -170,9 +182,9 @@ def main(argv=None) -> int:
                     return r.get("status", "?")
                 return f"{r['seconds_per_call']:.2f} s, {r['peak_rss_gb']:.2f} GiB"
 
-            speed = " / ".join(fmt(row["speedup"][v], ".2f") + "×" for v in VARIANTS)
-            memory = " / ".join(fmt(row["memory_ratio"][v], ".2f") for v in VARIANTS)
-            cells = " | ".join(cell(row[v]) for v in VARIANTS)
+            speed = " / ".join(fmt(row["speedup"][v], ".2f") + "×" for v in variants)
+            memory = " / ".join(fmt(row["memory_ratio"][v], ".2f") for v in variants)
+            cells = " | ".join(cell(row[v]) for v in variants)
             print(f"| {size} | {n} | {cells} | {cell(fc)} | {speed} | {memory} |", flush=True)
     result = {
         **run_header("bench/side_by_side.py", argv),
@@ -181,6 +193,7 @@ def main(argv=None) -> int:
         "dtype": "float32",
         "threads": args.threads,
         "repeats": args.repeats,
+        "variants": {v: dict(zip(("recompute", "block_precision", "attention_kernel"), VARIANTS[v])) for v in variants},
         "rows": rows,
     }
     write_result(args.out, result)

@@ -19,7 +19,7 @@ from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES, default_dtype_name, dtype_from_name
 from allscaip.heap import keep_heap_resident
 from allscaip.model import compute_properties
-from allscaip.model.allscaip import BLOCK_PRECISION_CHOICES
+from allscaip.model.eager_options import ATTENTION_KERNEL_CHOICES, BLOCK_PRECISION_CHOICES, check_choice
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.model.fairchem_load import fairchem_model
 from allscaip.neighbors import whole_system_inputs
@@ -39,10 +39,14 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def own_model_options(recompute: bool, block_precision: str) -> str:
+def own_model_options(recompute: bool, block_precision: str, attention_kernel: str) -> str:
     """The options asked for that only our own checkpoints (.ckpt) take, as the user wrote them
     ("" when none): exports and fairchem models refuse them, naming them."""
-    asked = [("recompute=True", recompute), (f"block_precision={block_precision!r}", block_precision != "float32")]
+    asked = [
+        ("recompute=True", recompute),
+        (f"block_precision={block_precision!r}", block_precision != "float32"),
+        (f"attention_kernel={attention_kernel!r}", attention_kernel != "eager"),
+    ]
     return " and ".join(name for name, on in asked if on)
 
 
@@ -68,6 +72,9 @@ class AllScAIPCalculator(Calculator):
     system, for one more forward pass (docs/benchmarks.md). ``block_precision="bfloat16"`` (float32
     checkpoints only) runs the blocks' matrix products in bfloat16 with float32 geometry and residual
     stream: faster for large hidden sizes, at a force error of about 0.5 % (docs/model.md, "Precision").
+    ``attention_kernel="compiled"`` (checkpoints only) runs the neighbour attention through Inductor:
+    the same numbers to round-off, faster for large systems, after a compile of about 30 s on the
+    first call (docs/model.md, "Speed").
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -81,6 +88,7 @@ class AllScAIPCalculator(Calculator):
         recompute: bool = False,
         fairchem_task: Optional[str] = None,
         block_precision: str = "float32",
+        attention_kernel: str = "eager",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,9 +104,9 @@ class AllScAIPCalculator(Calculator):
         self._module = None
         self.metadata: Dict[str, Any] = {}
         suffix = path.suffix.lower()
-        if block_precision not in BLOCK_PRECISION_CHOICES:
-            raise ValueError(f"block_precision must be one of {BLOCK_PRECISION_CHOICES}, got {block_precision!r}")
-        own_options = own_model_options(recompute, block_precision)
+        check_choice("block_precision", block_precision, BLOCK_PRECISION_CHOICES)
+        check_choice("attention_kernel", attention_kernel, ATTENTION_KERNEL_CHOICES)
+        own_options = own_model_options(recompute, block_precision, attention_kernel)
         if own_options and suffix in (".pt", ".pt2"):
             raise ValueError(
                 f"{own_options} applies to checkpoints (.ckpt), not to the export {path.name}; "
@@ -136,6 +144,7 @@ class AllScAIPCalculator(Calculator):
                     )
                 self._eager.recompute = "layers" if recompute else "none"
                 self._eager.block_precision = block_precision
+                self._eager.attention_kernel = attention_kernel
         self.cutoff = float(self.metadata["cutoff"]) if self.metadata else float(self._eager.cutoff)
         if self._fairchem is not None:
             self.elements: List[int] = self._fairchem.known_elements()

@@ -40,6 +40,13 @@ from torch import nn
 from allscaip.config import ModelConfig
 from allscaip.model.block import LOCAL_RECOMPUTE_ROWS, AllScAIPLayer, recomputed_local
 from allscaip.model.core_repulsion import core_repulsion_energy
+from allscaip.model.eager_options import (
+    ATTENTION_KERNEL_CHOICES,
+    BLOCK_PRECISION_CHOICES,
+    RECOMPUTE_CHOICES,
+    bfloat16_products,
+    check_choice,
+)
 from allscaip.model.layers import FeedForward, RMSNorm, per_system_attention
 from allscaip.model.legacy_distance_bias import MIN_ATTENTION_WEIGHT, distance_bias_freqs, minimum_image_sinc_bias
 from allscaip.model.neighbor_geometry import (
@@ -77,25 +84,6 @@ class WholeSystemOutput(NamedTuple):
     energies: torch.Tensor  # [N] eV per atom
     forces: Optional[torch.Tensor]  # [N, 3] eV/Å, -dE/dx (None unless asked)
     virial: Optional[torch.Tensor]  # [B, 3, 3] eV, -dE/dstrain (None unless asked)
-
-
-RECOMPUTE_CHOICES = ("none", "layers")
-
-BLOCK_PRECISION_CHOICES = ("float32", "bfloat16")
-"""``AllScAIP.block_precision``: "bfloat16" runs the blocks' matrix products (eager, on a float32
-model) in bfloat16 under autocast, with float32 accumulation; the geometry (edge vectors, angles,
-envelope, radial basis, strain) and the readout stay in float32. See docs/model.md, "Precision"."""
-
-
-def bfloat16_products(nodes: torch.Tensor) -> torch.autocast:
-    """The autocast context of ``block_precision = "bfloat16"``: matrix products in bfloat16 with
-    float32 accumulation, for a float32 model (whose node states ``nodes`` it checks)."""
-    if nodes.dtype != torch.float32:
-        raise ValueError(
-            f"block_precision 'bfloat16' needs a float32 model, got {nodes.dtype}: call model.float(), "
-            "or set block_precision back to 'float32'"
-        )
-    return torch.autocast(nodes.device.type, dtype=torch.bfloat16)
 
 
 def per_system_sum(values: torch.Tensor, system: Optional[torch.Tensor], num_systems: int) -> torch.Tensor:
@@ -186,6 +174,8 @@ class AllScAIP(nn.Module):
         # instead of kept (activation checkpointing; see recomputing)
         self.recompute = "none"
         self.block_precision = "float32"  # or "bfloat16" (BLOCK_PRECISION_CHOICES; eager float32 models only)
+        # "compiled": the neighbour attention through Inductor in eager inference (ATTENTION_KERNEL_CHOICES)
+        self.attention_kernel = "eager"
         self.recompute_rows = LOCAL_RECOMPUTE_ROWS  # centres per recomputed slice of a local stage
         if self.use_encoding:
             std = ENCODING_INIT_STD / math.sqrt(cfg.encoding_freqs)
@@ -417,6 +407,7 @@ class AllScAIP(nn.Module):
         # MPI). A change here goes to all five.
         for i in range(len(self.blocks)):
             if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+                check_choice("block_precision", self.block_precision, BLOCK_PRECISION_CHOICES)
                 if self.block_precision == "bfloat16":  # float32 in and out, bfloat16 products inside
                     with bfloat16_products(nodes):
                         nodes, edges = self.layer(
@@ -451,7 +442,15 @@ class AllScAIP(nn.Module):
         activations to one slice's, for about two more forward passes of the local stage. The
         training double backward and the scripted export keep the stored activations (TorchScript
         never compiles the places that ask)."""
+        check_choice("recompute", self.recompute, RECOMPUTE_CHOICES)
         return self.recompute != "none" and not self.training and torch.is_grad_enabled()
+
+    def compiling(self) -> bool:
+        """Does this call run the neighbour attention through its compiled core
+        (``model.attention_kernel = "compiled"``, eager inference)? Checked against unknown values, and
+        never in training: Inductor's backward cannot be differentiated again (the force loss)."""
+        check_choice("attention_kernel", self.attention_kernel, ATTENTION_KERNEL_CHOICES)
+        return self.attention_kernel == "compiled" and not self.training
 
     def layer(
         self,
@@ -473,11 +472,12 @@ class AllScAIP(nn.Module):
             if j == i:
                 sliced = False
                 if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+                    local_inputs = (nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
                     if self.recomputing():
-                        nodes, edges = recomputed_local(
-                            block, nodes, edges, geometry.index, geometry.legendre_p, geometry.bias, self.recompute_rows
-                        )
-                        sliced = True
+                        nodes, edges = recomputed_local(block, *local_inputs, self.recompute_rows, self.compiling())
+                    else:
+                        nodes, edges = block.local(*local_inputs, 0, self.compiling())
+                    sliced = True
                 if not sliced:
                     nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
                 if not self.node_attention:
@@ -538,6 +538,13 @@ class AllScAIP(nn.Module):
         graph of every output (training: a loss on forces); otherwise energies come back detached.
         Grad mode must be on (TorchScript has no ``enable_grad`` context, so callers see to it).
         """
+        if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+            if create_graph and self.compiling():
+                raise ValueError(
+                    "create_graph=True (a loss on forces, or second derivatives) needs the eager neighbour "
+                    "attention: Inductor's backward of attention_kernel='compiled' cannot be differentiated "
+                    "again; set model.attention_kernel = 'eager', or call model.train()"
+                )
         num_systems = cell.shape[0]
         if system is None:
             atom_system = torch.zeros((positions.shape[0],), dtype=torch.long, device=positions.device)

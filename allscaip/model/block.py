@@ -51,23 +51,25 @@ class AllScAIPLayer(nn.Module):
         legendre_p: torch.Tensor,
         bias: torch.Tensor,
         first: int = 0,
+        compiled: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H]).
         The centres are rows ``first .. first + Nc`` of ``nodes_all`` (engines put them first; a
-        slice of centres, :func:`recomputed_local`, starts further on)."""
+        slice of centres, :func:`recomputed_local`, starts further on). ``compiled``: both
+        attentions through their compiled core (:func:`allscaip.model.layers.compiled_attention_core`)."""
         nc = index.shape[0]
         valid = torch.isfinite(bias[:, 1:])
         tok_index, pad_pos = token_layout(valid)
         n_edges = edges.shape[0]
         is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
         tokens = torch.cat([nodes_all[first : first + nc], edges], 0)  # [Nc + E, H]: self tokens first
-        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias)
+        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias, compiled)
         tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
         # messages from the neighbours' node states (zero for the self tokens)
         msg = self.msg_proj(self.norm_msg(nodes_all))
         # index_select, not msg[...]: its backward is an index_add, not a much slower accumulating index_put
         msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg.index_select(0, index[valid])], 0)
-        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias)
+        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias, compiled)
         tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
         nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
         edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
@@ -108,6 +110,7 @@ def recomputed_local(
     legendre_p: torch.Tensor,
     bias: torch.Tensor,
     rows: int = LOCAL_RECOMPUTE_ROWS,
+    compiled: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``block.local`` in slices of ``rows`` centres, each under activation checkpointing, so the
     backward holds one slice's activations at a time. The neighbour stage of a centre reads only
@@ -128,6 +131,7 @@ def recomputed_local(
             lp,
             bias[c0:c1],
             c0,
+            compiled,
             use_reentrant=False,
         )
         node_parts.append(n)

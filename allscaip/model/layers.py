@@ -4,7 +4,7 @@ encoding, and all-to-all node attention. All TorchScript-compatible."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -85,36 +85,99 @@ class NeighborAttention(nn.Module):
         pad_pos: torch.Tensor,
         legendre_p: torch.Tensor,
         bias: torch.Tensor,
+        compiled: bool = False,
     ) -> torch.Tensor:
         """x [M, H] normalised tokens in flat layout (see :func:`token_layout`); projections
         run on real tokens only, attention on the padded per-centre layout [Nc, T].
         legendre_p [L+1, Nc, 1, T, T] Legendre polynomials of the angles between tokens;
-        bias [Nc, T] additive key bias (envelope, -inf on padding). Returns [M, H]."""
+        bias [Nc, T] additive key bias (envelope, -inf on padding). ``compiled``: the attention
+        itself through :func:`compiled_attention_core` (eager only). Returns [M, H]."""
         nc, t = tok_index.shape
         hid = x.shape[1]
         # Gather the tokens into the padded layout before projecting them: a gather of H columns
         # (index_select, whose backward is an index_add) instead of 3H, and q, k, v come out in
         # [Nc, T, h, d] without a permuted copy. Padding slots read token 0 (see token_layout).
         qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
-        q, k, v = qkv.unbind(2)  # [Nc, T, h, d]; unbind (not indexing) keeps the backward one copy
-        q, k = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2)  # [Nc, h, T, d]
-        v = v.transpose(1, 2)
-        if self.legendre:
-            # split (backward: one concatenation), not narrow (backward: a zero-filled copy per group)
-            # (and unbind, not legendre_p[l]: one stacked gradient instead of a zero-filled one per l)
-            q_groups = torch.split(q, self.groups, -1)
-            k_groups = torch.split(k, self.groups, -1)
-            p_l = legendre_p.unbind(0)
-            logits = p_l[0] * torch.matmul(q_groups[0], k_groups[0].transpose(-1, -2))
-            for l in range(1, len(self.groups)):
-                logits = logits + p_l[l] * torch.matmul(q_groups[l], k_groups[l].transpose(-1, -2))
-            logits = logits * self.scale + bias.unsqueeze(1).unsqueeze(1)
-            o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [Nc, h, T, d]
-        else:
-            # plain logits: the fused kernel (no materialised attention matrix)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1).unsqueeze(1), scale=self.scale)
-        o = o.transpose(1, 2).reshape(nc * t, hid).index_select(0, pad_pos)
-        return self.out(o)
+        q_gain: Optional[torch.Tensor] = None
+        k_gain: Optional[torch.Tensor] = None
+        eps = 0.0
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if isinstance(q_norm, RMSNorm) and isinstance(k_norm, RMSNorm):
+            q_gain, k_gain, eps = q_norm.weight, k_norm.weight, q_norm.eps
+        if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+            if compiled:
+                o = compiled_attention_core(
+                    qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre
+                )
+                return self.out(o.reshape(nc * t, hid).index_select(0, pad_pos))
+        o = attention_core(qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre)
+        return self.out(o.reshape(nc * t, hid).index_select(0, pad_pos))
+
+
+def attention_core(
+    qkv: torch.Tensor,
+    q_gain: Optional[torch.Tensor],
+    k_gain: Optional[torch.Tensor],
+    eps: float,
+    legendre_p: torch.Tensor,
+    bias: torch.Tensor,
+    groups: List[int],
+    scale: float,
+    legendre: bool,
+) -> torch.Tensor:
+    """The attention of :class:`NeighborAttention` inside each centre's tokens: projected tokens
+    qkv [Nc, T, 3, h, d] -> outputs [Nc, T, h, d]. Queries and keys are RMS-normalised with their
+    gains (none: no norm), then attend with the Legendre-weighted logits over the channel
+    ``groups`` (``legendre``) or plain ones; ``bias`` [Nc, T] is the keys' additive bias."""
+    q, k, v = qkv.unbind(2)  # [Nc, T, h, d]; unbind (not indexing) keeps the backward one copy
+    if q_gain is not None and k_gain is not None:
+        # in the gain's dtype: under bfloat16 autocast (AllScAIP.block_precision) the norms stay float32
+        q = F.rms_norm(q.to(q_gain.dtype), [q.shape[-1]], q_gain, eps)
+        k = F.rms_norm(k.to(k_gain.dtype), [k.shape[-1]], k_gain, eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [Nc, h, T, d]
+    if legendre:
+        # split (backward: one concatenation), not narrow (backward: a zero-filled copy per group)
+        # (and unbind, not legendre_p[l]: one stacked gradient instead of a zero-filled one per l)
+        q_groups = torch.split(q, groups, -1)
+        k_groups = torch.split(k, groups, -1)
+        p_l = legendre_p.unbind(0)
+        logits = p_l[0] * torch.matmul(q_groups[0], k_groups[0].transpose(-1, -2))
+        for l in range(1, len(groups)):
+            logits = logits + p_l[l] * torch.matmul(q_groups[l], k_groups[l].transpose(-1, -2))
+        logits = logits * scale + bias.unsqueeze(1).unsqueeze(1)
+        o = torch.matmul(torch.softmax(logits, dim=-1), v)
+    else:
+        # plain logits: the fused kernel (no materialised attention matrix)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1).unsqueeze(1), scale=scale)
+    return o.transpose(1, 2)  # [Nc, T, h, d]
+
+
+_compiled_core: Optional[Callable[..., torch.Tensor]] = None
+
+
+def compiled_attention_core(
+    qkv: torch.Tensor,
+    q_gain: Optional[torch.Tensor],
+    k_gain: Optional[torch.Tensor],
+    eps: float,
+    legendre_p: torch.Tensor,
+    bias: torch.Tensor,
+    groups: List[int],
+    scale: float,
+    legendre: bool,
+) -> torch.Tensor:
+    """:func:`attention_core` compiled by Inductor (``torch.compile``, dynamic sizes; compiled on the
+    first call of each model and dtype, about 30 s on 2 cores): the norms, the Legendre-weighted
+    logits, the softmax and their backward fused into a few loops instead of some fifty passes over
+    [Nc, T, h, d] and [Nc, h, T, T] tensors (``AllScAIP.attention_kernel = "compiled"``). It runs in
+    the geometry's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
+    stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
+    differentiated again, so the training double backward uses :func:`attention_core`."""
+    global _compiled_core
+    if _compiled_core is None:
+        _compiled_core = torch.compile(attention_core, dynamic=True)
+    with torch.autocast(qkv.device.type, enabled=False):
+        return _compiled_core(qkv.to(bias.dtype), q_gain, k_gain, eps, legendre_p, bias, groups, scale, legendre)
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

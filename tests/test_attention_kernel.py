@@ -1,0 +1,107 @@
+"""``attention_kernel="compiled"``: the neighbour attention's norms, Legendre logits, softmax and
+values through Inductor in eager inference. Same numbers as the eager operators (float64, to
+round-off), with recompute too; with bfloat16 blocks within the bfloat16 bound against float64;
+training keeps the eager operators (its force loss differentiates the backward again); bad requests
+are refused with the fix. Each distinct model and dtype compiles once (about 30 s here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from allscaip.checkpoint import load_model
+from allscaip.data import atoms_to_batch
+from allscaip.engines.ase_calculator import AllScAIPCalculator
+from allscaip.model import compute_properties, layers
+from allscaip.structures import water_box
+
+REPO = Path(__file__).resolve().parents[1]
+WATER_MODEL = REPO / "examples/water/model.ckpt"
+SAME_RTOL = 1e-10
+"""Compiled against eager in float64: the same sums in another order (measured 1e-15 relative)."""
+BF16_FORCE_RTOL = 0.02  # as tests/test_block_precision.py: bfloat16 products, measured 0.4 %
+
+
+def max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def relative_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
+
+
+@pytest.fixture(scope="module")
+def liquid():
+    """A 96-atom water box and the shipped model's float64 energy, forces and stress on it."""
+    atoms = water_box(32, seed=4)
+    ref = compute_properties(load_model(WATER_MODEL).double().eval(), atoms_to_batch([atoms]), stress=True)
+    return atoms, ref
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    """Counts the calls of the compiled attention (both attentions of every layer per evaluation)."""
+    calls = []
+    real = layers._compiled_core or torch.compile(layers.attention_core, dynamic=True)
+    monkeypatch.setattr(layers, "_compiled_core", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, compiled_calls):
+    atoms, ref = liquid
+    model = load_model(WATER_MODEL).double().eval()
+    model.attention_kernel = "compiled"
+    batch = atoms_to_batch([atoms])
+    for recompute in ("none", "layers"):
+        model.recompute = recompute
+        out = compute_properties(model, batch, stress=True)
+        for key in ("energy", "forces", "stress"):
+            assert max_relative(out[key], ref[key]) < SAME_RTOL, (recompute, key)
+    # the compiled kernel ran, for both attentions of every layer: once stored; with recompute in the
+    # forward and twice more in the backward (the layer's checkpoint, then its local stage's)
+    n_attention = 2 * model.num_layers
+    assert len(compiled_calls) == n_attention + 3 * n_attention
+
+
+def test_compiled_with_bfloat16_blocks_is_within_the_bfloat16_bound(liquid):
+    atoms, ref = liquid
+    model = load_model(WATER_MODEL).float().eval()
+    model.block_precision, model.attention_kernel = "bfloat16", "compiled"
+    out = compute_properties(model, atoms_to_batch([atoms], dtype=torch.float32), stress=True)
+    assert relative_rms(out["forces"], ref["forces"]) < BF16_FORCE_RTOL
+    assert relative_rms(out["stress"], ref["stress"]) < BF16_FORCE_RTOL
+
+
+def test_training_keeps_the_eager_kernel_and_a_force_loss_backward_is_refused_in_eval(compiled_calls):
+    atoms = water_box(4, seed=2)
+    model = load_model(WATER_MODEL).double()
+    model.attention_kernel = "compiled"
+    batch = atoms_to_batch([atoms])
+    model.train()  # training mode: eager operators, so the force loss differentiates twice
+    assert not model.compiling()
+    forces = compute_properties(model, batch, training=True)["forces"]
+    forces.pow(2).sum().backward()
+    assert compiled_calls == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with pytest.raises(ValueError, match="attention_kernel = 'eager'"):
+        compute_properties(model, batch, training=True)
+    model.attention_kernel = "inductor"
+    with pytest.raises(ValueError, match=r"one of \('eager', 'compiled'\), got 'inductor'"):
+        compute_properties(model, batch)
+
+
+def test_calculator_attention_kernel_and_its_errors(tmp_path):
+    atoms = water_box(8, seed=1)
+    atoms.calc = AllScAIPCalculator(WATER_MODEL, attention_kernel="compiled")
+    f_compiled = torch.as_tensor(atoms.get_forces())
+    atoms.calc = AllScAIPCalculator(WATER_MODEL)
+    assert max_relative(f_compiled, torch.as_tensor(atoms.get_forces())) < SAME_RTOL
+    with pytest.raises(ValueError, match=r"one of \('eager', 'compiled'\)"):
+        AllScAIPCalculator(WATER_MODEL, attention_kernel="fused")
+    export = tmp_path / "model.pt"
+    export.write_bytes(b"not read: the option is refused first")
+    with pytest.raises(ValueError, match="attention_kernel='compiled' applies to checkpoints"):
+        AllScAIPCalculator(export, attention_kernel="compiled")
