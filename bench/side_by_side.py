@@ -51,6 +51,7 @@ VARIANTS = {
     "allscaip_bf16_recompute": (True, "bfloat16", "eager"),
     "allscaip_compiled": (False, "float32", "compiled"),
     "allscaip_bf16_compiled": (False, "bfloat16", "compiled"),
+    "allscaip_compiled_recompute": (True, "float32", "compiled"),
     "allscaip_bf16_compiled_recompute": (True, "bfloat16", "compiled"),
 }
 """This project's columns: (recompute, block_precision, attention_kernel)."""

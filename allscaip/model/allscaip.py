@@ -415,33 +415,19 @@ class AllScAIP(nn.Module):
                         )
                     nodes, edges = nodes.float(), edges.float()
                     continue
-                if self.recomputing():
-                    nodes, edges = torch.utils.checkpoint.checkpoint(
-                        self.layer,
-                        i,
-                        nodes,
-                        edges,
-                        geometry,
-                        pairs,
-                        bounds,
-                        positions,
-                        cell,
-                        pbc,
-                        system,
-                        use_reentrant=False,
-                    )
-                    continue
             nodes, edges = self.layer(i, nodes, edges, geometry, pairs, bounds, positions, cell, pbc, system)
         return self.readout_energy(nodes, species) + e_core
 
     def recomputing(self) -> bool:
         """Is this call under activation checkpointing (``model.recompute = "layers"``, eager
-        inference with gradients)? Then :meth:`forward` keeps only each block's inputs and the force
-        backward runs the block again, its local stage once more in slices of ``recompute_rows``
-        centres (:func:`allscaip.model.block.recomputed_local`): peak memory falls from all blocks'
-        activations to one slice's, for about two more forward passes of the local stage. The
-        training double backward and the scripted export keep the stored activations (TorchScript
-        never compiles the places that ask)."""
+        inference with gradients)? Then each block's local stage runs in slices of ``recompute_rows``
+        centres, each keeping only its inputs, and the force backward runs each slice again
+        (:func:`allscaip.model.block.recomputed_local`): peak memory falls from all local stages'
+        activations to one slice's, for one more forward pass of the local stage. What the rest of a
+        block keeps (node attention and feed-forward over [N, hidden]) is small beside it: checkpointing
+        whole blocks as well saved 0.05 GiB of 1.4 at 768 atoms, hidden 256, for 23 % more time
+        (docs/benchmarks.md). The training double backward and the scripted export keep the stored
+        activations (TorchScript never compiles the places that ask)."""
         check_choice("recompute", self.recompute, RECOMPUTE_CHOICES)
         return self.recompute != "none" and not self.training and torch.is_grad_enabled()
 
