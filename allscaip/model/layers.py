@@ -4,7 +4,7 @@ encoding, and all-to-all node attention. All TorchScript-compatible."""
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -155,29 +155,20 @@ def attention_core(
 _compiled_core: Optional[Callable[..., torch.Tensor]] = None
 
 
-def compiled_attention_core(
-    qkv: torch.Tensor,
-    q_gain: Optional[torch.Tensor],
-    k_gain: Optional[torch.Tensor],
-    eps: float,
-    legendre_p: torch.Tensor,
-    bias: torch.Tensor,
-    groups: List[int],
-    scale: float,
-    legendre: bool,
-) -> torch.Tensor:
-    """:func:`attention_core` compiled by Inductor (``torch.compile``, dynamic sizes; compiled on the
+def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
+    """:func:`attention_core` (the same arguments) compiled by Inductor (``torch.compile``, dynamic sizes; compiled on the
     first call of each model and dtype, about 30 s on 2 cores): the norms, the Legendre-weighted
     logits, the softmax and their backward fused into a few loops instead of some fifty passes over
     [Nc, T, h, d] and [Nc, h, T, T] tensors (``AllScAIP.attention_kernel = "compiled"``). It runs in
-    the geometry's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
+    the model's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
     stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
     differentiated again, so the training double backward uses :func:`attention_core`."""
     global _compiled_core
     if _compiled_core is None:
         _compiled_core = torch.compile(attention_core, dynamic=True)
     with torch.autocast(qkv.device.type, enabled=False):
-        return _compiled_core(qkv.to(bias.dtype), q_gain, k_gain, eps, legendre_p, bias, groups, scale, legendre)
+        # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
+        return _compiled_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
