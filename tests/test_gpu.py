@@ -1,6 +1,6 @@
 """GPU checks (marker ``gpu``; skipped where torch sees no CUDA GPU, as in CI). Run them with
 ``bash bench/gpu_check.sh`` on a machine with a GPU: the eager model on CUDA against the CPU,
-float32 as the GPU default, exports for CUDA, and ``pair_style allscaip device cuda`` on 1 and 2
+float32 as the GPU default, the compiled attention, exports for CUDA, and ``pair_style allscaip device cuda`` on 1 and 2
 ranks against Python."""
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ def test_eager_cuda_equals_cpu_in_float64(encoding):
     gpu = compute_properties(model.to("cuda"), atoms_to_batch([atoms]).to("cuda"), stress=True)
     for key in ("energy", "forces", "stress"):
         assert (gpu[key].cpu() - cpu[key]).abs().max() <= 1e-10 * max(1.0, cpu[key].abs().max()), key
+
+
+def test_compiled_attention_on_cuda_equals_eager_in_float64():
+    """attention_kernel='compiled' on CUDA (Inductor's Triton kernels) gives the eager CUDA numbers."""
+    model = small_model().to("cuda").eval()
+    batch = atoms_to_batch([water_box(3, cell_skew=True, seed=2)]).to("cuda")
+    eager = compute_properties(model, batch, stress=True)
+    model.attention_kernel = "compiled"
+    compiled = compute_properties(model, batch, stress=True)
+    for key in ("energy", "forces", "stress"):
+        assert (compiled[key] - eager[key]).abs().max() <= 1e-10 * max(1.0, eager[key].abs().max()), key
 
 
 def test_calculator_defaults_to_float32_on_cuda(tmp_path):
