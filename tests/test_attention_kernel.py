@@ -105,3 +105,18 @@ def test_calculator_attention_kernel_and_its_errors(tmp_path):
     export.write_bytes(b"not read: the option is refused first")
     with pytest.raises(ValueError, match="attention_kernel='compiled' applies to checkpoints"):
         AllScAIPCalculator(export, attention_kernel="compiled")
+
+
+def test_a_failed_compile_names_the_fix(monkeypatch):
+    """Without a working C++ compiler Inductor fails deep inside; the error says what to do."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # compile, not a cached graph
+    monkeypatch.setattr(layers, "_compiled_core", None)
+    torch._dynamo.reset()
+    model = load_model(WATER_MODEL).double().eval()
+    model.attention_kernel = "compiled"
+    with pytest.raises(RuntimeError, match=r"install a C\+\+ compiler .* or use attention_kernel='eager'"):
+        compute_properties(model, atoms_to_batch([water_box(4, seed=2)]))
+    torch._dynamo.reset()

@@ -166,9 +166,17 @@ def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     global _compiled_core
     if _compiled_core is None:
         _compiled_core = torch.compile(attention_core, dynamic=True)
-    with torch.autocast(qkv.device.type, enabled=False):
-        # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
-        return _compiled_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+    try:
+        with torch.autocast(qkv.device.type, enabled=False):
+            # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
+            return _compiled_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+    except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no working C++ compiler
+        reason = str(err).strip().splitlines()[0]
+        raise RuntimeError(
+            f"attention_kernel='compiled': Inductor could not compile the neighbour attention ({reason}); "
+            "install a C++ compiler (Debian: apt install g++), or use attention_kernel='eager' "
+            "(the same numbers, slower for large systems)"
+        ) from err
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
