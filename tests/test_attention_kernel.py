@@ -111,12 +111,16 @@ def test_a_failed_compile_names_the_fix(monkeypatch):
     """Without a working C++ compiler Inductor fails deep inside; the error says what to do."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # compile, not a cached graph
     monkeypatch.setattr(layers, "_compiled_core", None)
     torch._dynamo.reset()
     model = load_model(WATER_MODEL).double().eval()
     model.attention_kernel = "compiled"
-    with pytest.raises(RuntimeError, match=r"install a C\+\+ compiler .* or use attention_kernel='eager'"):
-        compute_properties(model, atoms_to_batch([water_box(4, seed=2)]))
-    torch._dynamo.reset()
+    # Inductor's own patch (a config attribute set and deleted by monkeypatch stays hidden afterwards);
+    # no graph cache, so that the compiler is really asked for
+    try:
+        with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+            with pytest.raises(RuntimeError, match=r"install a C\+\+ compiler .* or use attention_kernel='eager'"):
+                compute_properties(model, atoms_to_batch([water_box(4, seed=2)]))
+    finally:
+        torch._dynamo.reset()
+    assert inductor_config.cpp.cxx != ("/nonexistent/g++",) and inductor_config.fx_graph_cache is not None

@@ -34,7 +34,6 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from allscaip.config import ModelConfig
