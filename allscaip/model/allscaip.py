@@ -455,15 +455,15 @@ class AllScAIP(nn.Module):
         # TorchScript indexes a ModuleList with literals only: find block i by iterating
         for j, block in enumerate(self.blocks):
             if j == i:
-                sliced = False
+                ran_local = False  # by one of the eager-only paths below
                 if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
                     local_inputs = (nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
                     if self.recomputing():
                         nodes, edges = recomputed_local(block, *local_inputs, self.recompute_rows, self.compiling())
                     else:
                         nodes, edges = block.local(*local_inputs, 0, self.compiling())
-                    sliced = True
-                if not sliced:
+                    ran_local = True
+                if not ran_local:
                     nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
                 if not self.node_attention:
                     return block.node_ffn_only(nodes), edges

@@ -12,8 +12,9 @@ from typing import Sequence
 import torch
 
 RECOMPUTE_CHOICES = ("none", "layers")
-"""``AllScAIP.recompute``: "layers" keeps only each block's inputs in the forward and runs the block
-again in the force backward (activation checkpointing; ``AllScAIP.recomputing``)."""
+"""``AllScAIP.recompute``: "layers" runs each block's local stage in slices of centres that keep only
+their inputs in the forward and run again in the force backward (activation checkpointing;
+``AllScAIP.recomputing``)."""
 
 ATTENTION_KERNEL_CHOICES = ("eager", "compiled")
 """``AllScAIP.attention_kernel``: "compiled" runs the neighbour attention's norms, Legendre logits,

@@ -155,6 +155,15 @@ def attention_core(
 _compiled_core: Optional[Callable[..., torch.Tensor]] = None
 
 
+def inductor_core() -> Callable[..., torch.Tensor]:
+    """:func:`attention_core` under ``torch.compile`` (dynamic sizes), made on first use; Inductor
+    compiles it on its first call for each model and dtype."""
+    global _compiled_core
+    if _compiled_core is None:
+        _compiled_core = torch.compile(attention_core, dynamic=True)
+    return _compiled_core
+
+
 def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     """:func:`attention_core` (the same arguments) compiled by Inductor (``torch.compile``, dynamic sizes; compiled on the
     first call of each model and dtype, about 30 s on 2 cores): the norms, the Legendre-weighted
@@ -163,13 +172,10 @@ def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     the model's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
     stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
     differentiated again, so the training double backward uses :func:`attention_core`."""
-    global _compiled_core
-    if _compiled_core is None:
-        _compiled_core = torch.compile(attention_core, dynamic=True)
     try:
         with torch.autocast(qkv.device.type, enabled=False):
             # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
-            return _compiled_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+            return inductor_core()(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
     except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no working C++ compiler
         reason = str(err).strip().splitlines()[0]
         raise RuntimeError(
