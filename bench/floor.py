@@ -33,7 +33,7 @@ from water_boxes import water_box
 from allscaip.checkpoint import load_model
 from allscaip.config import model_config
 from allscaip.data import atoms_to_batch
-from allscaip.model import AllScAIP, compute_properties
+from allscaip.model import AllScAIP, compute_properties, frozen
 
 HERE = Path(__file__).resolve().parent
 CUTOFF_A = 6.0
@@ -57,11 +57,11 @@ def matmul_rate(rows: int, width: int, dtype: torch.dtype) -> float:
 
 def build(args) -> AllScAIP:
     if args.model:
-        return load_model(args.model).float().eval()
+        return frozen(load_model(args.model).float())
     torch.manual_seed(0)
     hidden, layers, heads = (int(x) for x in args.size.split("/"))
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
-    return AllScAIP(cfg).float().eval()
+    return frozen(AllScAIP(cfg).float())
 
 
 def force_error(model: AllScAIP, batch, reference: torch.Tensor) -> dict:

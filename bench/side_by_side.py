@@ -3,8 +3,9 @@
 For each model size and atom count, three fresh subprocesses run one after the other on the same
 water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine state:
 
-- ``allscaip``: the eager model (random weights, float32), one energy + forces + stress call per
-  step, neighbour list included, positions displaced by 0.01 Å between steps;
+- ``allscaip``: the eager model (random weights, float32, frozen as the calculator freezes them:
+  :func:`allscaip.model.frozen`), one energy + forces + stress call per step, neighbour list
+  included, positions displaced by 0.01 Å between steps;
 - ``allscaip_recompute``: the same with ``recompute = "layers"`` (each block's activations are
   recomputed in the force backward, activation checkpointing);
 - ``allscaip_bf16`` and ``allscaip_bf16_recompute``: the same two with ``block_precision = "bfloat16"``
@@ -64,11 +65,11 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
 
     from allscaip.config import model_config
     from allscaip.data import atoms_to_batch
-    from allscaip.model import AllScAIP, compute_properties
+    from allscaip.model import AllScAIP, compute_properties, frozen
 
     torch.manual_seed(0)
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
-    model = AllScAIP(cfg).float().eval()
+    model = frozen(AllScAIP(cfg).float())  # as AllScAIPCalculator loads a checkpoint
     recompute, precision, kernel = VARIANTS[variant]
     model.recompute = "layers" if recompute else "none"
     model.block_precision = precision

@@ -76,7 +76,7 @@ from torch.export.pt2_archive._package import package_pt2
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.runtime_assert import insert_deferred_runtime_asserts
 
-from allscaip.model import AllScAIP
+from allscaip.model import AllScAIP, frozen
 from allscaip.model.evaluate import UnknownElementError
 from allscaip.neighbors import whole_system_inputs
 from allscaip_export.metadata import dumps
@@ -228,10 +228,8 @@ def example_inputs(model: AllScAIP, dtype: torch.dtype, device: torch.device | s
 def export_program(model: AllScAIP, device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """make_fx (energy + forces + virial) -> torch.export with dynamic atom and edge counts."""
     dev = torch.device(device)
-    model = copy.deepcopy(model).to(dev).eval()
+    model = frozen(copy.deepcopy(model).to(dev))
     model.encoding_path = "dense"  # one traced system: no data-dependent query blocks
-    for p in model.parameters():
-        p.requires_grad_(False)
     dtype = next(model.parameters()).dtype
     args = example_inputs(model, dtype, dev)
     gm = make_fx(whole_system_function(model), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)

@@ -15,6 +15,7 @@ whole-system call to return.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,6 +25,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 import allscaip
+from allscaip.model import frozen
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.model.fairchem_staged import FairchemStages
 from allscaip.result_checks import DEFAULT_MIN_DISTANCE
@@ -184,10 +186,11 @@ def fairchem_metadata(
 
 
 def export_fairchem_torchscript(model: FairchemAllScAIP, path: str | Path, metadata: Dict[str, Any]) -> Path:
-    """Script and save the whole-system wrapper of ``model`` with ``metadata.json`` inside."""
+    """Script and save the whole-system wrapper of ``model`` with ``metadata.json`` inside; its weights
+    ask for no gradients (a frozen copy, as :func:`allscaip_export.torchscript.export_torchscript`)."""
     path = Path(path)
     meta = dumps(metadata)
-    scripted = torch.jit.script(ExportedFairchemAllScAIP(model.eval(), meta))
+    scripted = torch.jit.script(ExportedFairchemAllScAIP(frozen(copy.deepcopy(model)), meta))
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": meta})
     tmp.replace(path)

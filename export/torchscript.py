@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from allscaip.model import AllScAIP
+from allscaip.model import AllScAIP, frozen
 from allscaip.model.pair_bias_first_order import first_order_pair_bias
 from allscaip.neighbors import pad_neighbors
 from allscaip_export.metadata import dumps, interface_version
@@ -200,10 +201,12 @@ class ExportedAllScAIP(nn.Module):
 
 
 def export_torchscript(model: AllScAIP, path: str | Path, metadata: Dict[str, Any]) -> Path:
-    """Script and save ``model`` with ``metadata.json`` as an extra file."""
+    """Script and save ``model`` with ``metadata.json`` as an extra file. The saved weights ask for
+    no gradients (:func:`allscaip.model.frozen`, on a copy: the caller's model is left as it was),
+    so an engine's force backward keeps no activations for them."""
     path = Path(path)
     meta = dumps(metadata)
-    scripted = torch.jit.script(ExportedAllScAIP(model.eval(), meta))
+    scripted = torch.jit.script(ExportedAllScAIP(frozen(copy.deepcopy(model)), meta))
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": meta})
     tmp.replace(path)

@@ -18,7 +18,7 @@ from allscaip.checkpoint_fairchem import is_fairchem_checkpoint
 from allscaip.data import atoms_to_batch
 from allscaip.dtypes import DTYPES, default_dtype_name, dtype_from_name
 from allscaip.heap import keep_heap_resident
-from allscaip.model import compute_properties
+from allscaip.model import compute_properties, frozen
 from allscaip.model.eager_options import ATTENTION_KERNEL_CHOICES, BLOCK_PRECISION_CHOICES, check_choice
 from allscaip.model.fairchem_allscaip import FairchemAllScAIP
 from allscaip.model.fairchem_load import fairchem_model
@@ -119,7 +119,7 @@ class AllScAIPCalculator(Calculator):
         if is_fairchem_checkpoint(path):
             if own_options:
                 raise ValueError(f"{own_options} applies to allscaip checkpoints, not to the fairchem file {path.name}")
-            self._fairchem = fairchem_model(path, task=self.fairchem_task, dtype=self.dtype).to(self.device)
+            self._fairchem = frozen(fairchem_model(path, task=self.fairchem_task, dtype=self.dtype).to(self.device))
             self._eager = self._fairchem
         elif suffix == ".pt":
             self._module, self.metadata = load_torchscript(path, device=str(self.device))
@@ -133,7 +133,7 @@ class AllScAIPCalculator(Calculator):
             payload = load_checkpoint(path)
             if model_family_of(payload) == FAIRCHEM_FAMILY:
                 self.fairchem_task = self._converted_task(payload, fairchem_task, own_options)
-            self._eager = model_from_payload(payload, dtype=self.dtype, device=str(self.device))
+            self._eager = frozen(model_from_payload(payload, dtype=self.dtype, device=str(self.device)))
             if isinstance(self._eager, FairchemAllScAIP):
                 self._fairchem = self._eager
             else:

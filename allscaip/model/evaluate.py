@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, TypeVar
 
 import torch
 from ase.data import chemical_symbols
+from torch import nn
 
 from allscaip.data.batch import AtomsBatch
 from allscaip.model.allscaip import AllScAIP
@@ -16,6 +17,21 @@ from allscaip.neighbors import batch_neighbor_pairs, encoding_pairs, pad_neighbo
 MIN_VOLUME_A3 = 1e-12
 """Volumes are clamped to this before dividing, so a non-periodic system (zero cell) gives a
 finite number, which is then replaced by NaN."""
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen(model: ModuleT) -> ModuleT:
+    """``model`` made ready for inference, in place: evaluation mode and no gradients for its weights.
+    Forces and stress differentiate the positions and the strain only. While the weights ask for
+    gradients, autograd keeps every linear layer's input for a weight gradient that nobody reads:
+    at 768 atoms (hidden 256, 4 layers) that was a fifth of the peak memory of a force call
+    (docs/benchmarks.md). The calculator (hence OpenMM) and the exports use it, and the LAMMPS plugin
+    freezes what it loads in the same way; training never does."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 class UnknownElementError(ValueError):
