@@ -119,20 +119,16 @@ def recomputed_local(
     only (called where the TorchScript compiler does not look)."""
     nc = index.shape[0]
     edge_ends = [0] + torch.cumsum(torch.isfinite(bias[:, 1:]).sum(1), 0).tolist()
+    starts = list(range(0, nc, rows))
+    edge_sizes = [edge_ends[min(nc, c0 + rows)] - edge_ends[c0] for c0 in starts]
+    # split, not slices: the backward of a split is one concatenation, that of each slice a
+    # zero-filled gradient of the whole tensor (edges [E, H], legendre_p) to add up
+    edge_slices = torch.split(edges, edge_sizes)
+    lp_slices = legendre_p.split(rows, 1) if legendre_p.numel() > 0 else [legendre_p] * len(starts)
     node_parts, edge_parts = [], []
-    for c0 in range(0, nc, rows):
-        c1 = min(nc, c0 + rows)
-        lp = legendre_p[:, c0:c1] if legendre_p.numel() > 0 else legendre_p
+    for c0, e, lp, idx, b in zip(starts, edge_slices, lp_slices, index.split(rows), bias.split(rows)):
         n, e = torch.utils.checkpoint.checkpoint(
-            block.local,
-            nodes_all,
-            edges[edge_ends[c0] : edge_ends[c1]],
-            index[c0:c1],
-            lp,
-            bias[c0:c1],
-            c0,
-            compiled,
-            use_reentrant=False,
+            block.local, nodes_all, e, idx, lp, b, c0, compiled, use_reentrant=False
         )
         node_parts.append(n)
         edge_parts.append(e)
