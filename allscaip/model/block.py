@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from allscaip.config import ModelConfig
@@ -112,8 +111,8 @@ def recomputed_local(
     rows: int = LOCAL_RECOMPUTE_ROWS,
     compiled: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``block.local`` in slices of ``rows`` centres, each under activation checkpointing, so the
-    backward holds one slice's activations at a time. The neighbour stage of a centre reads only
+    """``block.local`` in slices of ``rows`` centres, each recomputed in the backward
+    (:class:`RecomputedLocal`), so the backward holds one slice's activations at a time. The neighbour stage of a centre reads only
     its own edges (a contiguous range, edges being in row-major (centre, slot) order) and the node
     states of all atoms, so slices are independent and their results concatenate exactly. Eager
     only (called where the TorchScript compiler does not look)."""
@@ -127,9 +126,59 @@ def recomputed_local(
     lp_slices = legendre_p.split(rows, 1) if legendre_p.numel() > 0 else [legendre_p] * len(starts)
     node_parts, edge_parts = [], []
     for c0, e, lp, idx, b in zip(starts, edge_slices, lp_slices, index.split(rows), bias.split(rows)):
-        n, e = torch.utils.checkpoint.checkpoint(
-            block.local, nodes_all, e, idx, lp, b, c0, compiled, use_reentrant=False
-        )
+        n, e = RecomputedLocal.apply(block, c0, compiled, nodes_all, e, idx, lp, b, *block.parameters())
         node_parts.append(n)
         edge_parts.append(e)
     return torch.cat(node_parts), torch.cat(edge_parts)
+
+
+def keep_in_place() -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved-tensor hooks that keep each tensor as it is (innermost hooks win over outer ones)."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+
+
+class RecomputedLocal(torch.autograd.Function):
+    """``block.local`` of one slice of centres, run without a graph; the backward runs it again with
+    one and differentiates that (activation checkpointing, written out). Unlike
+    ``torch.utils.checkpoint``'s non-reentrant form, the first pass builds no graph and computes no
+    activations to throw away (the compiled attention takes its inference graph): 0.2 s of 3.6 at
+    768 atoms (docs/benchmarks.md). Unlike its reentrant form, it works under
+    ``torch.autograd.grad``. The recomputation runs under the autocast of the first pass (bfloat16
+    blocks), and keeps its graph when the backward itself is differentiated (``create_graph``)."""
+
+    @staticmethod
+    def forward(ctx, block, first, compiled, nodes_all, edges, index, legendre_p, bias, *weights):  # type: ignore[override]
+        # ``weights``: the block's parameters, which the local stage reads from ``block`` itself; passed
+        # so that their gradients (trainable weights, evaluation mode) are not silently lost
+        device = nodes_all.device.type
+        ctx.local = block.local, first, compiled
+        ctx.autocast = device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device)
+        ctx.save_for_backward(nodes_all, edges, index, legendre_p, bias)
+        ctx.weights = weights
+        ctx.set_materialize_grads(False)  # an unused output (the last block's edges) gets None, not zeros
+        return block.local(nodes_all, edges, index, legendre_p, bias, first, compiled)
+
+    @staticmethod
+    def backward(ctx, grad_nodes, grad_edges):  # type: ignore[override]
+        local, first, compiled = ctx.local
+        device, dtype, enabled = ctx.autocast
+        inputs = list(ctx.saved_tensors)
+        differentiated = torch.is_grad_enabled()  # create_graph: the gradients keep their graph to the inputs
+        if not differentiated:
+            inputs = [t.detach().requires_grad_(need) for t, need in zip(inputs, ctx.needs_input_grad[3:])]
+        # what the recomputation saves lives and dies in this backward, out of reach of any saved-tensor
+        # hooks around the call (as torch.utils.checkpoint's recomputation is)
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled), keep_in_place():
+            outputs = local(*inputs, first, compiled)
+        pairs = [(o, g) for o, g in zip(outputs, (grad_nodes, grad_edges)) if g is not None]
+        wrt = [t for t, need in zip(inputs + list(ctx.weights), ctx.needs_input_grad[3:]) if need]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                wrt,
+                [g for _, g in pairs],
+                allow_unused=True,
+                create_graph=differentiated,
+            )
+        )
+        return (None, None, None) + tuple(next(grads) if need else None for need in ctx.needs_input_grad[3:])
