@@ -132,17 +132,12 @@ def recomputed_local(
     return torch.cat(node_parts), torch.cat(edge_parts)
 
 
-def keep_in_place() -> torch.autograd.graph.saved_tensors_hooks:
-    """Saved-tensor hooks that keep each tensor as it is (innermost hooks win over outer ones)."""
-    return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
-
-
 class RecomputedLocal(torch.autograd.Function):
     """``block.local`` of one slice of centres, run without a graph; the backward runs it again with
     one and differentiates that (activation checkpointing, written out). Unlike
     ``torch.utils.checkpoint``'s non-reentrant form, the first pass builds no graph and computes no
-    activations to throw away (the compiled attention takes its inference graph): 0.2 s of 3.6 at
-    768 atoms (docs/benchmarks.md). Unlike its reentrant form, it works under
+    activations to throw away (the compiled attention takes its inference graph): 3.72 -> 3.61 s
+    at 768 atoms, bfloat16 blocks (docs/benchmarks.md). Unlike its reentrant form, it works under
     ``torch.autograd.grad``. The recomputation runs under the autocast of the first pass (bfloat16
     blocks), and keeps its graph when the backward itself is differentiated (``create_graph``)."""
 
@@ -166,9 +161,7 @@ class RecomputedLocal(torch.autograd.Function):
         differentiated = torch.is_grad_enabled()  # create_graph: the gradients keep their graph to the inputs
         if not differentiated:
             inputs = [t.detach().requires_grad_(need) for t, need in zip(inputs, ctx.needs_input_grad[3:])]
-        # what the recomputation saves lives and dies in this backward, out of reach of any saved-tensor
-        # hooks around the call (as torch.utils.checkpoint's recomputation is)
-        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled), keep_in_place():
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             outputs = local(*inputs, first, compiled)
         pairs = [(o, g) for o, g in zip(outputs, (grad_nodes, grad_edges)) if g is not None]
         wrt = [t for t, need in zip(inputs + list(ctx.weights), ctx.needs_input_grad[3:]) if need]
