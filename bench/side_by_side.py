@@ -125,6 +125,15 @@ def _run(cmd: list, threads: int, timeout: float) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def installed_packages(python: Path) -> dict:
+    """Every distribution installed for interpreter ``python`` and its version: the reference's
+    speed moved by 30 % between two environments built by the same set-up script on one day
+    (docs/benchmarks.md), so each result records both environments in full."""
+    code = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    return dict(sorted(json.loads(proc.stdout).items())) if proc.returncode == 0 else {"error": proc.stderr[-300:]}
+
+
 def ratio(a: dict, b: dict, key: str):
     if a.get("status") == "ok" and b.get("status") == "ok":
         return a[key] / b[key]
@@ -197,6 +206,10 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "variants": {v: dict(zip(("recompute", "block_precision", "attention_kernel"), VARIANTS[v])) for v in variants},
         "rows": rows,
+        "packages": {
+            "ours": installed_packages(Path(sys.executable)),
+            "fairchem": installed_packages(args.fairchem_python),
+        },
     }
     write_result(args.out, result)
     return 0
