@@ -112,10 +112,11 @@ def recomputed_local(
     compiled: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``block.local`` in slices of ``rows`` centres, each recomputed in the backward
-    (:class:`RecomputedLocal`), so the backward holds one slice's activations at a time. The neighbour stage of a centre reads only
-    its own edges (a contiguous range, edges being in row-major (centre, slot) order) and the node
-    states of all atoms, so slices are independent and their results concatenate exactly. Eager
-    only (called where the TorchScript compiler does not look)."""
+    (:class:`RecomputedLocal`), so the backward holds one slice's activations at a time. The
+    neighbour stage of a centre reads only its own edges (a contiguous range, edges being in
+    row-major (centre, slot) order) and the node states of all atoms, so slices are independent and
+    their results concatenate exactly. Eager only (called where the TorchScript compiler does not
+    look)."""
     nc = index.shape[0]
     edge_ends = [0] + torch.cumsum(torch.isfinite(bias[:, 1:]).sum(1), 0).tolist()
     starts = list(range(0, nc, rows))
@@ -125,8 +126,8 @@ def recomputed_local(
     edge_slices = torch.split(edges, edge_sizes)
     lp_slices = legendre_p.split(rows, 1) if legendre_p.numel() > 0 else [legendre_p] * len(starts)
     node_parts, edge_parts = [], []
-    for c0, e, lp, idx, b in zip(starts, edge_slices, lp_slices, index.split(rows), bias.split(rows)):
-        n, e = RecomputedLocal.apply(block, c0, compiled, nodes_all, e, idx, lp, b, *block.parameters())
+    for c0, edges_in, lp, idx, b in zip(starts, edge_slices, lp_slices, index.split(rows), bias.split(rows)):
+        n, e = RecomputedLocal.apply(block, c0, compiled, nodes_all, edges_in, idx, lp, b, *block.parameters())
         node_parts.append(n)
         edge_parts.append(e)
     return torch.cat(node_parts), torch.cat(edge_parts)
