@@ -112,13 +112,12 @@ def staged_package(export_checkpoint):
     (the whole-system model and every stage with its VJP; the export verifies the stages on 1 and
     2 ranks against the checkpoint) -> model.staged.pt2 beside it. About 5 minutes on one thread."""
     from allscaip.checkpoint import load_model
+    from allscaip.model import frozen
     from allscaip_export import cli
 
     path = export_checkpoint.with_name("model.staged.pt2")
     assert cli.main([str(export_checkpoint), "--format", "aoti", "--staged", "-o", str(path)]) == 0
-    model = load_model(export_checkpoint, dtype=torch.float64).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = frozen(load_model(export_checkpoint, dtype=torch.float64))
     return StagedPackage(model, path)
 
 
