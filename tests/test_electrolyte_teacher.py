@@ -13,6 +13,7 @@ pytest.importorskip("openmm")
 import openmm
 from ase import Atoms
 from ase.io import read
+from ase.neighborlist import neighbor_list
 from conftest import small_model
 
 from allscaip.checkpoint import save_checkpoint
@@ -23,7 +24,7 @@ from allscaip.workflows.teacher import cli
 from allscaip.workflows.teacher import electrolyte as el
 from allscaip.workflows.teacher.electrolyte_sampling import sample_solution_frames
 from allscaip.workflows.teacher.labelling import TeacherLabeller, finite_difference_check, teacher_for_atoms
-from allscaip.workflows.teacher.stress import pressure_bar, teacher_stress
+from allscaip.workflows.teacher.stress import STRAIN_STEP, crossing_free_step, pressure_bar, teacher_stress
 from allscaip.workflows.teacher.system import CUTOFF_NM, create_system, reference_water_atoms, water_topology
 
 
@@ -107,20 +108,60 @@ def test_ion_pair_in_a_big_box_is_the_gas_phase_pair():
     assert f[1, 0] == pytest.approx(-dedr, rel=1e-7)
 
 
+def _pressure_of_fresh_teachers(atoms, h=1e-5) -> float:
+    """Minus the volume derivative of fresh teachers at isotropically scaled boxes, bar, with a
+    step that keeps every pair on one side of the cutoff."""
+    h = crossing_free_step(atoms, np.eye(3), h)
+    e = []
+    for f in (1 + h, 1 - h):
+        b = atoms.copy()
+        b.set_cell(atoms.cell * f, scale_atoms=True)
+        e.append(teacher_for_atoms(b).energy_kj(b.positions / 10.0) / KJMOL_PER_EV)
+    return -(e[0] - e[1]) / (atoms.get_volume() * ((1 + h) ** 3 - (1 - h) ** 3)) * EV_PER_A3_TO_BAR
+
+
 def test_stress_of_a_solution_frame(solution_frame):
     """The shared finite-difference stress (stress.py) on the electrolyte teacher: its pressure
     is minus the volume derivative of fresh teachers at scaled boxes."""
-    s = teacher_stress(solution_frame)
-    h = 1e-5
-    e = []
-    for f in (1 + h, 1 - h):
-        b = solution_frame.copy()
-        b.set_cell(solution_frame.cell * f, scale_atoms=True)
-        e.append(teacher_for_atoms(b).energy_kj(b.positions / 10.0) / KJMOL_PER_EV)
-    v = solution_frame.get_volume()
-    p_fd = -(e[0] - e[1]) / (v * ((1 + h) ** 3 - (1 - h) ** 3)) * EV_PER_A3_TO_BAR
+    p_fd = _pressure_of_fresh_teachers(solution_frame)
     assert abs(p_fd) > 100.0
-    assert pressure_bar(s) == pytest.approx(p_fd, abs=5.0)
+    assert pressure_bar(teacher_stress(solution_frame)) == pytest.approx(p_fd, abs=5.0)
+
+
+def test_stress_where_a_pair_sits_on_the_cutoff(solution_frame):
+    """The teacher's energy jumps where a pair crosses its 0.45 nm cutoff. A frame scaled so
+    that an O-O pair, mostly along x, sits within the strain step of the cutoff: a fixed step
+    straddles the jump and misses the pressure by tens of bar; the stress halves its step
+    until no pair crosses, and agrees with the volume derivative again."""
+    rc = CUTOFF_NM * 10.0
+    step = STRAIN_STEP
+    i, j, d, vec = neighbor_list("ijdD", solution_frame, rc + 0.3)
+    oxygen = np.array(solution_frame.get_chemical_symbols()) == "O"
+    along_x = (vec[:, 0] / d) ** 2
+    score = np.where(oxygen[i] & oxygen[j] & (along_x > 0.8), np.abs(d - rc), np.inf)
+    k = int(np.argmin(score))
+    assert np.isfinite(score[k])
+    # under an xx strain ε the pair's length is d (1 + ε a), a = (x/d)²: put it at rc (1 + a step/2)
+    scale = rc * (1.0 + 0.5 * along_x[k] * step) / d[k]
+    frame = solution_frame.copy()
+    frame.set_cell(solution_frame.cell * scale, scale_atoms=True)
+    xx = np.zeros((3, 3))
+    xx[0, 0] = 1.0
+    assert crossing_free_step(frame, xx, step) < step
+    assert crossing_free_step(solution_frame, xx, 1e-9) == 1e-9  # nothing near the cutoff there
+    p_ref = _pressure_of_fresh_teachers(frame)
+    stress = teacher_stress(frame)
+    assert pressure_bar(stress) == pytest.approx(p_ref, abs=5.0)
+    # the same difference with the step held fixed is off by the jump
+    lab = teacher_for_atoms(frame)
+    e = []
+    for sign in (1.0, -1.0):
+        b = frame.copy()
+        b.set_cell(np.asarray(frame.cell) @ (np.eye(3) + sign * step * xx), scale_atoms=True)
+        lab.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(b.cell) / 10.0])
+        e.append(lab.energy_kj(b.positions / 10.0) / KJMOL_PER_EV)
+    sxx_fixed = (e[0] - e[1]) / (2 * step * frame.get_volume())
+    assert abs(sxx_fixed - stress[0]) * EV_PER_A3_TO_BAR > 50.0
 
 
 def test_ion_pair_window_holds_its_separation():

@@ -26,13 +26,42 @@ import openmm
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
+from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A3_TO_BAR, EV_TO_KJ_PER_MOL
 from allscaip.workflows.teacher.labelling import TeacherLabeller, teacher_for_atoms
+from allscaip.workflows.teacher.system import CUTOFF_NM
 
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
 STRAIN_STEP = 1e-5
+#: how often the step is halved to keep every pair on one side of the cutoff; 2^-12 of 1e-5
+#: is still ~1e3 times above the energy's double-precision noise
+MAX_HALVINGS = 12
+
+
+def crossing_free_step(atoms: Atoms, strain: np.ndarray, step: float = STRAIN_STEP) -> float:
+    """The largest of ``step, step/2, step/4, ...`` at which no pair distance crosses the
+    teacher's cutoff between the strains ``-step * strain`` and ``+step * strain``.
+
+    The teacher's real-space Ewald and LJ-PME sums are truncated at the cutoff, so its energy
+    jumps (about 1e-3 kJ/mol for an O-O pair) when a pair crosses it. A central difference
+    that straddles such a jump is wrong by jump / (2 step V): hundreds of bar at step 1e-5 in
+    a 1 nm box, for about one frame in ten. Pair vectors strain as ``d @ (1 + s strain)``."""
+    rc = CUTOFF_NM * ANGSTROM_PER_NM
+    strain = np.asarray(strain, dtype=float)
+    reach = rc * (1.0 + 2.0 * step * max(1.0, float(np.abs(strain).sum())))
+    d = neighbor_list("D", atoms, reach + 1e-6)
+    for _ in range(MAX_HALVINGS + 1):
+        side = [np.linalg.norm(d @ (np.eye(3) + s * strain), axis=1) > rc for s in (-step, 0.0, step)]
+        crossing = (side[0] != side[1]) | (side[1] != side[2])
+        if not crossing.any():
+            return step
+        step /= 2.0
+    raise ValueError(
+        f"a pair stays within a strain of {2 * step:.1e} of the teacher's {rc} Å cutoff, so no central "
+        "difference of the energy avoids its jump there; perturb the frame's positions slightly"
+    )
 
 
 def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[TeacherLabeller] = None) -> np.ndarray:
@@ -61,13 +90,11 @@ def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[T
     voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
     out = np.zeros(6)
     for k, (i, j) in enumerate(voigt):
-        e = np.zeros((3, 3))
-        if i == j:
-            e[i, i] = step
-            out[k] = (energy(e) - energy(-e)) / (2.0 * step * volume)
-        else:  # symmetric shear: dE/dε_ij + dE/dε_ji
-            e[i, j] = e[j, i] = step
-            out[k] = (energy(e) - energy(-e)) / (4.0 * step * volume)
+        unit_strain = np.zeros((3, 3))
+        unit_strain[i, j] = unit_strain[j, i] = 1.0  # a shear strains both ways: dE/dε_ij + dE/dε_ji
+        h = crossing_free_step(atoms, unit_strain, step)
+        e = h * unit_strain
+        out[k] = (energy(e) - energy(-e)) / ((2.0 if i == j else 4.0) * h * volume)
     return out
 
 
