@@ -229,3 +229,37 @@ def test_recomputed_layers_differentiate_twice():
         grads[mode] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, weights, materialize_grads=True)])
     scale = grads["none"].abs().max()
     assert scale > 0 and (grads["none"] - grads["layers"]).abs().max() <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("legendre", [True, False])
+def test_last_block_reads_only_the_centres(legendre):
+    """The last block's neighbour stage with ``last=True`` (the destination attention for the self
+    tokens' queries only, no edge feed-forward) gives the centre states of the full stage, and
+    their gradients with respect to every input, to 1e-12 in float64."""
+    model = small_model(legendre=legendre).eval()
+    block = model.blocks[-1]
+    recorded = []
+    full = block.local
+
+    def record(*args):
+        recorded.append(args[:5])
+        return full(*args)
+
+    block.local = record
+    compute_properties(model, atoms_to_batch([water_box(2, cell_skew=True, seed=7)]))
+    del block.local
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in recorded[-1]]
+    weights = torch.randn(inputs[4].shape[0], model.cfg.hidden, dtype=torch.float64)
+    nodes, grads = {}, {}
+    for last in (False, True):
+        nodes[last] = block.local(*inputs, 0, False, last)[0]
+        wrt = [t for t in inputs if t.requires_grad]
+        grads[last] = torch.autograd.grad((nodes[last] * weights).sum(), wrt, allow_unused=True)
+    assert nodes[True].shape == nodes[False].shape
+    assert (nodes[True] - nodes[False]).abs().max() <= 1e-12 * nodes[False].abs().max()
+    for g_full, g_last in zip(grads[False], grads[True]):
+        if g_full is None:
+            assert g_last is None or g_last.abs().max() == 0
+            continue
+        assert g_full.abs().max() > 0
+        assert (g_last - g_full).abs().max() <= 1e-12 * g_full.abs().max()

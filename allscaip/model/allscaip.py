@@ -458,10 +458,13 @@ class AllScAIP(nn.Module):
                 ran_local = False  # by one of the eager-only paths below
                 if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
                     local_inputs = (nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)
+                    last = i == len(self.blocks) - 1  # only its centre states are read: see block.local
                     if self.recomputing():
-                        nodes, edges = recomputed_local(block, *local_inputs, self.recompute_rows, self.compiling())
+                        nodes, edges = recomputed_local(
+                            block, *local_inputs, self.recompute_rows, self.compiling(), last
+                        )
                     else:
-                        nodes, edges = block.local(*local_inputs, 0, self.compiling())
+                        nodes, edges = block.local(*local_inputs, 0, self.compiling(), last)
                     ran_local = True
                 if not ran_local:
                     nodes, edges = block.local(nodes, edges, geometry.index, geometry.legendre_p, geometry.bias)

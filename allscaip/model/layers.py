@@ -113,6 +113,30 @@ class NeighborAttention(nn.Module):
         o = attention_core(qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre)
         return self.out(o.reshape(nc * t, hid).index_select(0, pad_pos))
 
+    def self_queries(
+        self, x: torch.Tensor, tok_index: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor, compiled: bool
+    ) -> torch.Tensor:
+        """:meth:`forward`'s outputs for the self tokens only [Nc, H]: each centre's own query
+        over all its tokens, for a block whose edge outputs nothing reads (the last one). The
+        logits are [Nc, h, 1, T], 1/T of the full attention's, so this runs eagerly even where the
+        full attention is compiled; ``compiled`` keeps that path's precision (float32 attention
+        under bfloat16 blocks). Equal to ``forward(...)[:Nc]`` to rounding."""
+        nc, t = tok_index.shape
+        qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
+        q_gain: Optional[torch.Tensor] = None
+        k_gain: Optional[torch.Tensor] = None
+        eps = 0.0
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if isinstance(q_norm, RMSNorm) and isinstance(k_norm, RMSNorm):
+            q_gain, k_gain, eps = q_norm.weight, k_norm.weight, q_norm.eps
+        args = (q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True)
+        if compiled:
+            with torch.autocast(qkv.device.type, enabled=False):
+                o = attention_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+        else:
+            o = attention_core(qkv, *args)
+        return self.out(o.reshape(nc, x.shape[1]))
+
 
 def attention_core(
     qkv: torch.Tensor,
@@ -124,12 +148,18 @@ def attention_core(
     groups: List[int],
     scale: float,
     legendre: bool,
+    self_only: bool = False,
 ) -> torch.Tensor:
     """The attention of :class:`NeighborAttention` inside each centre's tokens: projected tokens
     qkv [Nc, T, 3, h, d] -> outputs [Nc, T, h, d]. Queries and keys are RMS-normalised with their
     gains (none: no norm), then attend with the Legendre-weighted logits over the channel
-    ``groups`` (``legendre``) or plain ones; ``bias`` [Nc, T] is the keys' additive bias."""
+    ``groups`` (``legendre``) or plain ones; ``bias`` [Nc, T] is the keys' additive bias.
+    ``self_only``: the self tokens' queries only (slot 0 of each centre), outputs [Nc, 1, h, d]."""
     q, k, v = qkv.unbind(2)  # [Nc, T, h, d]; unbind (not indexing) keeps the backward one copy
+    if self_only:
+        q = q[:, :1]
+        if legendre:
+            legendre_p = legendre_p[:, :, :, :1]  # [L+1, Nc, 1, 1, T]: the self query's row
     if q_gain is not None and k_gain is not None:
         # in the gain's dtype: under bfloat16 autocast (AllScAIP.block_precision) the norms stay float32
         q = F.rms_norm(q.to(q_gain.dtype), [q.shape[-1]], q_gain, eps)
