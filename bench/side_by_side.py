@@ -4,8 +4,9 @@ For each model size and atom count, three fresh subprocesses run one after the o
 water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine state:
 
 - ``allscaip``: the eager model (random weights, float32, frozen as the calculator freezes them:
-  :func:`allscaip.model.frozen`), one energy + forces + stress call per step, neighbour list
-  included, positions displaced by 0.01 Å between steps;
+  :func:`allscaip.model.frozen`; malloc set as the calculator sets it: :mod:`allscaip.heap`), one
+  energy + forces + stress call per step, neighbour list included, positions displaced by 0.01 Å
+  between steps;
 - ``allscaip_recompute``: the same with ``recompute = "layers"`` (each block's activations are
   recomputed in the force backward, activation checkpointing);
 - ``allscaip_bf16`` and ``allscaip_bf16_recompute``: the same two with ``block_precision = "bfloat16"``
@@ -16,6 +17,13 @@ water box (bench/water_boxes.py, seed 0), so every ratio comes from one machine 
 - ``fairchem``: fairchem-core's ``FAIRChemCalculator`` on a random-weight AllScAIP checkpoint
   (``bench/fairchem_allscaip.py``, run in the fairchem environment), energy + forces per step,
   sincx mask off (the published "md" switches; our model has no encoding either).
+- ``--allocator glibc-keep`` runs every subprocess (ours and fairchem alike) with glibc told to
+  keep freed memory (``ALLOCATOR_KEEP``). With glibc's defaults, every tensor above its mmap
+  threshold (at most 32 MiB) goes back to the kernel when freed and is page-faulted in again by
+  the next call: at 768 atoms fairchem spent 58 of 136 CPU-seconds in the kernel on this
+  machine, and took half the time with the setting (docs/benchmarks.md). Each subprocess's user
+  and kernel CPU seconds are recorded (``cpu_user_s``, ``cpu_sys_s``, imports and warm-up
+  included).
 
 Sizes are ``hidden/layers/heads``, cutoff 6 Å, soft kNN 30 (fairchem ``knn_k``), as in issue 23.
 Time is the median of ``--repeats`` steps after a warm-up; memory is each subprocess's peak
@@ -43,6 +51,12 @@ HERE = Path(__file__).resolve().parent
 CUTOFF_A = 6.0
 KNN = 30
 DISPLACEMENT_A = 0.01  # per-step random displacement, as bench/fairchem_allscaip.py
+ALLOCATOR_KEEP = {
+    "MALLOC_MMAP_THRESHOLD_": str(2**32),  # no tensor below 4 GiB gets its own mapping...
+    "MALLOC_TRIM_THRESHOLD_": str(2**36),  # ...and the heap's free top is never handed back
+    "MALLOC_TOP_PAD_": str(2**30),  # grow the heap a GiB at a time
+}
+"""glibc settings of ``--allocator glibc-keep`` (see the module docstring)."""
 
 
 VARIANTS = {
@@ -65,7 +79,10 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
 
     from allscaip.config import model_config
     from allscaip.data import atoms_to_batch
+    from allscaip.heap import keep_heap_resident
     from allscaip.model import AllScAIP, compute_properties, frozen
+
+    keep_heap_resident()  # as the calculator and the LAMMPS plugin do (unless MALLOC_* are set)
 
     torch.manual_seed(0)
     cfg = model_config(elements=[1, 8], hidden=hidden, layers=layers, heads=heads, cutoff=CUTOFF_A, max_neighbors=KNN)
@@ -102,7 +119,7 @@ def ours_worker(hidden: int, layers: int, heads: int, n_atoms: int, repeats: int
 def run_ours(args, hidden: int, layers: int, heads: int, n_atoms: int, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--ours-worker", f"{hidden}/{layers}/{heads}", str(n_atoms)]
     cmd += ["--repeats", str(args.repeats), "--variant", variant]
-    return _run(cmd, args.threads, args.timeout)
+    return _run(cmd, args.threads, args.timeout, args.allocator)
 
 
 def run_fairchem(args, hidden: int, layers: int, heads: int, n_atoms: int) -> dict:
@@ -110,19 +127,29 @@ def run_fairchem(args, hidden: int, layers: int, heads: int, n_atoms: int) -> di
     cmd += ["--sizes", str(n_atoms), "--hidden", str(hidden), "--layers", str(layers), "--heads", str(heads)]
     cmd += ["--cutoff", str(CUTOFF_A), "--max-neighbors", str(KNN), "--no-sincx", "--repeats", str(args.repeats)]
     cmd += ["--threads", str(args.threads), "--displacement", str(DISPLACEMENT_A), "--mem-limit-gb", "0"]
-    return _run(cmd, args.threads, args.timeout)
+    return _run(cmd, args.threads, args.timeout, args.allocator)
 
 
-def _run(cmd: list, threads: int, timeout: float) -> dict:
+def _run(cmd: list, threads: int, timeout: float, allocator: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for key in ALLOCATOR_KEEP:
+        env.pop(key, None)
+    if allocator == "glibc-keep":
+        env.update(ALLOCATOR_KEEP)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "note": f"killed after {timeout:.0f} s"}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"status": "error", "note": f"exit code {proc.returncode}", "stderr_tail": proc.stderr[-1500:]}
-    return json.loads(lines[-1][len("RESULT ") :])
+    return {
+        **json.loads(lines[-1][len("RESULT ") :]),
+        "cpu_user_s": after.ru_utime - before.ru_utime,
+        "cpu_sys_s": after.ru_stime - before.ru_stime,
+    }
 
 
 def installed_packages(python: Path) -> dict:
@@ -156,6 +183,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ours-worker", nargs=2, metavar=("SIZE", "ATOMS"), help=argparse.SUPPRESS)
     ap.add_argument("--variant", choices=list(VARIANTS), default="allscaip", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated columns of this project")
+    ap.add_argument(
+        "--allocator",
+        choices=("glibc", "glibc-keep"),
+        default="glibc",
+        help="glibc's defaults, or glibc keeping freed memory for every subprocess (see above)",
+    )
     args = ap.parse_args(argv)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -204,6 +237,7 @@ def main(argv=None) -> int:
         "dtype": "float32",
         "threads": args.threads,
         "repeats": args.repeats,
+        "allocator": {"name": args.allocator, "env": ALLOCATOR_KEEP if args.allocator == "glibc-keep" else {}},
         "variants": {v: dict(zip(("recompute", "block_precision", "attention_kernel"), VARIANTS[v])) for v in variants},
         "rows": rows,
         "packages": {

@@ -15,7 +15,7 @@ namespace allscaip {
 
 namespace {
 constexpr int kTrimThreshold = 1 << 30;    // bytes of free heap top kept before trimming
-constexpr int kMmapThreshold = 32 << 20;   // glibc's largest dynamic mmap threshold
+constexpr int kMmapThreshold = 1 << 30;    // only allocations above 1 GiB get their own mapping
 bool applied = false;
 }    // namespace
 

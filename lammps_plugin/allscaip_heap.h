@@ -15,8 +15,8 @@
 
 namespace allscaip {
 
-// Raise glibc's malloc trim threshold (1 GiB) and fix the mmap threshold at
-// its largest dynamic value (32 MiB), once per process. Does nothing, and
+// Raise glibc's malloc trim threshold (1 GiB) and its mmap threshold (1 GiB:
+// no tensor below that gets a mapping of its own), once per process. Does nothing, and
 // says why in `note`, when the C library is not glibc, when the user set
 // MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_ themselves, or when
 // ALLSCAIP_MALLOC_TUNING=0. Returns true when the settings were applied by
