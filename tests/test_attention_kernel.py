@@ -49,7 +49,17 @@ def compiled_calls(monkeypatch):
     return calls
 
 
-def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, compiled_calls):
+@pytest.fixture
+def compiled_norms(monkeypatch):
+    """Counts the calls of the compiled RMS norm (the neighbour stage's norms)."""
+    calls = []
+    layers.compiled_rms_norm(torch.ones(2, 3), torch.ones(3), 1e-6)  # made on first use
+    real = layers._compiled_norm
+    monkeypatch.setattr(layers, "_compiled_norm", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, compiled_calls, compiled_norms):
     atoms, ref = liquid
     model = load_model(WATER_MODEL).double().eval()
     model.attention_kernel = "compiled"
@@ -59,10 +69,14 @@ def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, com
         out = compute_properties(model, batch, stress=True)
         for key in ("energy", "forces", "stress"):
             assert max_relative(out[key], ref[key]) < SAME_RTOL, (recompute, key)
-    # the compiled kernel ran, for both attentions of every layer: once stored; with recompute in the
-    # forward and once more in the backward (the local stage's checkpoint)
-    n_attention = 2 * model.num_layers
+    # the compiled kernel ran, for both attentions of every layer but the last one's destination
+    # attention (the self tokens' queries only, eager: block.local's ``last``): once stored; with
+    # recompute in the forward and once more in the backward (the local stage's checkpoint)
+    n_attention = 2 * model.num_layers - 1
     assert len(compiled_calls) == n_attention + 2 * n_attention
+    # and the norms of source, messages, destination and edges (none for the last block's edges)
+    n_norm = 4 * model.num_layers - 1
+    assert len(compiled_norms) == n_norm + 2 * n_norm
 
 
 def test_compiled_with_bfloat16_blocks_is_within_the_bfloat16_bound(liquid):

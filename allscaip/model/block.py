@@ -56,7 +56,8 @@ class AllScAIPLayer(nn.Module):
         """Neighbour stage: (nodes_all [Na, H], edges [E, H]) -> (nodes [Nc, H], edges [E, H]).
         The centres are rows ``first .. first + Nc`` of ``nodes_all`` (engines put them first; a
         slice of centres, :func:`recomputed_local`, starts further on). ``compiled``: both
-        attentions through their compiled core (:func:`allscaip.model.layers.compiled_attention_core`).
+        attentions through their compiled core (:func:`allscaip.model.layers.compiled_attention_core`),
+        the norms through :func:`allscaip.model.layers.compiled_rms_norm`.
 
         ``last``: the last block, after which only the centres' states are read (the energy).
         The destination attention then runs for the self tokens' queries only and the edge
@@ -69,20 +70,22 @@ class AllScAIPLayer(nn.Module):
         n_edges = edges.shape[0]
         is_node = (torch.arange(nc + n_edges, device=edges.device) < nc).unsqueeze(1)
         tokens = torch.cat([nodes_all[first : first + nc], edges], 0)  # [Nc + E, H]: self tokens first
-        out = self.attn_src(self.norm_src(tokens), tok_index, pad_pos, legendre_p, bias, compiled)
+        out = self.attn_src(self.norm_src(tokens, compiled), tok_index, pad_pos, legendre_p, bias, compiled)
         tokens = tokens + torch.where(is_node, self.scale_src_node, self.scale_src_edge) * out
         # messages from the neighbours' node states (zero for the self tokens)
-        msg = self.msg_proj(self.norm_msg(nodes_all))
+        msg = self.msg_proj(self.norm_msg(nodes_all, compiled))
         # index_select, not msg[...]: its backward is an index_add, not a much slower accumulating index_put
         msg = torch.cat([torch.zeros_like(msg[:1]).expand(nc, -1), msg.index_select(0, index[valid])], 0)
         if last:
-            out = self.attn_dst.self_queries(self.norm_dst(tokens + msg), tok_index, legendre_p, bias, compiled)
+            out = self.attn_dst.self_queries(
+                self.norm_dst(tokens + msg, compiled), tok_index, legendre_p, bias, compiled
+            )
             nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
             return nodes + self.scale_dst_node * out, edges
-        out = self.attn_dst(self.norm_dst(tokens + msg), tok_index, pad_pos, legendre_p, bias, compiled)
+        out = self.attn_dst(self.norm_dst(tokens + msg, compiled), tok_index, pad_pos, legendre_p, bias, compiled)
         tokens = tokens + torch.where(is_node, self.scale_dst_node, self.scale_dst_edge) * out
         nodes, edges = torch.split(tokens, [nc, n_edges], dim=0)
-        edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges))
+        edges = edges + self.scale_edge_ffn * self.edge_ffn(self.norm_edge(edges, compiled))
         return nodes, edges
 
     def global_project(self, nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

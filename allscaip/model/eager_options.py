@@ -18,8 +18,9 @@ their inputs in the forward and run again in the force backward (activation chec
 
 ATTENTION_KERNEL_CHOICES = ("eager", "compiled")
 """``AllScAIP.attention_kernel``: "compiled" runs the neighbour attention's norms, Legendre logits,
-softmax and values through Inductor (:func:`allscaip.model.layers.compiled_attention_core`) in eager
-inference; training and the exports keep the eager operators."""
+softmax and values through Inductor (:func:`allscaip.model.layers.compiled_attention_core`), and the
+neighbour stage's RMS norms (:func:`allscaip.model.layers.compiled_rms_norm`), in eager inference;
+training and the exports keep the eager operators."""
 
 BLOCK_PRECISION_CHOICES = ("float32", "bfloat16")
 """``AllScAIP.block_precision``: "bfloat16" runs the blocks' matrix products (eager, on a float32

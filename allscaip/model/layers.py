@@ -19,7 +19,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """``compiled``: through Inductor (:func:`compiled_rms_norm`, eager only)."""
+        if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
+            if compiled:
+                return compiled_rms_norm(x, self.weight, self.eps)
         # in the weight's dtype: under bfloat16 autocast (AllScAIP.block_precision) the statistics stay
         # float32; otherwise a no-op
         return F.rms_norm(x.to(self.weight.dtype), [x.shape[-1]], self.weight, self.eps)
@@ -183,6 +187,7 @@ def attention_core(
 
 
 _compiled_core: Optional[Callable[..., torch.Tensor]] = None
+_compiled_norm: Optional[Callable[..., torch.Tensor]] = None
 
 
 def inductor_core() -> Callable[..., torch.Tensor]:
@@ -194,6 +199,37 @@ def inductor_core() -> Callable[..., torch.Tensor]:
     return _compiled_core
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, [x.shape[-1]], weight, eps)
+
+
+def compiled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """:class:`RMSNorm` through Inductor (dynamic sizes; compiled on first use): eager ``rms_norm``
+    is six passes over the tokens forward and more backward, and keeps the squares for the
+    backward; compiled, one pass forward, and it keeps the input and one scale per row. On
+    [23807, 256] float32 tokens (768 atoms), 2 threads: forward 10.6 -> 6.1 ms, forward and
+    backward 30.6 -> 12.4 ms. In the weight's dtype, with autocast off, as the eager norm."""
+    global _compiled_norm
+    if _compiled_norm is None:
+        _compiled_norm = torch.compile(rms_norm, dynamic=True)
+    return run_inductor(_compiled_norm, x.to(weight.dtype), weight, eps)
+
+
+def run_inductor(compiled: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """``compiled(x, *args)`` with autocast off, and Inductor's compile failure (e.g. no C++
+    compiler) turned into an error that names the fix."""
+    try:
+        with torch.autocast(x.device.type, enabled=False):
+            return compiled(x, *args)
+    except torch._dynamo.exc.BackendCompilerFailed as err:
+        reason = str(err).strip().splitlines()[0]
+        raise RuntimeError(
+            f"attention_kernel='compiled': Inductor could not compile the neighbour stage ({reason}); "
+            "install a C++ compiler (Debian: apt install g++), or use attention_kernel='eager' "
+            "(the same numbers, slower for large systems)"
+        ) from err
+
+
 def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     """:func:`attention_core` (the same arguments) compiled by Inductor (``torch.compile``, dynamic sizes; compiled on the
     first call of each model and dtype, about 30 s on 2 cores): the norms, the Legendre-weighted
@@ -202,17 +238,8 @@ def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     the model's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
     stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
     differentiated again, so the training double backward uses :func:`attention_core`."""
-    try:
-        with torch.autocast(qkv.device.type, enabled=False):
-            # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
-            return inductor_core()(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
-    except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no working C++ compiler
-        reason = str(err).strip().splitlines()[0]
-        raise RuntimeError(
-            f"attention_kernel='compiled': Inductor could not compile the neighbour attention ({reason}); "
-            "install a C++ compiler (Debian: apt install g++), or use attention_kernel='eager' "
-            "(the same numbers, slower for large systems)"
-        ) from err
+    # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
+    return run_inductor(inductor_core(), qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
