@@ -44,8 +44,8 @@ def liquid():
 def compiled_calls(monkeypatch):
     """Counts the calls of the compiled attention (both attentions of every layer per evaluation)."""
     calls = []
-    real = layers.inductor_core()
-    monkeypatch.setattr(layers, "_compiled_core", lambda *a: calls.append(1) or real(*a))
+    real = layers.inductor(layers.attention_core)
+    monkeypatch.setitem(layers.INDUCTOR, "attention_core", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -53,9 +53,8 @@ def compiled_calls(monkeypatch):
 def compiled_norms(monkeypatch):
     """Counts the calls of the compiled RMS norm (the neighbour stage's norms)."""
     calls = []
-    layers.compiled_rms_norm(torch.ones(2, 3), torch.ones(3), 1e-6)  # made on first use
-    real = layers._compiled_norm
-    monkeypatch.setattr(layers, "_compiled_norm", lambda *a: calls.append(1) or real(*a))
+    real = layers.inductor(layers.rms_norm)
+    monkeypatch.setitem(layers.INDUCTOR, "rms_norm", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -125,7 +124,7 @@ def test_a_failed_compile_names_the_fix(monkeypatch):
     """Without a working C++ compiler Inductor fails deep inside; the error says what to do."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(layers, "_compiled_core", None)
+    monkeypatch.setattr(layers, "INDUCTOR", {})
     torch._dynamo.reset()
     model = load_model(WATER_MODEL).double().eval()
     model.attention_kernel = "compiled"

@@ -4,7 +4,7 @@ encoding, and all-to-all node attention. All TorchScript-compatible."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -186,17 +186,17 @@ def attention_core(
     return o.transpose(1, 2)  # [Nc, T, h, d]
 
 
-_compiled_core: Optional[Callable[..., torch.Tensor]] = None
-_compiled_norm: Optional[Callable[..., torch.Tensor]] = None
+INDUCTOR: Dict[str, Callable[..., torch.Tensor]] = {}
+"""The neighbour stage's functions under ``torch.compile`` (dynamic sizes), by name, each made on
+first use; Inductor compiles each on its first call for each model and dtype."""
 
 
-def inductor_core() -> Callable[..., torch.Tensor]:
-    """:func:`attention_core` under ``torch.compile`` (dynamic sizes), made on first use; Inductor
-    compiles it on its first call for each model and dtype."""
-    global _compiled_core
-    if _compiled_core is None:
-        _compiled_core = torch.compile(attention_core, dynamic=True)
-    return _compiled_core
+def inductor(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` under ``torch.compile`` (dynamic sizes), made once per process (:data:`INDUCTOR`)."""
+    compiled = INDUCTOR.get(fn.__name__)
+    if compiled is None:
+        compiled = INDUCTOR[fn.__name__] = torch.compile(fn, dynamic=True)
+    return compiled
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -204,15 +204,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def compiled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:class:`RMSNorm` through Inductor (dynamic sizes; compiled on first use): eager ``rms_norm``
-    is six passes over the tokens forward and more backward, and keeps the squares for the
-    backward; compiled, one pass forward, and it keeps the input and one scale per row. On
-    [23807, 256] float32 tokens (768 atoms), 2 threads: forward 10.6 -> 6.1 ms, forward and
-    backward 30.6 -> 12.4 ms. In the weight's dtype, with autocast off, as the eager norm."""
-    global _compiled_norm
-    if _compiled_norm is None:
-        _compiled_norm = torch.compile(rms_norm, dynamic=True)
-    return run_inductor(_compiled_norm, x.to(weight.dtype), weight, eps)
+    """:class:`RMSNorm` through Inductor: eager ``rms_norm`` is six passes over the tokens
+    forward and more backward, and keeps the squares for the backward; compiled, one pass
+    forward, and it keeps the input and one scale per row. On [23807, 256] float32 tokens (768
+    atoms), 2 threads: forward 10.6 -> 6.1 ms, forward and backward 30.6 -> 12.4 ms. In the
+    weight's dtype, with autocast off, as the eager norm."""
+    return run_inductor(inductor(rms_norm), x.to(weight.dtype), weight, eps)
 
 
 def run_inductor(compiled: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -239,7 +236,7 @@ def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
     differentiated again, so the training double backward uses :func:`attention_core`."""
     # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
-    return run_inductor(inductor_core(), qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+    return run_inductor(inductor(attention_core), qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
