@@ -14,7 +14,7 @@ import torch
 from allscaip.checkpoint import load_model
 from allscaip.data import atoms_to_batch
 from allscaip.engines.ase_calculator import AllScAIPCalculator
-from allscaip.model import compute_properties, layers
+from allscaip.model import block, compute_properties, layers
 from allscaip.structures import water_box
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,26 +40,19 @@ def liquid():
     return atoms, ref
 
 
-@pytest.fixture
-def compiled_calls(monkeypatch):
-    """Counts the calls of the compiled attention (both attentions of every layer per evaluation)."""
+def count_compiled_calls(monkeypatch, fn) -> list:
+    """A list that grows by one at each call of ``fn``'s compiled form (:data:`layers.INDUCTOR`)."""
     calls = []
-    real = layers.inductor(layers.attention_core)
-    monkeypatch.setitem(layers.INDUCTOR, "attention_core", lambda *a: calls.append(1) or real(*a))
+    real = layers.inductor(fn)
+    monkeypatch.setitem(layers.INDUCTOR, fn.__name__, lambda *a: calls.append(1) or real(*a))
     return calls
 
 
-@pytest.fixture
-def compiled_norms(monkeypatch):
-    """Counts the calls of the compiled RMS norm (the neighbour stage's norms)."""
-    calls = []
-    real = layers.inductor(layers.rms_norm)
-    monkeypatch.setitem(layers.INDUCTOR, "rms_norm", lambda *a: calls.append(1) or real(*a))
-    return calls
-
-
-def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, compiled_calls, compiled_norms):
+def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, monkeypatch):
     atoms, ref = liquid
+    compiled_calls = count_compiled_calls(monkeypatch, layers.attention_core)
+    compiled_norms = count_compiled_calls(monkeypatch, layers.rms_norm)
+    compiled_residuals = count_compiled_calls(monkeypatch, block.scaled_residual)
     model = load_model(WATER_MODEL).double().eval()
     model.attention_kernel = "compiled"
     batch = atoms_to_batch([atoms])
@@ -76,6 +69,8 @@ def test_compiled_equals_eager_in_float64_with_and_without_recompute(liquid, com
     # and the norms of source, messages, destination and edges (none for the last block's edges)
     n_norm = 4 * model.num_layers - 1
     assert len(compiled_norms) == n_norm + 2 * n_norm
+    # and the scaled residual updates, one per attention
+    assert len(compiled_residuals) == n_attention + 2 * n_attention
 
 
 def test_compiled_with_bfloat16_blocks_is_within_the_bfloat16_bound(liquid):
@@ -87,7 +82,10 @@ def test_compiled_with_bfloat16_blocks_is_within_the_bfloat16_bound(liquid):
     assert relative_rms(out["stress"], ref["stress"]) < BF16_FORCE_RTOL
 
 
-def test_training_keeps_the_eager_kernel_and_a_force_loss_backward_is_refused_in_eval(compiled_calls):
+def test_training_keeps_the_eager_kernel_and_a_force_loss_backward_is_refused_in_eval(monkeypatch):
+    compiled_calls = [
+        count_compiled_calls(monkeypatch, fn) for fn in (layers.attention_core, layers.rms_norm, block.scaled_residual)
+    ]
     atoms = water_box(4, seed=2)
     model = load_model(WATER_MODEL).double()
     model.attention_kernel = "compiled"
@@ -96,7 +94,7 @@ def test_training_keeps_the_eager_kernel_and_a_force_loss_backward_is_refused_in
     assert not model.compiling()
     forces = compute_properties(model, batch, training=True)["forces"]
     forces.pow(2).sum().backward()
-    assert compiled_calls == []
+    assert compiled_calls == [[], [], []]
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
     with pytest.raises(ValueError, match="attention_kernel = 'eager'"):

@@ -98,16 +98,7 @@ class NeighborAttention(nn.Module):
         itself through :func:`compiled_attention_core` (eager only). Returns [M, H]."""
         nc, t = tok_index.shape
         hid = x.shape[1]
-        # Gather the tokens into the padded layout before projecting them: a gather of H columns
-        # (index_select, whose backward is an index_add) instead of 3H, and q, k, v come out in
-        # [Nc, T, h, d] without a permuted copy. Padding slots read token 0 (see token_layout).
-        qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
-        q_gain: Optional[torch.Tensor] = None
-        k_gain: Optional[torch.Tensor] = None
-        eps = 0.0
-        q_norm, k_norm = self.q_norm, self.k_norm
-        if isinstance(q_norm, RMSNorm) and isinstance(k_norm, RMSNorm):
-            q_gain, k_gain, eps = q_norm.weight, k_norm.weight, q_norm.eps
+        qkv, q_gain, k_gain, eps = self.project(x, tok_index)
         if not torch.jit.is_scripting():  # the TorchScript compiler skips this block
             if compiled:
                 o = compiled_attention_core(
@@ -117,6 +108,21 @@ class NeighborAttention(nn.Module):
         o = attention_core(qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre)
         return self.out(o.reshape(nc * t, hid).index_select(0, pad_pos))
 
+    def project(
+        self, x: torch.Tensor, tok_index: torch.Tensor
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], float]:
+        """Projected tokens qkv [Nc, T, 3, h, d] in the padded layout, and the query and key
+        norms' gains and epsilon (None, None, 0 without norms)."""
+        nc, t = tok_index.shape
+        # Gather the tokens into the padded layout before projecting them: a gather of H columns
+        # (index_select, whose backward is an index_add) instead of 3H, and q, k, v come out in
+        # [Nc, T, h, d] without a permuted copy. Padding slots read token 0 (see token_layout).
+        qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if isinstance(q_norm, RMSNorm) and isinstance(k_norm, RMSNorm):
+            return qkv, q_norm.weight, k_norm.weight, q_norm.eps
+        return qkv, None, None, 0.0
+
     def self_queries(
         self, x: torch.Tensor, tok_index: torch.Tensor, legendre_p: torch.Tensor, bias: torch.Tensor, compiled: bool
     ) -> torch.Tensor:
@@ -125,21 +131,14 @@ class NeighborAttention(nn.Module):
         logits are [Nc, h, 1, T], 1/T of the full attention's, so this runs eagerly even where the
         full attention is compiled; ``compiled`` keeps that path's precision (float32 attention
         under bfloat16 blocks). Equal to ``forward(...)[:Nc]`` to rounding."""
-        nc, t = tok_index.shape
-        qkv = self.qkv(x.index_select(0, tok_index.view(-1))).view(nc, t, 3, self.heads, self.head_dim)
-        q_gain: Optional[torch.Tensor] = None
-        k_gain: Optional[torch.Tensor] = None
-        eps = 0.0
-        q_norm, k_norm = self.q_norm, self.k_norm
-        if isinstance(q_norm, RMSNorm) and isinstance(k_norm, RMSNorm):
-            q_gain, k_gain, eps = q_norm.weight, k_norm.weight, q_norm.eps
+        qkv, q_gain, k_gain, eps = self.project(x, tok_index)
         args = (q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True)
         if compiled:
             with torch.autocast(qkv.device.type, enabled=False):
                 o = attention_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
         else:
             o = attention_core(qkv, *args)
-        return self.out(o.reshape(nc, x.shape[1]))
+        return self.out(o.reshape(tok_index.shape[0], x.shape[1]))
 
 
 def attention_core(
