@@ -132,12 +132,15 @@ class NeighborAttention(nn.Module):
         full attention is compiled; ``compiled`` keeps that path's precision (float32 attention
         under bfloat16 blocks). Equal to ``forward(...)[:Nc]`` to rounding."""
         qkv, q_gain, k_gain, eps = self.project(x, tok_index)
-        args = (q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True)
-        if compiled:
-            with torch.autocast(qkv.device.type, enabled=False):
-                o = attention_core(qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
-        else:
-            o = attention_core(qkv, *args)
+        if not torch.jit.is_scripting():  # the TorchScript compiler skips this block (no autocast there)
+            if compiled:
+                with torch.autocast(qkv.device.type, enabled=False):
+                    qkv = qkv.to(torch.promote_types(qkv.dtype, torch.float32))
+                    o = attention_core(
+                        qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True
+                    )
+                return self.out(o.reshape(tok_index.shape[0], x.shape[1]))
+        o = attention_core(qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True)
         return self.out(o.reshape(tok_index.shape[0], x.shape[1]))
 
 
