@@ -23,7 +23,12 @@ from allscaip.units import EV_TO_KJ_PER_MOL as KJMOL_PER_EV
 from allscaip.workflows.teacher import cli
 from allscaip.workflows.teacher import electrolyte as el
 from allscaip.workflows.teacher.electrolyte_sampling import sample_solution_frames
-from allscaip.workflows.teacher.labelling import TeacherLabeller, finite_difference_check, teacher_for_atoms
+from allscaip.workflows.teacher.labelling import (
+    TeacherLabeller,
+    crossing_free_perturbation_step,
+    finite_difference_check,
+    teacher_for_atoms,
+)
 from allscaip.workflows.teacher.stress import STRAIN_STEP, crossing_free_step, pressure_bar, teacher_stress
 from allscaip.workflows.teacher.system import CUTOFF_NM, create_system, reference_water_atoms, water_topology
 
@@ -55,6 +60,35 @@ def test_forces_are_minus_the_energy_gradient(solution_frame):
             xm[i, k] -= h
             fd = -(lab.energy_kj(xp) - lab.energy_kj(xm)) / (2 * h) / KJMOL_PER_EV / 10.0
             assert fd == pytest.approx(f[i, k], abs=1e-6)
+
+
+def test_force_difference_where_a_pair_sits_on_the_cutoff(solution_frame):
+    """The teacher's energy jumps where a pair crosses its 0.45 nm cutoff. One water moved so
+    that an O-O pair, mostly along x, sits within 1e-5 Å of the cutoff: a central difference of
+    the first O's x coordinate with that fixed step straddles the jump and misses the force by
+    far more than 1e-3 eV/Å; with the step of crossing_free_perturbation_step it agrees to 1e-6."""
+    rc, h = CUTOFF_NM * 10.0, 1e-5
+    i, j, d, vec = neighbor_list("ijdD", solution_frame, rc + 0.3)
+    oxygen = np.array(solution_frame.get_chemical_symbols()) == "O"
+    along_x = np.abs(vec[:, 0]) / d
+    k = int(np.argmin(np.where(oxygen[i] & oxygen[j] & (along_x > 0.9), np.abs(d - rc), np.inf)))
+    # translate j's water (O, H, H) along the pair: the pair then sits at rc + h (x/d) / 2
+    frame = solution_frame.copy()
+    frame.positions[j[k] : j[k] + 3] += (rc + 0.5 * h * along_x[k] - d[k]) * vec[k] / d[k]
+    lab = teacher_for_atoms(frame)
+    x0 = frame.positions / 10.0
+    force = lab.ev_ang(x0)[1][i[k], 0]
+    move = np.zeros_like(x0)
+    move[i[k], 0] = 1.0
+    step = crossing_free_perturbation_step(frame, lambda a, b, _: move[b] - move[a], h)
+    assert step < h
+
+    def fd_force(step_ang):
+        e = [lab.energy_kj(x0 + sign * step_ang / 10.0 * move) for sign in (1.0, -1.0)]
+        return -(e[0] - e[1]) / (2 * step_ang / 10.0) / KJMOL_PER_EV / 10.0
+
+    assert abs(fd_force(h) - force) > 1e-3
+    assert fd_force(step) == pytest.approx(force, abs=1e-6)
 
 
 def test_charge_neutrality_and_ion_parameters(solution_frame):

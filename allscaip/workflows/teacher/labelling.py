@@ -10,13 +10,14 @@ electrolyte teacher (waters, then Na, then Cl atoms) in :mod:`.electrolyte`;
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.neighborlist import neighbor_list
 
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
 from allscaip.workflows.teacher.electrolyte import (
@@ -25,7 +26,13 @@ from allscaip.workflows.teacher.electrolyte import (
     create_solution_system,
     solution_topology,
 )
-from allscaip.workflows.teacher.system import TEACHER_NAME, build_gas_system, create_system, water_topology
+from allscaip.workflows.teacher.system import (
+    CUTOFF_NM,
+    TEACHER_NAME,
+    build_gas_system,
+    create_system,
+    water_topology,
+)
 
 # Guards against the unphysical region of TIP3P (H has no LJ core)
 MIN_INTERMOLECULAR_H_O_NM = 0.12
@@ -143,15 +150,47 @@ def teacher_for_atoms(atoms: Atoms) -> TeacherLabeller:
     return TeacherLabeller(build_gas_system(n)[0])
 
 
+#: how often a finite-difference step is halved to keep every pair on one side of the cutoff;
+#: 2^-12 of 1e-5 is still ~1e3 times above the energy's double-precision noise
+MAX_HALVINGS = 12
+#: pairs this far beyond the cutoff are looked at too (far more than any step moves a pair)
+CROSSING_MARGIN_ANG = 0.01
+
+
+def crossing_free_perturbation_step(
+    atoms: Atoms, pair_change: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], step: float
+) -> float:
+    """The largest of ``step, step/2, step/4, ...`` at which no pair distance crosses the
+    teacher's cutoff between the perturbations ``-step`` and ``+step``.
+
+    ``pair_change(i, j, d)`` gives the change of each pair vector ``d`` [P, 3] (Å, from atom i to
+    the image of atom j) per unit step. The teacher's real-space Ewald and LJ-PME sums are
+    truncated at the cutoff, so its energy jumps (about 1e-3 kJ/mol for an O-O pair) when a pair
+    crosses it. A central difference that straddles such a jump is off by jump / (2 step):
+    0.2 eV/Å in a force at 1e-5 Å, hundreds of bar in a stress at a strain of 1e-5."""
+    rc = CUTOFF_NM * ANGSTROM_PER_NM
+    i, j, d = neighbor_list("ijD", atoms, rc + CROSSING_MARGIN_ANG)
+    change = pair_change(i, j, d)
+    for _ in range(MAX_HALVINGS + 1):
+        side = [np.linalg.norm(d + s * change, axis=1) > rc for s in (-step, 0.0, step)]
+        if not ((side[0] != side[1]) | (side[1] != side[2])).any():
+            return step
+        step /= 2.0
+    raise ValueError(
+        f"a pair stays within a step of {2 * step:.1e} of the teacher's {rc} Å cutoff, so no central "
+        "difference of the energy avoids its jump there; perturb the frame's positions slightly"
+    )
+
+
 def finite_difference_check(
     atoms: Atoms, n_components: int = 24, n_directions: int = 4, h_ang: float = 1e-5, seed: int = 0
 ) -> dict:
     """Central finite differences of the teacher energy vs its forces (double precision).
 
-    Note: the Ewald real-space sum is truncated at the cutoff, so the energy jumps by
+    The Ewald real-space sum is truncated at the cutoff, so the energy jumps by
     ~q_i q_j erfc(alpha r_c)/r_c (about 4e-4 kJ/mol for an O-H pair at tolerance 1e-5) when a
-    pair crosses 0.45 nm; a displacement that makes a pair cross shows up as an apparent
-    force error of that jump / 2h. With the default h = 1e-5 Å such crossings are rare.
+    pair crosses 0.45 nm. Each difference therefore uses the largest of h, h/2, ... at which no
+    pair crosses (:func:`crossing_free_perturbation_step`).
 
     Checks ``n_components`` random Cartesian components and ``n_directions`` random
     directional derivatives of the whole configuration. Returns errors in eV/Å.
@@ -159,24 +198,30 @@ def finite_difference_check(
     rng = np.random.default_rng(seed)
     lab = teacher_for_atoms(atoms)
     x0 = atoms.get_positions() / ANGSTROM_PER_NM
-    h = h_ang / ANGSTROM_PER_NM
     e0, f0 = lab.ev_ang(x0)
+
+    def derivative(direction: np.ndarray) -> float:
+        """Central difference of the energy along ``direction`` [N, 3] (unit-free), eV/Å."""
+        h = crossing_free_perturbation_step(atoms, lambda i, j, d: direction[j] - direction[i], h_ang) / ANGSTROM_PER_NM
+        return (
+            (lab.energy_kj(x0 + h * direction) - lab.energy_kj(x0 - h * direction))
+            / (2 * h)
+            / EV_PER_A_TO_KJ_PER_MOL_NM
+        )
+
     comp_err, comp_ref = [], []
     for flat in rng.choice(x0.size, size=min(n_components, x0.size), replace=False):
         i, k = divmod(int(flat), 3)
-        xp, xm = x0.copy(), x0.copy()
-        xp[i, k] += h
-        xm[i, k] -= h
-        fd = -(lab.energy_kj(xp) - lab.energy_kj(xm)) / (2 * h) / EV_PER_A_TO_KJ_PER_MOL_NM
-        comp_err.append(fd - f0[i, k])
+        unit_move = np.zeros_like(x0)
+        unit_move[i, k] = 1.0
+        comp_err.append(-derivative(unit_move) - f0[i, k])
         comp_ref.append(f0[i, k])
     dir_err, dir_ref = [], []
     for _ in range(n_directions):
         d = rng.normal(size=x0.shape)
         d /= np.linalg.norm(d)
-        fd = -(lab.energy_kj(x0 + h * d) - lab.energy_kj(x0 - h * d)) / (2 * h) / EV_PER_A_TO_KJ_PER_MOL_NM
         an = float(np.sum(f0 * d))
-        dir_err.append(fd - an)
+        dir_err.append(-derivative(d) - an)
         dir_ref.append(an)
     comp_err, comp_ref = np.array(comp_err), np.array(comp_ref)
     dir_err, dir_ref = np.array(dir_err), np.array(dir_ref)

@@ -26,42 +26,22 @@ import openmm
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
-from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A3_TO_BAR, EV_TO_KJ_PER_MOL
-from allscaip.workflows.teacher.labelling import TeacherLabeller, teacher_for_atoms
-from allscaip.workflows.teacher.system import CUTOFF_NM
+from allscaip.workflows.teacher.labelling import TeacherLabeller, crossing_free_perturbation_step, teacher_for_atoms
 
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
 STRAIN_STEP = 1e-5
-#: how often the step is halved to keep every pair on one side of the cutoff; 2^-12 of 1e-5
-#: is still ~1e3 times above the energy's double-precision noise
-MAX_HALVINGS = 12
 
 
 def crossing_free_step(atoms: Atoms, strain: np.ndarray, step: float = STRAIN_STEP) -> float:
-    """The largest of ``step, step/2, step/4, ...`` at which no pair distance crosses the
-    teacher's cutoff between the strains ``-step * strain`` and ``+step * strain``.
-
-    The teacher's real-space Ewald and LJ-PME sums are truncated at the cutoff, so its energy
-    jumps (about 1e-3 kJ/mol for an O-O pair) when a pair crosses it. A central difference
-    that straddles such a jump is wrong by jump / (2 step V): hundreds of bar at step 1e-5 in
-    a 1 nm box, for about one frame in ten. Pair vectors strain as ``d @ (1 + s strain)``."""
-    rc = CUTOFF_NM * ANGSTROM_PER_NM
+    """The largest of ``step, step/2, ...`` at which no pair distance crosses the teacher's
+    cutoff between the strains ``-step * strain`` and ``+step * strain`` (pair vectors strain as
+    ``d @ (1 + s strain)``; :func:`.labelling.crossing_free_perturbation_step`, whose jump would otherwise put
+    hundreds of bar into one frame in ten at step 1e-5 in a 1 nm box)."""
     strain = np.asarray(strain, dtype=float)
-    reach = rc * (1.0 + 2.0 * step * max(1.0, float(np.abs(strain).sum())))
-    d = neighbor_list("D", atoms, reach + 1e-6)
-    for _ in range(MAX_HALVINGS + 1):
-        side = [np.linalg.norm(d @ (np.eye(3) + s * strain), axis=1) > rc for s in (-step, 0.0, step)]
-        crossing = (side[0] != side[1]) | (side[1] != side[2])
-        if not crossing.any():
-            return step
-        step /= 2.0
-    raise ValueError(
-        f"a pair stays within a strain of {2 * step:.1e} of the teacher's {rc} Å cutoff, so no central "
-        "difference of the energy avoids its jump there; perturb the frame's positions slightly"
-    )
+    return crossing_free_perturbation_step(atoms, lambda i, j, d: d @ strain, step)
 
 
 def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[TeacherLabeller] = None) -> np.ndarray:
