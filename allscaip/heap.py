@@ -19,7 +19,7 @@ _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD_BYTES = 1 << 30  # free heap top kept before trimming
 # only allocations above 1 GiB get a mapping of their own: at 32 MiB (glibc's largest dynamic
 # threshold) every larger tensor of a 768-atom call was mapped, freed to the kernel and faulted
-# in again by the next call (bf16 blocks, compiled attention: 2.41 -> 2.16 s per call at 1 GiB)
+# in again by the next call (bf16 blocks, compiled attention: 2.41 -> 2.33-2.36 s per call at 1 GiB)
 MMAP_THRESHOLD_BYTES = 1 << 30
 
 _applied = False

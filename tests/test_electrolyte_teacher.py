@@ -26,6 +26,7 @@ from allscaip.workflows.teacher.electrolyte_sampling import sample_solution_fram
 from allscaip.workflows.teacher.labelling import (
     TeacherLabeller,
     crossing_free_perturbation_step,
+    cutoff_pairs,
     finite_difference_check,
     teacher_for_atoms,
 )
@@ -80,7 +81,7 @@ def test_force_difference_where_a_pair_sits_on_the_cutoff(solution_frame):
     force = lab.ev_ang(x0)[1][i[k], 0]
     move = np.zeros_like(x0)
     move[i[k], 0] = 1.0
-    step = crossing_free_perturbation_step(frame, lambda a, b, _: move[b] - move[a], h)
+    step = crossing_free_perturbation_step(cutoff_pairs(frame), lambda a, b, _: move[b] - move[a], h)
     assert step < h
 
     def fd_force(step_ang):

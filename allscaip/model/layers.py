@@ -134,11 +134,19 @@ class NeighborAttention(nn.Module):
         qkv, q_gain, k_gain, eps = self.project(x, tok_index)
         if not torch.jit.is_scripting():  # the TorchScript compiler skips this block (no autocast there)
             if compiled:
-                with torch.autocast(qkv.device.type, enabled=False):
-                    qkv = qkv.to(torch.promote_types(qkv.dtype, torch.float32))
-                    o = attention_core(
-                        qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True
-                    )
+                o = run_inductor(
+                    attention_core,
+                    attention_input(qkv),
+                    q_gain,
+                    k_gain,
+                    eps,
+                    legendre_p,
+                    bias,
+                    self.groups,
+                    self.scale,
+                    self.legendre,
+                    True,
+                )
                 return self.out(o.reshape(tok_index.shape[0], x.shape[1]))
         o = attention_core(qkv, q_gain, k_gain, eps, legendre_p, bias, self.groups, self.scale, self.legendre, True)
         return self.out(o.reshape(tok_index.shape[0], x.shape[1]))
@@ -216,7 +224,8 @@ def compiled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torc
 
 def run_inductor(compiled: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any) -> torch.Tensor:
     """``compiled(x, *args)`` with autocast off, and Inductor's compile failure (e.g. no C++
-    compiler) turned into an error that names the fix."""
+    compiler) turned into an error that names the fix. (Also the way the compiled path runs
+    an eager function in its own precision: :meth:`NeighborAttention.self_queries`.)"""
     try:
         with torch.autocast(x.device.type, enabled=False):
             return compiled(x, *args)
@@ -237,8 +246,13 @@ def compiled_attention_core(qkv: torch.Tensor, *args: Any) -> torch.Tensor:
     the model's dtype with autocast off: under ``block_precision = "bfloat16"`` the projections
     stay in bfloat16, these small memory-bound products in float32. Inductor's backward cannot be
     differentiated again, so the training double backward uses :func:`attention_core`."""
-    # bfloat16 under autocast -> float32; a float32 or float64 model's own dtype otherwise
-    return run_inductor(inductor(attention_core), qkv.to(torch.promote_types(qkv.dtype, torch.float32)), *args)
+    return run_inductor(inductor(attention_core), attention_input(qkv), *args)
+
+
+def attention_input(qkv: torch.Tensor) -> torch.Tensor:
+    """The compiled path's attention precision: bfloat16 q, k, v (under autocast) -> float32; a
+    float32 or float64 model's own dtype otherwise."""
+    return qkv.to(torch.promote_types(qkv.dtype, torch.float32))
 
 
 def token_layout(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ electrolyte teacher (waters, then Na, then Cl atoms) in :mod:`.electrolyte`;
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import openmm
@@ -157,22 +157,36 @@ MAX_HALVINGS = 12
 CROSSING_MARGIN_ANG = 0.01
 
 
+class CutoffPairs(NamedTuple):
+    """The pairs of a frame near or inside the teacher's cutoff (:func:`cutoff_pairs`)."""
+
+    i: np.ndarray  # [P] first atom
+    j: np.ndarray  # [P] second atom
+    d: np.ndarray  # [P, 3] Å, from atom i to the image of atom j
+
+
+def cutoff_pairs(atoms: Atoms) -> CutoffPairs:
+    """Every pair of ``atoms`` within the teacher's cutoff plus :data:`CROSSING_MARGIN_ANG`: built
+    once per frame, for all of its finite differences."""
+    i, j, d = neighbor_list("ijD", atoms, CUTOFF_NM * ANGSTROM_PER_NM + CROSSING_MARGIN_ANG)
+    return CutoffPairs(i, j, d)
+
+
 def crossing_free_perturbation_step(
-    atoms: Atoms, pair_change: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], step: float
+    pairs: CutoffPairs, pair_change: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], step: float
 ) -> float:
     """The largest of ``step, step/2, step/4, ...`` at which no pair distance crosses the
     teacher's cutoff between the perturbations ``-step`` and ``+step``.
 
-    ``pair_change(i, j, d)`` gives the change of each pair vector ``d`` [P, 3] (Å, from atom i to
-    the image of atom j) per unit step. The teacher's real-space Ewald and LJ-PME sums are
+    ``pair_change(i, j, d)`` gives the change of each pair vector ``d`` of ``pairs``
+    (:func:`cutoff_pairs`) per unit step. The teacher's real-space Ewald and LJ-PME sums are
     truncated at the cutoff, so its energy jumps (about 1e-3 kJ/mol for an O-O pair) when a pair
     crosses it. A central difference that straddles such a jump is off by jump / (2 step):
     0.2 eV/Å in a force at 1e-5 Å, hundreds of bar in a stress at a strain of 1e-5."""
     rc = CUTOFF_NM * ANGSTROM_PER_NM
-    i, j, d = neighbor_list("ijD", atoms, rc + CROSSING_MARGIN_ANG)
-    change = pair_change(i, j, d)
+    change = pair_change(*pairs)
     for _ in range(MAX_HALVINGS + 1):
-        side = [np.linalg.norm(d + s * change, axis=1) > rc for s in (-step, 0.0, step)]
+        side = [np.linalg.norm(pairs.d + s * change, axis=1) > rc for s in (-step, 0.0, step)]
         if not ((side[0] != side[1]) | (side[1] != side[2])).any():
             return step
         step /= 2.0
@@ -199,10 +213,11 @@ def finite_difference_check(
     lab = teacher_for_atoms(atoms)
     x0 = atoms.get_positions() / ANGSTROM_PER_NM
     e0, f0 = lab.ev_ang(x0)
+    pairs = cutoff_pairs(atoms)
 
     def derivative(direction: np.ndarray) -> float:
         """Central difference of the energy along ``direction`` [N, 3] (unit-free), eV/Å."""
-        h = crossing_free_perturbation_step(atoms, lambda i, j, d: direction[j] - direction[i], h_ang) / ANGSTROM_PER_NM
+        h = crossing_free_perturbation_step(pairs, lambda i, j, d: direction[j] - direction[i], h_ang) / ANGSTROM_PER_NM
         return (
             (lab.energy_kj(x0 + h * direction) - lab.energy_kj(x0 - h * direction))
             / (2 * h)

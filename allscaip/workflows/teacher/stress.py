@@ -29,19 +29,29 @@ from ase.io import read, write
 from tqdm import tqdm
 
 from allscaip.units import ANGSTROM_PER_NM, EV_PER_A3_TO_BAR, EV_TO_KJ_PER_MOL
-from allscaip.workflows.teacher.labelling import TeacherLabeller, crossing_free_perturbation_step, teacher_for_atoms
+from allscaip.workflows.teacher.labelling import (
+    CutoffPairs,
+    TeacherLabeller,
+    crossing_free_perturbation_step,
+    cutoff_pairs,
+    teacher_for_atoms,
+)
 
 #: strain step of the central differences (double precision: ~1e-9 relative stress error)
 STRAIN_STEP = 1e-5
 
 
-def crossing_free_step(atoms: Atoms, strain: np.ndarray, step: float = STRAIN_STEP) -> float:
+def crossing_free_step(
+    atoms: Atoms, strain: np.ndarray, step: float = STRAIN_STEP, pairs: Optional[CutoffPairs] = None
+) -> float:
     """The largest of ``step, step/2, ...`` at which no pair distance crosses the teacher's
     cutoff between the strains ``-step * strain`` and ``+step * strain`` (pair vectors strain as
-    ``d @ (1 + s strain)``; :func:`.labelling.crossing_free_perturbation_step`, whose jump would otherwise put
-    hundreds of bar into one frame in ten at step 1e-5 in a 1 nm box)."""
+    ``d @ (1 + s strain)``; :func:`.labelling.crossing_free_perturbation_step`, whose jump would
+    otherwise put hundreds of bar into one frame in ten at step 1e-5 in a 1 nm box). ``pairs``:
+    the frame's :func:`.labelling.cutoff_pairs`, when the caller has them."""
     strain = np.asarray(strain, dtype=float)
-    return crossing_free_perturbation_step(atoms, lambda i, j, d: d @ strain, step)
+    pairs = cutoff_pairs(atoms) if pairs is None else pairs
+    return crossing_free_perturbation_step(pairs, lambda i, j, d: d @ strain, step)
 
 
 def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[TeacherLabeller] = None) -> np.ndarray:
@@ -69,10 +79,11 @@ def teacher_stress(atoms: Atoms, step: float = STRAIN_STEP, labeller: Optional[T
 
     voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
     out = np.zeros(6)
+    pairs = cutoff_pairs(atoms)
     for k, (i, j) in enumerate(voigt):
         unit_strain = np.zeros((3, 3))
         unit_strain[i, j] = unit_strain[j, i] = 1.0  # a shear strains both ways: dE/dε_ij + dE/dε_ji
-        h = crossing_free_step(atoms, unit_strain, step)
+        h = crossing_free_step(atoms, unit_strain, step, pairs)
         e = h * unit_strain
         out[k] = (energy(e) - energy(-e)) / ((2.0 if i == j else 4.0) * h * volume)
     return out
